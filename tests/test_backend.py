@@ -1,0 +1,81 @@
+import importlib.util
+
+import array_api_strict
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet.backend import is_numpy, out_of_memory_errors, resolve_backend, to_numpy
+
+
+def test_default_is_numpy_float64_cpu():
+    b = resolve_backend()
+    assert b.name == "numpy" and b.device == "cpu" and b.dtype == b.xp.float64
+    assert is_numpy(b.xp)
+    assert "numpy" in repr(b) and "float64" in repr(b)
+
+
+def test_resolves_each_backend(backend):
+    x = backend.from_host(np.arange(3.0))
+    assert x.dtype == backend.xp.float64
+    np.testing.assert_array_equal(to_numpy(x), [0.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "np", ""])
+def test_unknown_backend_lists_valid_ones(name):
+    with pytest.raises(ValueError, match="array_api_strict.*cupy.*numpy|expected one of"):
+        resolve_backend(name)
+
+
+def test_backend_type_error():
+    with pytest.raises(TypeError, match="backend must be"):
+        resolve_backend(3.14)
+
+
+def test_backend_given_as_module():
+    assert resolve_backend(np).name == "numpy"
+    assert resolve_backend(array_api_strict).name == "array_api_strict"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="cupy is installed")
+def test_missing_cupy_gives_install_hint():
+    with pytest.raises(ImportError, match=r'pip install "xpnet\[cupy\]"'):
+        resolve_backend("cupy")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int64", "complex128"])
+def test_unknown_dtype(dtype):
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_backend("numpy", dtype=dtype)
+
+
+def test_dtype_given_as_object():
+    assert resolve_backend("numpy", dtype=np.float32).dtype_name == "float32"
+
+
+def test_bad_devices():
+    with pytest.raises(ValueError, match="device"):
+        resolve_backend("numpy", device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        resolve_backend("array_api_strict", device=array_api_strict.Device("nowhere"))
+
+
+def test_asarray_moves_between_devices_and_libraries():
+    strict1 = resolve_backend("array_api_strict", device="device1")
+    default = array_api_strict.asarray([1.0, 2.0])  # on CPU_DEVICE
+    moved = strict1.asarray(default)
+    assert moved.device == strict1.device
+    from_numpy = strict1.asarray(np.asarray([1.0, 2.0]))
+    assert from_numpy.device == strict1.device
+    numpy_b = resolve_backend("numpy")
+    np.testing.assert_array_equal(numpy_b.asarray(moved), [1.0, 2.0])
+
+
+def test_to_numpy_from_strict_device1():
+    a = array_api_strict.asarray([1.5], device=array_api_strict.Device("device1"))
+    out = xpnet.to_numpy(a)
+    assert isinstance(out, np.ndarray) and out[0] == 1.5
+
+
+def test_out_of_memory_errors_include_memoryerror(xp):
+    assert MemoryError in out_of_memory_errors(xp)

@@ -1,0 +1,131 @@
+"""The fast numerical gradients against the reference loop and exact gradients.
+
+Tolerances: every method computes the same central differences as the loop,
+so they differ only by rounding: each loss is O(1) with error ~1e-16, divided
+by 2h = 2e-4, i.e. ~1e-12 absolute on gradients of ~1e-2: 1e-7 normwise is
+the issue's bound with a wide margin. The complex step has no cancellation:
+against the exact gradient it is good to ~1e-14; we require 1e-12.
+"""
+
+import numpy as np
+import pytest
+from conftest import host_params, make_batch, make_net, ref_gradient, rel_error
+
+from xpnet.backend import to_numpy
+from xpnet.structured import structured_gradient
+
+CASES = [
+    # sizes, batch, sparsity, activation, one_hot
+    ((7, 5, 3), 6, 0.5, "sigmoid", False),
+    ((7, 5, 3), 6, 0.5, "relu", True),
+    ((12, 4, 6), 1, 0.6, "sigmoid", True),
+    ((5, 9, 2), 10, 0.0, "relu", False),
+    ((10, 3, 4), 5, 0.9, "sigmoid", False),
+]
+
+
+def _targets(t, c, one_hot):
+    return np.eye(c)[t] if one_hot else t
+
+
+@pytest.mark.parametrize("method", ["batched", "structured", "auto"])
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"{c[0]}-n{c[1]}-{c[3]}-{'1hot' if c[4] else 'lab'}"
+)
+def test_methods_equal_loop(backend, method, case):
+    sizes, n, sparsity, activation, one_hot = case
+    net = make_net(backend, sizes, activation=activation)
+    x, t = make_batch(n, sizes[0], sizes[2], seed=n, sparsity=sparsity)
+    t = _targets(t, sizes[2], one_hot)
+    loop = net.numerical_gradient(x, t, method="loop")
+    fast = net.numerical_gradient(x, t, method=method)
+    for name in loop:
+        assert fast[name].shape == loop[name].shape
+        assert fast[name].device == backend.device
+        assert rel_error(fast[name], loop[name]) <= 1e-7, name
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-n{c[1]}-{c[3]}")
+def test_complex_step_equals_exact_gradient_of_book_loss(backend, case):
+    sizes, n, sparsity, activation, one_hot = case
+    net = make_net(backend, sizes, activation=activation)
+    x, t = make_batch(n, sizes[0], sizes[2], seed=n + 1, sparsity=sparsity)
+    exact = ref_gradient(host_params(net), x, t, activation, log_eps=1e-7)
+    got = net.numerical_gradient(x, _targets(t, sizes[2], one_hot), method="complex")
+    for name in exact:
+        assert rel_error(got[name], exact[name]) <= 1e-12, name
+
+
+def test_complex_step_is_not_backprop_in_disguise(backend):
+    """With the +1e-7 the exact gradient differs from backprop's: the complex
+    step must land on the former, far closer than on the latter."""
+    net = make_net(backend, (6, 4, 3), std=2.0)
+    x, t = make_batch(5, 6, 3, seed=9)
+    p = host_params(net)
+    with_eps = ref_gradient(p, x, t, log_eps=1e-7)
+    backprop = ref_gradient(p, x, t, log_eps=0.0)
+    got = net.numerical_gradient(x, t, method="complex")
+    assert rel_error(got["W2"], with_eps["W2"]) < 1e-3 * rel_error(got["W2"], backprop["W2"])
+
+
+@pytest.mark.parametrize("method", ["structured", "complex"])
+def test_chunking_and_threads_do_not_change_result(backend, xp, method):
+    net = make_net(backend, (30, 7, 4))
+    x, t = make_batch(9, 30, 4, seed=5, sparsity=0.5)
+    base = net.numerical_gradient(x, t, method=method)
+    for kwargs in [
+        dict(max_bytes=4096),
+        dict(max_bytes=1),
+        dict(max_bytes=2**30),
+        dict(n_threads=3),
+    ]:
+        other = net.numerical_gradient(x, t, method=method, **kwargs)
+        for name in base:
+            # identical up to the summation order of one matmul (~1e-16 relative)
+            assert rel_error(other[name], base[name]) <= 1e-13, (kwargs, name)
+
+
+def test_batched_chunk_sizes_are_bit_identical(backend):
+    net = make_net(backend, (8, 4, 3))
+    x, t = make_batch(5, 8, 3)
+    a = net.numerical_gradient(x, t, method="batched", chunk_size=1)
+    b = net.numerical_gradient(x, t, method="batched", max_bytes=10**9)
+    for name in a:
+        assert rel_error(a[name], b[name]) <= 1e-13
+
+
+def test_inputs_all_zero_and_all_zero_features(backend):
+    net = make_net(backend, (6, 4, 3))
+    x, t = make_batch(4, 6, 3)
+    x[:, 2] = 0.0  # a feature that is zero for every sample: W1 row 2 has no effect
+    for batch in (x, np.zeros_like(x)):
+        loop = net.numerical_gradient(batch, t, method="loop")
+        fast = net.numerical_gradient(batch, t)
+        assert np.all(to_numpy(fast["W1"])[2] == 0.0)
+        for name in loop:
+            assert rel_error(fast[name], loop[name]) <= 1e-7
+
+
+def test_float32_accuracy_is_as_documented(backend):
+    """float32 central differences with the dtype's default h are good to ~1e-3
+    normwise on this net; the complex step in complex64 to ~1e-5."""
+    net64 = make_net(backend, (20, 8, 4), std=0.5)
+    net32 = make_net(backend, (20, 8, 4), std=0.5, dtype="float32")
+    x, t = make_batch(16, 20, 4, seed=2)
+    exact = ref_gradient(host_params(net64), x, t, log_eps=1e-7)
+    central = net32.numerical_gradient(x, t)
+    complex_step = net32.numerical_gradient(x, t, method="complex")
+    for name in exact:
+        assert central[name].dtype == backend.xp.float32
+        assert rel_error(central[name], exact[name]) < 2e-2, name
+        assert rel_error(complex_step[name], exact[name]) < 1e-4, name
+
+
+def test_structured_rejects_unknown_mode(backend, xp):
+    net = make_net(backend)
+    x, t = make_batch(2, 7, 3)
+    labels = backend.from_host(t, dtype=xp.int64)
+    with pytest.raises(ValueError, match="mode must be"):
+        structured_gradient(backend.from_host(x), labels, net.params, mode="forward")
+    with pytest.raises(ValueError, match="n_threads must be a positive int"):
+        structured_gradient(backend.from_host(x), labels, net.params, n_threads=0)

@@ -1,0 +1,304 @@
+"""Backends: the one module that knows array libraries by name.
+
+Rules of this module:
+
+* A backend is named once, by the user, as a string (``"numpy"``, ``"cupy"``,
+  ``"torch"``, ``"array_api_strict"``, ``"jax"``) or as a namespace module. It is
+  resolved here into a :class:`Backend`: an Array-API namespace ``xp`` (the
+  ``array_api_compat`` wrapper where the library needs one), a device and a
+  floating dtype. Everything else in xpnet receives ``xp`` explicitly or infers it
+  from its arrays with ``array_api_compat.array_namespace``.
+* Libraries are imported lazily, so a missing optional backend costs nothing until
+  it is asked for, and then fails with the pip command that installs it.
+* NumPy is used here only on the host: to receive host data (``from_host``) and to
+  bring device arrays back (``to_numpy``). Nothing here changes global state.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np  # host
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "resolve_backend",
+    "to_numpy",
+    "free_memory",
+    "out_of_memory_errors",
+    "synchronize",
+    "is_numpy",
+]
+
+# name -> (module to import, pip command that provides it)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "numpy": ("array_api_compat.numpy", 'pip install "xpnet"'),
+    "cupy": (
+        "array_api_compat.cupy",
+        'pip install "xpnet[cupy]"  (CUDA 13; for CUDA 12: pip install cupy-cuda12x)',
+    ),
+    "torch": ("array_api_compat.torch", 'pip install "xpnet[torch]"'),
+    "array_api_strict": ("array_api_strict", "pip install array-api-strict"),
+    "jax": ("jax.numpy", 'pip install "jax[cpu]"  (or jax[cuda13] for a GPU)'),
+}
+
+# module names a user may pass as a namespace, mapped to our backend names
+_MODULE_NAMES = {
+    "numpy": "numpy",
+    "array_api_compat.numpy": "numpy",
+    "cupy": "cupy",
+    "array_api_compat.cupy": "cupy",
+    "torch": "torch",
+    "array_api_compat.torch": "torch",
+    "array_api_strict": "array_api_strict",
+    "jax.numpy": "jax",
+    "jax": "jax",
+}
+
+DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    """A resolved backend: namespace, device and floating dtype.
+
+    Attributes
+    ----------
+    name : str
+        One of :data:`BACKENDS`.
+    xp : module
+        Array-API namespace (compat-wrapped where needed).
+    device : object
+        Device on which every array of this backend is created.
+    dtype : object
+        Real floating dtype of ``xp`` (``xp.float64`` or ``xp.float32``).
+    """
+
+    name: str
+    xp: ModuleType
+    device: Any
+    dtype: Any
+
+    @property
+    def dtype_name(self) -> str:
+        return "float64" if self.dtype == self.xp.float64 else "float32"
+
+    @property
+    def complex_dtype(self):
+        """Complex dtype matching :attr:`dtype` (complex128 or complex64)."""
+        return self.xp.complex128 if self.dtype == self.xp.float64 else self.xp.complex64
+
+    def from_host(self, array, dtype=None):
+        """Copy a host (NumPy or Python) array onto this backend's device."""
+        return self.xp.asarray(array, dtype=dtype, device=self.device)
+
+    def asarray(self, array, dtype=None):
+        """Bring ``array`` (NumPy, Python or any backend's array) to this backend.
+
+        Arrays already in this namespace are moved with ``to_device`` (no host
+        round trip); arrays of other libraries go through the host.
+        """
+        try:
+            namespace = array_api_compat.array_namespace(array)
+        except TypeError:
+            namespace = None
+        if namespace is not None and _same_library(namespace, self.xp):
+            if array_api_compat.device(array) != self.device:
+                array = array_api_compat.to_device(array, self.device)
+            if dtype is not None and array.dtype != dtype:
+                array = self.xp.astype(array, dtype)
+            return array
+        return self.from_host(to_numpy(array), dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"Backend(name={self.name!r}, device={self.device!r}, dtype={self.dtype_name!r})"
+
+
+def _same_library(a: ModuleType, b: ModuleType) -> bool:
+    return a is b or getattr(a, "__name__", None) == getattr(b, "__name__", None)
+
+
+def _backend_name(backend) -> str:
+    if isinstance(backend, str):
+        name = backend.lower().replace("-", "_")
+        if name not in BACKENDS:
+            raise ValueError(
+                f"backend={backend!r} is not known; expected one of {sorted(BACKENDS)} "
+                "or an Array-API namespace module"
+            )
+        return name
+    if isinstance(backend, ModuleType):
+        name = _MODULE_NAMES.get(backend.__name__)
+        if name is None:
+            raise ValueError(
+                f"backend module {backend.__name__!r} is not supported; expected one of "
+                f"{sorted(BACKENDS)}"
+            )
+        return name
+    raise TypeError(f"backend must be a string or a namespace module, got {type(backend).__name__}")
+
+
+def _import(name: str) -> ModuleType:
+    module, hint = BACKENDS[name]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"backend={name!r} needs a library that is not installed ({exc}); "
+            f"install it with: {hint}"
+        ) from exc
+
+
+def _resolve_device(name: str, xp: ModuleType, device):
+    if name == "numpy":
+        if device not in (None, "cpu"):
+            raise ValueError(f"device={device!r}: the numpy backend has only device='cpu'")
+        return "cpu"
+    if name == "torch":
+        import torch
+
+        try:
+            resolved = torch.device("cpu" if device is None else device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device={device!r} is not a torch device: {exc}") from exc
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: torch sees no CUDA device here")
+        return resolved
+    if name == "cupy":
+        import cupy
+
+        if device is None:
+            return cupy.cuda.Device()
+        if isinstance(device, str):
+            device = int(device.removeprefix("cuda:").removeprefix("gpu:") or 0)
+        return device if isinstance(device, cupy.cuda.Device) else cupy.cuda.Device(device)
+    if name == "array_api_strict":
+        info = xp.__array_namespace_info__()
+        if device is None:
+            return info.default_device()
+        if isinstance(device, str):
+            device = xp.Device(device)
+        if device not in info.devices():
+            raise ValueError(f"device={device!r} is not one of {info.devices()}")
+        return device
+    if name == "jax":
+        import jax
+
+        if device is None:
+            return jax.devices()[0]
+        if isinstance(device, str):
+            return jax.devices(device)[0]
+        return device
+    raise AssertionError(name)
+
+
+def resolve_backend(backend="numpy", device=None, dtype="float64") -> Backend:
+    """Resolve a backend name or module, a device and a dtype into a :class:`Backend`.
+
+    Parameters
+    ----------
+    backend : str or module
+        ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"array_api_strict"``,
+        ``"jax"``, or one of those namespace modules.
+    device : object, optional
+        Backend device: ``"cpu"``; ``"cuda"``/``"cuda:1"`` for torch; a GPU
+        number or ``cupy.cuda.Device`` for CuPy; a device name such as
+        ``"device1"`` for array-api-strict. Default: the backend's default device.
+    dtype : {"float64", "float32"}
+        Floating dtype of parameters and computations.
+
+    Raises
+    ------
+    ValueError
+        Unknown backend, device or dtype.
+    ImportError
+        The backend's library is not installed (the message has the pip command).
+    """
+    if isinstance(backend, Backend):
+        return backend
+    name = _backend_name(backend)
+    xp = _import(name)
+    if not isinstance(dtype, str):
+        names = (getattr(dtype, "name", None), getattr(dtype, "__name__", None), str(dtype))
+        dtype = next(n for n in names if isinstance(n, str)).rsplit(".", 1)[-1].strip("'>")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; expected one of {DTYPES}")
+    if name == "jax" and dtype == "float64":
+        probe = xp.asarray(0.0, dtype=xp.float64)
+        if probe.dtype != xp.float64:
+            raise ValueError(
+                "dtype='float64' on JAX needs 64-bit mode: set "
+                "jax.config.update('jax_enable_x64', True) before creating the network, "
+                "or use dtype='float32'"
+            )
+    return Backend(name, xp, _resolve_device(name, xp, device), getattr(xp, dtype))
+
+
+def is_numpy(xp) -> bool:
+    """True when ``xp`` is NumPy (host arrays, where Python threads help)."""
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def to_numpy(array) -> np.ndarray:
+    """Bring any backend's array (or a Python scalar/list) to a host NumPy array."""
+    if isinstance(array, np.ndarray):
+        return array
+    if array_api_compat.is_cupy_array(array):
+        return array.get()
+    if array_api_compat.is_torch_array(array):
+        return array.detach().cpu().numpy()
+    if type(array).__module__.startswith("array_api_strict"):
+        import array_api_strict
+
+        cpu = array_api_strict.__array_namespace_info__().default_device()
+        return np.asarray(array.to_device(cpu))
+    return np.asarray(array)
+
+
+def free_memory(xp, device) -> int | None:
+    """Free bytes on ``device`` where the backend exposes it (GPUs), else None."""
+    if array_api_compat.is_cupy_namespace(xp):
+        import cupy
+
+        with cupy.cuda.Device(getattr(device, "id", device)):
+            free, _total = cupy.cuda.runtime.memGetInfo()
+        pool = cupy.get_default_memory_pool()
+        return int(free + pool.free_bytes())
+    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", "") == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return None
+
+
+def out_of_memory_errors(xp) -> tuple[type[BaseException], ...]:
+    """Exception types that mean "this chunk did not fit in memory"."""
+    errors: list[type[BaseException]] = [MemoryError]
+    if array_api_compat.is_cupy_namespace(xp):
+        import cupy
+
+        errors.append(cupy.cuda.memory.OutOfMemoryError)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        errors.append(torch.OutOfMemoryError)
+    return tuple(errors)
+
+
+def synchronize(xp, device=None) -> None:
+    """Wait for queued device work to finish (no-op on host backends)."""
+    if array_api_compat.is_cupy_namespace(xp):
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+    elif array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        if torch.cuda.is_available() and (device is None or getattr(device, "type", "") == "cuda"):
+            torch.cuda.synchronize()

@@ -1,0 +1,218 @@
+"""Generic numerical gradients: the reference loop and batched perturbation.
+
+Rules of this module:
+
+* Both functions compute the same central differences
+  ``(f(x + h e_k) - f(x - h e_k)) / 2h``; the perturbed inputs are bit-identical
+  (``x + h * 1`` and ``x + h * 0 == x``), so the two differ only in how ``f``
+  rounds.
+* :func:`numerical_gradient` is the ground truth: one coordinate at a time, with
+  the book's semantics (``x`` is perturbed in place and restored, so an ``f`` that
+  ignores its argument still works). On immutable arrays (JAX) it passes a
+  perturbed copy instead, and ``f`` must then use its argument.
+* :func:`numerical_gradient_batched` never materialises the whole ``(P, *shape)``
+  stack: it works in chunks sized from a byte budget (and the device's free memory
+  where the backend reports it), and halves a chunk that runs out of memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import array_api_compat
+import array_api_extra as xpx
+from array_api_compat import array_namespace
+
+from .backend import free_memory, out_of_memory_errors
+from .checks import check_float_array, check_step
+
+__all__ = [
+    "numerical_gradient",
+    "numerical_gradient_batched",
+    "default_step",
+    "resolve_step",
+    "memory_budget",
+    "itemsize",
+    "DEFAULT_HOST_BYTES",
+    "DEFAULT_DEVICE_BYTES",
+]
+
+#: Working-memory budget per chunk on host backends: a few cache-sized arrays.
+DEFAULT_HOST_BYTES = 8 * 2**20
+#: Working-memory budget per chunk on GPUs (further capped by free memory).
+DEFAULT_DEVICE_BYTES = 2 * 2**30
+
+
+def default_step(dtype, xp) -> float:
+    """Default central-difference step for a real floating dtype.
+
+    float64: the book's ``1e-4`` (about ``16 * cbrt(eps)``; the step's scale comes
+    from the loss's curvature, not from the parameters' size). float32:
+    ``4 * cbrt(eps) ~ 2e-2``; smaller steps drown in rounding error.
+    """
+    if _is_float32(dtype, xp):
+        return 4 * (2.0**-23) ** (1 / 3)
+    return 1e-4
+
+
+def _is_float32(dtype, xp) -> bool:
+    return dtype == xp.float32 or dtype == xp.complex64
+
+
+def resolve_step(h, dtype, xp, *, complex_step=False) -> float:
+    """Validate ``h`` or pick the default for ``dtype``; warn on a float32 trap.
+
+    ``h=None`` gives :func:`default_step` (or ``1e-20`` for the complex step).
+    """
+    if h is None:
+        return 1e-20 if complex_step else default_step(dtype, xp)
+    h = check_step(h)
+    if not complex_step and _is_float32(dtype, xp) and h < 1e-3:
+        warnings.warn(
+            f"h={h:g} in float32: rounding error (~eps/h = {2.0**-23 / h:.0e}) swamps the "
+            f"gradient; use the default h=None ({default_step(dtype, xp):.2g}), "
+            "float64, or method='complex'",
+            UserWarning,
+            stacklevel=3,
+        )
+    return h
+
+
+def memory_budget(xp, device, max_bytes=None, *, host_default=DEFAULT_HOST_BYTES) -> int:
+    """Bytes one chunk may use: ``max_bytes``, else ``host_default`` on host
+    backends and :data:`DEFAULT_DEVICE_BYTES` on GPUs, capped at half the device's
+    free memory where the backend reports it."""
+    free = free_memory(xp, device)
+    if max_bytes is None:
+        max_bytes = host_default if free is None else DEFAULT_DEVICE_BYTES
+    elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    if free is not None:
+        max_bytes = min(max_bytes, free // 2)
+    return max(int(max_bytes), 1)
+
+
+def itemsize(xp, dtype) -> int:
+    """Bytes per element of a floating or complex dtype of ``xp``."""
+    sizes = [(xp.float32, 4), (xp.float64, 8), (xp.complex64, 8), (xp.complex128, 16)]
+    for known, size in sizes:
+        if dtype == known:
+            return size
+    raise TypeError(f"expected a floating dtype, got {dtype}")
+
+
+def _scalar(value, xp, like):
+    return xp.asarray(value, dtype=like.dtype, device=array_api_compat.device(like))
+
+
+def numerical_gradient(f, x, *, h=1e-4):
+    """Central-difference gradient of ``f`` at ``x``, one coordinate at a time.
+
+    The book's ``common/gradient.py``: for every index ``k`` of ``x``, set
+    ``x[k] = x_k + h``, evaluate ``f(x)``, set ``x[k] = x_k - h``, evaluate, restore.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(x) -> scalar`` (Python float or 0-d array).
+    x : array, any shape, real floating
+        Point of evaluation. Mutable arrays are perturbed in place and restored
+        exactly; immutable ones (JAX) are not touched and ``f`` receives a
+        perturbed copy.
+    h : float
+        Step (> 0).
+
+    Returns
+    -------
+    array, same shape, dtype and device as ``x``.
+    """
+    h = check_step(h)
+    check_float_array("x", x)
+    xp = array_namespace(x)
+    in_place = array_api_compat.is_writeable_array(x)
+    values = []
+    for index in itertools.product(*(range(n) for n in x.shape)):
+        if in_place:
+            original = xp.asarray(x[index], copy=True)  # torch indexing returns a view
+            x[index] = original + h
+            f_plus = f(x)
+            x[index] = original - h
+            f_minus = f(x)
+            x[index] = original
+        else:
+            f_plus = f(xpx.at(x, index).add(h, copy=True))
+            f_minus = f(xpx.at(x, index).subtract(h, copy=True))
+        values.append((_scalar(f_plus, xp, x) - _scalar(f_minus, xp, x)) / (2 * h))
+    return xp.reshape(xp.stack(values), x.shape)
+
+
+def numerical_gradient_batched(
+    f_batched, x, *, h=1e-4, chunk_size=None, max_bytes=None, item_bytes=None
+):
+    """Central-difference gradient, evaluating chunks of perturbations at once.
+
+    For a chunk of ``K`` coordinates, builds the ``(2K, *x.shape)`` stack
+    ``[x + h E; x - h E]`` (``E``: ``K`` rows of the identity, by broadcasting, no
+    scatter) and calls ``f_batched`` once on it.
+
+    Parameters
+    ----------
+    f_batched : callable
+        Maps an array of shape ``(B, *x.shape)`` to the ``B`` values of ``f``
+        (shape ``(B,)``).
+    x : array, any shape, real floating
+    h : float
+        Step (> 0).
+    chunk_size : int, optional
+        Coordinates per chunk. Default: from ``max_bytes``.
+    max_bytes : int, optional
+        Memory budget per chunk; default 8 MiB on the host, 2 GiB on a GPU,
+        capped at half its free memory.
+    item_bytes : int, optional
+        Bytes ``f_batched`` needs per stacked input beyond the input itself, so the
+        budget covers its intermediates too (default: 0).
+
+    Returns
+    -------
+    array, same shape, dtype and device as ``x``.
+
+    Raises
+    ------
+    ValueError
+        ``f_batched`` returned the wrong shape, or a bad ``chunk_size``/``h``.
+    """
+    h = check_step(h)
+    check_float_array("x", x)
+    xp = array_namespace(x)
+    device = array_api_compat.device(x)
+    size = math.prod(x.shape)
+    if chunk_size is None:
+        per_item = 2 * (size * itemsize(xp, x.dtype) * 2 + (item_bytes or 0))
+        chunk_size = max(1, memory_budget(xp, device, max_bytes) // per_item)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    flat = xp.reshape(x, (1, size))
+    oom = out_of_memory_errors(xp)
+    parts = []
+    start = 0
+    while start < size:
+        k = min(chunk_size, size - start)
+        try:
+            basis = xp.eye(k, size, k=start, dtype=x.dtype, device=device)
+            stack = xp.concat([flat + h * basis, flat - h * basis], axis=0)
+            values = f_batched(xp.reshape(stack, (2 * k, *x.shape)))
+        except oom:
+            if k == 1:
+                raise
+            chunk_size = k // 2
+            continue
+        if tuple(values.shape) != (2 * k,):
+            raise ValueError(
+                f"f_batched must return shape ({2 * k},) for a stack of {2 * k} inputs, "
+                f"got {tuple(values.shape)}"
+            )
+        parts.append((values[:k] - values[k:]) / (2 * h))
+        start += k
+    return xp.reshape(xp.concat(parts), x.shape)
