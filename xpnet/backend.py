@@ -32,6 +32,7 @@ __all__ = [
     "free_memory",
     "out_of_memory_errors",
     "synchronize",
+    "track_peak_memory",
     "is_numpy",
 ]
 
@@ -289,6 +290,60 @@ def out_of_memory_errors(xp) -> tuple[type[BaseException], ...]:
 
         errors.append(torch.OutOfMemoryError)
     return tuple(errors)
+
+
+class _CupyPeak:
+    """CuPy memory hook that records the peak of bytes held by the pool."""
+
+    def __init__(self):
+        import cupy
+
+        class Hook(cupy.cuda.MemoryHook):
+            name = "xpnet-peak"
+
+            def __init__(hook):
+                hook.current = hook.peak = 0
+
+            def malloc_postprocess(hook, device_id, size, mem_size, mem_ptr, pmem_id):
+                hook.current += mem_size
+                hook.peak = max(hook.peak, hook.current)
+
+            def free_postprocess(hook, device_id, mem_size, mem_ptr, pmem_id):
+                hook.current -= mem_size
+
+        self.hook = Hook()
+
+
+def track_peak_memory(xp, device, fn):
+    """Run ``fn()``; return ``(result, peak_extra_bytes or None, how)``.
+
+    CuPy: bytes allocated through its memory pool (a memory hook). torch CUDA:
+    ``torch.cuda.max_memory_allocated``. NumPy and array-api-strict: tracemalloc
+    (NumPy reports its buffers to it). Other backends: None.
+    """
+    if array_api_compat.is_cupy_namespace(xp):
+        peak = _CupyPeak().hook
+        with peak:
+            result = fn()
+        return result, peak.peak, "cupy memory hook"
+    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", "") == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result = fn()
+        return result, torch.cuda.max_memory_allocated(device) - base, "torch.cuda"
+    if array_api_compat.is_numpy_namespace(xp) or xp.__name__ == "array_api_strict":
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            result = fn()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return result, peak, "tracemalloc"
+    return fn(), None, "not measured"
 
 
 def synchronize(xp, device=None) -> None:

@@ -1,0 +1,126 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from matplotlib.image import imread
+
+from xpnet.cli import main, parse_args
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("--dataset", "(default: digits)", "--batch-size", "(default: 100)", "--resume"):
+        assert text in out
+
+
+def test_dry_run_prints_configuration_and_writes_nothing(tmp_path, capsys):
+    assert main(["train", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "dataset         digits" in out and "lr              0.5" in out
+    assert "iters           1000" in out and "dry run" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_short_real_run_writes_all_outputs(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code = main(
+        ["train", "--iters", "30", "--hidden", "20", "--out", str(out_dir), "--no-progress"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    # 1438 training digits, batch 100: an epoch is 15 iterations
+    assert (
+        "epoch 1, train acc" in out and "epoch 2, train acc" in out and "done: 30 iterations" in out
+    )
+    history = json.loads((out_dir / "history.json").read_text())
+    assert len(history["loss"]) == 30 and len(history["train_acc"]) == 2
+    assert history["config"]["dataset"] == "digits" and history["config"]["grad"] == "numerical"
+    for png in ("accuracy.png", "loss.png"):
+        image = imread(out_dir / png)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    import xpnet
+
+    net = xpnet.TwoLayerNet.load(out_dir / "params.npz")
+    assert net.hidden_size == 20
+
+
+def test_resume_via_cli(tmp_path, capsys):
+    args = ["train", "--iters", "30", "--hidden", "8", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "history.json").read_text())
+    assert main(args[:2] + ["60"] + args[3:] + ["--resume"]) == 0
+    resumed = json.loads((tmp_path / "history.json").read_text())
+    assert resumed["loss"][:30] == first["loss"] and len(resumed["loss"]) == 60
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--backend", "tensorflow", "--dry-run"], "backend='tensorflow' is not known"),
+        (
+            ["train", "--dataset", "mnist", "--data-dir", "/nonexistent", "--dry-run"],
+            "/nonexistent",
+        ),
+        (["train", "--data-dir", "/tmp", "--dry-run"], "embedded"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(argv, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XPNET_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr("xpnet.datasets.MNIST_MIRROR", "http://127.0.0.1:9/")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xpnet: error:") and message in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "flag", [["--lr", "-1"], ["--iters", "0"], ["--dataset", "cifar"], ["--lr", "x"]]
+)
+def test_bad_flag_values_exit_2(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *flag])
+    assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_gradcheck_command(capsys):
+    assert main(["gradcheck", "--hidden", "10", "--batch-size", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "W1" in out and "PASSED" in out
+
+
+def test_bench_command(capsys):
+    code = main(
+        [
+            "bench",
+            "--input",
+            "16",
+            "--hidden",
+            "6",
+            "--batch-size",
+            "8",
+            "--repeats",
+            "2",
+            "--loop-sample",
+            "6",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    for method in ("loop", "structured", "complex", "batched", "backprop"):
+        assert method in out
+
+
+def test_console_script_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "xpnet.cli", "train", "--dry-run", "--out", "/tmp/x-none"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "dry run" in result.stdout

@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet.datasets import load_digits
+from xpnet.train import CHECKPOINT, TrainConfig, TrainingDiverged, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def _small(**kw):
+    base = dict(dataset="digits", hidden=10, batch_size=50, iters=58, seed=3)  # 2 epochs of 29
+    return TrainConfig(**(base | kw))
+
+
+@pytest.mark.parametrize("grad", ["numerical", "backprop"])
+def test_history_has_the_books_lists(digits, grad):
+    h = train(_small(grad=grad), data=digits, log=None, progress=False)
+    assert len(h["loss"]) == 58 and h["iters_done"] == 58
+    assert h["eval_iters"] == [29, 58] and len(h["train_acc"]) == len(h["test_acc"]) == 2
+    assert all(np.isfinite(h["loss"]))
+    assert h["config"]["lr"] == 0.5 and h["config"]["iters"] == 58
+    assert isinstance(h["net"], xpnet.TwoLayerNet)
+
+
+def test_training_learns(digits):
+    h = train(
+        _small(grad="backprop", iters=290, weight_init_std=0.3),
+        data=digits,
+        log=None,
+        progress=False,
+    )
+    assert np.mean(h["loss"][-10:]) < 0.5 * np.mean(h["loss"][:10])
+    assert h["test_acc"][-1] > 0.8
+
+
+def test_numerical_and_backprop_training_agree(digits):
+    """Same seed, same minibatches: the two gradients differ by ~1e-6, so the
+    trajectories stay close over a short run."""
+    a = train(_small(grad="numerical"), data=digits, log=None, progress=False)
+    b = train(_small(grad="backprop"), data=digits, log=None, progress=False)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+
+
+def test_runs_on_strict_device1(digits):
+    h = train(
+        _small(backend="array_api_strict", device="device1", iters=10),
+        data=digits,
+        log=None,
+        progress=False,
+    )
+    assert h["net"].params["W1"].device == h["net"].device
+
+
+def test_resume_equals_uninterrupted(tmp_path, digits):
+    full = train(_small(iters=87), data=digits, out=tmp_path / "a", log=None, progress=False)
+    train(_small(iters=29), data=digits, out=tmp_path / "b", log=None, progress=False)
+    assert (tmp_path / "b" / CHECKPOINT).is_file()
+    resumed = train(
+        _small(iters=87), data=digits, out=tmp_path / "b", resume=True, log=None, progress=False
+    )
+    assert resumed["loss"] == full["loss"]
+    assert resumed["test_acc"] == full["test_acc"]
+    for name in full["net"].params:
+        np.testing.assert_array_equal(resumed["net"].params[name], full["net"].params[name])
+
+
+def test_resume_refuses_other_settings(tmp_path, digits):
+    train(_small(iters=29), data=digits, out=tmp_path, log=None, progress=False)
+    with pytest.raises(ValueError, match="different settings.*hidden"):
+        train(_small(hidden=12), data=digits, out=tmp_path, resume=True, log=None, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_divergence_names_iteration_and_suggests_lr(digits):
+    with pytest.raises(TrainingDiverged, match=r"iteration \d+.*smaller learning rate"):
+        # the book's loss is bounded (-log 1e-7 ~ 16): divergence shows as NaN once
+        # the weights overflow
+        train(
+            _small(grad="backprop", lr=1e300, activation="relu", weight_init_std=1.0),
+            data=digits,
+            log=None,
+            progress=False,
+        )
+
+
+def test_epoch_lines_are_logged(digits):
+    lines = []
+    train(_small(), data=digits, log=lines.append, progress=False)
+    assert lines[0].startswith("epoch 1, train acc 0.") and "test acc" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(grad="symbolic"), "grad='symbolic'"),
+        (dict(method="fast"), "method='fast'"),
+        (dict(optimizer="lbfgs"), "optimizer='lbfgs'"),
+        (dict(iters=10, epochs=2), "iters or epochs"),
+        (dict(hidden=0), "hidden must be a positive int"),
+        (dict(lr=-1.0), "lr must be positive"),
+    ],
+)
+def test_bad_configs(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _small(**kwargs).resolved(100)
+
+
+def test_epochs_and_defaults():
+    c = TrainConfig(dataset="mnist", epochs=2).resolved(60000)
+    assert c.iters == 1200 and c.lr == 0.1
+    assert TrainConfig().resolved(1438).iters == 1000
+    assert TrainConfig(optimizer="adam").resolved(1438).lr == 0.001
+
+
+def test_evaluate_in_batches_equals_whole(digits):
+    (x, t), _ = digits
+    net = xpnet.TwoLayerNet(64, 10, 10, 1.0, seed=0)
+    assert evaluate(net, x, t, batch=100) == pytest.approx(net.accuracy(x, t), abs=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="apt-get install dataset-fashion-mnist",
+)
+def test_fashion_mnist_learns_with_numerical_gradient():
+    """The book's 784-50-10 net on real data, numerical gradient: after 300
+    iterations test accuracy is far above chance (10%)."""
+    data = xpnet.datasets.load_fashion_mnist()
+    (x, t), (xt, tt) = data
+    small = ((x[:6000], t[:6000]), (xt[:2000], tt[:2000]))
+    h = train(
+        TrainConfig(dataset="fashion-mnist", iters=300, lr=0.1),
+        data=small,
+        log=None,
+        progress=False,
+    )
+    assert h["test_acc"][-1] > 0.4  # chance is 0.1; this run reaches 0.54

@@ -1,0 +1,288 @@
+"""The ``xpnet`` command line: ``train``, ``gradcheck`` and ``bench``.
+
+Rules of this module: argparse only; every flag has its default in ``--help``;
+bad input (unknown data set, missing files, bad values) prints one line
+``xpnet: error: ...`` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .datasets import DATASETS
+from .network import METHODS
+from .optimizers import OPTIMIZERS
+
+__all__ = ["main", "parse_args"]
+
+_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, KeyError)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="data set; digits is embedded (scikit-learn), no download",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="directory with the four IDX files (mnist, fashion-mnist)"
+    )
+    p.add_argument("--backend", default="numpy", help="numpy, cupy, torch, array_api_strict or jax")
+    p.add_argument("--device", default=None, help="backend device, e.g. cuda:0 (torch), 0 (cupy)")
+    p.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="floating dtype"
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="numerical-gradient method (auto = structured)",
+    )
+    p.add_argument("--hidden", type=_positive_int, default=50, help="hidden units")
+    p.add_argument(
+        "--activation", choices=("sigmoid", "relu"), default="sigmoid", help="hidden activation"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and minibatches")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="xpnet",
+        description="Train the book's two-layer network with a fast numerical gradient.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    t = sub.add_parser(
+        "train", help="train and write history, plots and parameters", formatter_class=fmt
+    )
+    _common(t)
+    t.add_argument(
+        "--grad",
+        choices=("numerical", "backprop"),
+        default="numerical",
+        help="gradient used for the updates",
+    )
+    t.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="sgd",
+        help="the book's chapter 6 optimizers",
+    )
+    t.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="learning rate (default: 0.1, the book's, for SGD; 0.5 on digits; "
+        "the book's defaults for the other optimizers)",
+    )
+    t.add_argument("--batch-size", type=_positive_int, default=100, help="minibatch size")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument(
+        "--iters",
+        type=_positive_int,
+        default=None,
+        help="iterations (default: 1000 on digits, 10000 otherwise)",
+    )
+    length.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs of ceil(N / batch-size) iterations",
+    )
+    t.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the configuration and data, print them, train nothing",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = sub.add_parser(
+        "gradcheck", help="numerical vs backprop gradient, per parameter", formatter_class=fmt
+    )
+    _common(g)
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=100,
+        help="first samples of the training set to check on",
+    )
+    g.add_argument("--h", type=_positive_float, default=None, help="step (default: from dtype)")
+
+    b = sub.add_parser(
+        "bench", help="time the gradient methods on one configuration", formatter_class=fmt
+    )
+    b.add_argument("--backend", default="numpy", help="numpy, cupy, torch, array_api_strict")
+    b.add_argument("--device", default=None, help="backend device")
+    b.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="floating dtype"
+    )
+    b.add_argument("--input", type=_positive_int, default=784, help="input size")
+    b.add_argument("--hidden", type=_positive_int, default=50, help="hidden units")
+    b.add_argument("--batch-size", type=_positive_int, default=100, help="samples")
+    b.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats")
+    b.add_argument(
+        "--loop-sample",
+        type=_positive_int,
+        default=200,
+        help="coordinates timed to extrapolate the book's loop",
+    )
+    b.add_argument("--seed", type=int, default=0, help="seed of weights and data")
+    return parser.parse_args(argv)
+
+
+def _train(args) -> int:
+    from .datasets import load_dataset
+    from .io import save_json
+    from .plots import save_accuracy_plot, save_loss_plot
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        grad=args.grad,
+        method=args.method,
+        hidden=args.hidden,
+        activation=args.activation,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        iters=args.iters,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    data = load_dataset(config.dataset, path=config.data_dir)
+    resolved = config.resolved(len(data[0][1]))
+    out = Path(args.out or Path("runs") / args.dataset)
+    print("xpnet train")
+    for key, value in asdict(resolved).items():
+        print(f"  {key:<16}{value}")
+    print(
+        f"  {'train/test':<16}{len(data[0][1])} / {len(data[1][1])} samples, "
+        f"{data[0][0].shape[1]} features"
+    )
+    print(f"  {'out':<16}{out}")
+    if args.dry_run:
+        from .network import TwoLayerNet
+
+        TwoLayerNet(
+            data[0][0].shape[1],
+            resolved.hidden,
+            10,
+            backend=resolved.backend,
+            device=resolved.device,
+            dtype=resolved.dtype,
+        )
+        print("dry run: configuration and data are valid; nothing trained or written")
+        return 0
+    history = train(
+        config, out=out, resume=args.resume, progress=False if args.no_progress else None, data=data
+    )
+    net = history.pop("net")
+    net.save(out / "params.npz")
+    save_json(out / "history.json", history)
+    save_accuracy_plot(history, out / "accuracy.png")
+    save_loss_plot(history, out / "loss.png")
+    print(
+        f"done: {history['iters_done']} iterations in {history['wall_time']:.1f} s "
+        f"({history['time_per_iter'] * 1e3:.1f} ms/iter); final train acc "
+        f"{history['train_acc'][-1]:.4f}, test acc {history['test_acc'][-1]:.4f}"
+    )
+    print(f"wrote {out}/history.json, accuracy.png, loss.png, params.npz")
+    return 0
+
+
+def _gradcheck(args) -> int:
+    from .datasets import load_dataset
+    from .gradcheck import gradient_check
+    from .network import TwoLayerNet
+
+    (x, t), _ = load_dataset(args.dataset, path=args.data_dir)
+    net = TwoLayerNet(
+        x.shape[1],
+        args.hidden,
+        10,
+        activation=args.activation,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
+    result = gradient_check(
+        net, x[: args.batch_size], t[: args.batch_size], method=args.method, h=args.h
+    )
+    return 0 if result.passed else 1
+
+
+def _bench(args) -> int:
+    from .timing import bench_methods
+
+    rows = bench_methods(
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        sizes=(args.input, args.hidden, 10),
+        batch=args.batch_size,
+        repeats=args.repeats,
+        loop_sample=args.loop_sample,
+        seed=args.seed,
+    )
+    print(_table(rows))
+    return 0
+
+
+def _table(rows) -> str:
+    lines = [f"{'method':<12} {'median':>12} {'min':>12} {'vs loop':>10}  note"]
+    for r in rows:
+        lines.append(
+            f"{r['method']:<12} {r['median_s'] * 1e3:>10.2f}ms {r['min_s'] * 1e3:>10.2f}ms "
+            f"{r['speedup']:>9.1f}x  {r.get('note', '')}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    run = {"train": _train, "gradcheck": _gradcheck, "bench": _bench}[args.command]
+    try:
+        return run(args)
+    except _ERRORS as exc:
+        print(f"xpnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xpnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
