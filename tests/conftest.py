@@ -18,12 +18,15 @@ BACKEND_PARAMS = [
     ("strict-device1", "array_api_strict", "device1"),
     ("torch", "torch", None),
     ("cupy", "cupy", None),
+    ("jax", "jax", None),
 ]
 
 
 def _skip_reason(name: str) -> str | None:
     if name == "torch" and importlib.util.find_spec("torch") is None:
         return "torch is not installed (pip install 'xpnet[torch]')"
+    if name == "jax" and importlib.util.find_spec("jax") is None:
+        return "jax is not installed (pip install 'xpnet[jax]')"
     if name == "cupy":
         if importlib.util.find_spec("cupy") is None:
             return "cupy is not installed (needs an NVIDIA GPU: pip install 'xpnet[cupy]')"
@@ -50,6 +53,10 @@ def _skip_reason(name: str) -> str | None:
 def backend(request) -> xpnet.Backend:
     """A resolved float64 backend (namespace, device, dtype)."""
     name, device = request.param
+    if name == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # float64 tests; JAX's only switch for it
     return xpnet.resolve_backend(name, device=device)
 
 

@@ -1,5 +1,6 @@
 import importlib.util
 
+import array_api_compat
 import numpy as np
 import pytest
 from conftest import rel_error
@@ -26,6 +27,8 @@ def test_loop_on_known_gradient(backend, xp):
 
 def test_loop_book_style_f_ignores_argument_and_x_is_restored(backend, xp):
     a, b, w, expect = _quadratic_setup(backend)
+    if not array_api_compat.is_writeable_array(w):
+        pytest.skip("immutable arrays (JAX): f gets a perturbed copy and must use it (documented)")
     original = to_numpy(w).copy()
     grad = xpnet.numerical_gradient(lambda _: xp.sum(a * w**2) + xp.sum(b * w), w)
     np.testing.assert_allclose(to_numpy(grad), expect, atol=1e-10)

@@ -37,6 +37,20 @@ def test_training_learns(digits):
     assert h["test_acc"][-1] > 0.8
 
 
+def test_default_run_is_the_main_job(digits):
+    """What `xpnet train` does with no options: numerical gradient on the digits,
+    at least 90% test accuracy (the README's promise)."""
+    h = train(TrainConfig(), data=digits, log=None, progress=False)
+    c = h["config"]
+    assert (c["dataset"], c["grad"], c["method"], c["iters"]) == (
+        "digits",
+        "numerical",
+        "auto",
+        1000,
+    )
+    assert h["test_acc"][-1] >= 0.9
+
+
 def test_numerical_and_backprop_training_agree(digits):
     """Same seed, same minibatches: the two gradients differ by ~1e-6, so the
     trajectories stay close over a short run."""

@@ -2,10 +2,13 @@
 numerical gradient, written once against the Python Array API (NumPy, CuPy,
 PyTorch, array-api-strict, JAX)."""
 
+from . import datasets, optimizers
 from .backend import Backend, resolve_backend, to_numpy
+from .datasets import load_digits, load_fashion_mnist, load_mnist
 from .gradcheck import GradientCheck, gradient_check
 from .gradient import default_step, numerical_gradient, numerical_gradient_batched
 from .network import METHODS, TwoLayerNet
+from .train import TrainConfig, TrainingDiverged, train
 
 __version__ = "0.1.0"
 
@@ -13,12 +16,20 @@ __all__ = [
     "Backend",
     "GradientCheck",
     "METHODS",
+    "TrainConfig",
+    "TrainingDiverged",
     "TwoLayerNet",
+    "datasets",
     "default_step",
     "gradient_check",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist",
     "numerical_gradient",
     "numerical_gradient_batched",
+    "optimizers",
     "resolve_backend",
     "to_numpy",
+    "train",
     "__version__",
 ]

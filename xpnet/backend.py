@@ -33,6 +33,8 @@ __all__ = [
     "out_of_memory_errors",
     "synchronize",
     "track_peak_memory",
+    "device_name",
+    "library_version",
     "is_numpy",
 ]
 
@@ -167,8 +169,11 @@ def _resolve_device(name: str, xp: ModuleType, device):
             resolved = torch.device("cpu" if device is None else device)
         except (RuntimeError, TypeError) as exc:
             raise ValueError(f"device={device!r} is not a torch device: {exc}") from exc
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: torch sees no CUDA device here")
+        if resolved.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={device!r}: torch sees no CUDA device here")
+            if resolved.index is None:  # tensors report "cuda:0": compare equal to them
+                resolved = torch.device("cuda", torch.cuda.current_device())
         return resolved
     if name == "cupy":
         import cupy
@@ -321,6 +326,8 @@ def track_peak_memory(xp, device, fn):
     ``torch.cuda.max_memory_allocated``. NumPy and array-api-strict: tracemalloc
     (NumPy reports its buffers to it). Other backends: None.
     """
+    if xp is None:  # plain host code
+        xp = array_api_compat.array_namespace(np.empty(0))  # host
     if array_api_compat.is_cupy_namespace(xp):
         peak = _CupyPeak().hook
         with peak:
@@ -344,6 +351,35 @@ def track_peak_memory(xp, device, fn):
             tracemalloc.stop()
         return result, peak, "tracemalloc"
     return fn(), None, "not measured"
+
+
+def device_name(xp, device) -> str:
+    """Human-readable name of ``device`` (GPU model for CUDA devices)."""
+    if array_api_compat.is_cupy_namespace(xp):
+        import cupy
+
+        dev_id = getattr(device, "id", device) or 0
+        return cupy.cuda.runtime.getDeviceProperties(dev_id)["name"].decode()
+    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", "") == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def library_version(name: str) -> str | None:
+    """Installed version of a backend's library, or None."""
+    module = {
+        "numpy": "numpy",
+        "cupy": "cupy",
+        "torch": "torch",
+        "jax": "jax",
+        "array_api_strict": "array_api_strict",
+    }.get(name, name)
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
 
 
 def synchronize(xp, device=None) -> None:

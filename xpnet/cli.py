@@ -21,6 +21,16 @@ __all__ = ["main", "parse_args"]
 _ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, KeyError)
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless its help already says it, or it is unset."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -73,10 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="xpnet",
         description="Train the book's two-layer network with a fast numerical gradient.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Formatter
 
     t = sub.add_parser(
         "train", help="train and write history, plots and parameters", formatter_class=fmt
@@ -245,7 +255,7 @@ def _gradcheck(args) -> int:
 
 
 def _bench(args) -> int:
-    from .timing import bench_methods
+    from .timing import bench_methods, format_rows
 
     rows = bench_methods(
         backend=args.backend,
@@ -257,18 +267,8 @@ def _bench(args) -> int:
         loop_sample=args.loop_sample,
         seed=args.seed,
     )
-    print(_table(rows))
+    print(format_rows(rows))
     return 0
-
-
-def _table(rows) -> str:
-    lines = [f"{'method':<12} {'median':>12} {'min':>12} {'vs loop':>10}  note"]
-    for r in rows:
-        lines.append(
-            f"{r['method']:<12} {r['median_s'] * 1e3:>10.2f}ms {r['min_s'] * 1e3:>10.2f}ms "
-            f"{r['speedup']:>9.1f}x  {r.get('note', '')}"
-        )
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

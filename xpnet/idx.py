@@ -22,12 +22,12 @@ __all__ = ["IdxError", "read_idx", "parse_idx", "encode_idx"]
 
 # type code -> big-endian NumPy dtype
 _TYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
+    0x08: np.dtype(">u1"),  # host
+    0x09: np.dtype(">i1"),  # host
+    0x0B: np.dtype(">i2"),  # host
+    0x0C: np.dtype(">i4"),  # host
+    0x0D: np.dtype(">f4"),  # host
+    0x0E: np.dtype(">f8"),  # host
 }
 
 
@@ -35,7 +35,7 @@ class IdxError(ValueError):
     """An IDX file is malformed (bad magic, dimensions or length)."""
 
 
-def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
+def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:  # host
     """Parse the bytes of an (uncompressed) IDX file into an array."""
     if len(data) < 4:
         raise IdxError(f"{name}: too short for an IDX header ({len(data)} bytes)")
@@ -55,13 +55,13 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         kind = "truncated" if actual < expected else "has trailing bytes"
         raise IdxError(f"{name}: {kind}: shape {shape} needs {expected} data bytes, found {actual}")
     return (
-        np.frombuffer(data, dtype=dtype, offset=header)
+        np.frombuffer(data, dtype=dtype, offset=header)  # host
         .reshape(shape)
         .astype(dtype.newbyteorder("="))
     )
 
 
-def read_idx(path) -> np.ndarray:
+def read_idx(path) -> np.ndarray:  # host
     """Read an IDX file, gzip-compressed (``.gz``, detected by content) or raw."""
     path = Path(path)
     data = path.read_bytes()
@@ -73,9 +73,9 @@ def read_idx(path) -> np.ndarray:
     return parse_idx(data, str(path))
 
 
-def encode_idx(array: np.ndarray) -> bytes:
+def encode_idx(array: np.ndarray) -> bytes:  # host
     """The IDX bytes of ``array`` (uint8/int8/int16/int32/float32/float64)."""
-    array = np.asarray(array)
+    array = np.asarray(array)  # host
     for code, dtype in _TYPES.items():
         if array.dtype.kind == dtype.kind and array.dtype.itemsize == dtype.itemsize:
             header = struct.pack(">HBB", 0, code, array.ndim)

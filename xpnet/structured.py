@@ -191,7 +191,13 @@ def _first_layer(x_aug, a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, c
     groups, f0 = [], 0
     while f0 < n_features:
         f1 = f0 + 1
-        while f1 < n_features and offsets[f1 + 1] - offsets[f0] <= pair_target:
+        # grow the group while its pairs, and its (features x pairs) 0/1 sum
+        # matrix, stay within budget
+        while (
+            f1 < n_features
+            and offsets[f1 + 1] - offsets[f0] <= pair_target
+            and (f1 + 1 - f0) * (offsets[f1 + 1] - offsets[f0]) <= budget_items
+        ):
             f1 += 1
         groups.append((f0, f1))
         f0 = f1

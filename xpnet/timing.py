@@ -15,7 +15,10 @@ Rules of this module:
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
+import platform
 import statistics
 import time
 
@@ -24,19 +27,91 @@ import numpy as np  # host
 from .backend import synchronize, track_peak_memory
 from .gradient import numerical_gradient
 
-__all__ = ["time_call", "bench_methods", "mnist_like_batch"]
+__all__ = [
+    "time_call",
+    "bench_methods",
+    "loop_seconds",
+    "mnist_like_batch",
+    "machine_info",
+    "available_backends",
+    "parse_backends",
+    "format_rows",
+]
 
 
-def time_call(fn, *, xp=None, device=None, warmup=1, repeats=5) -> dict:
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(backends=()) -> dict:
+    """CPU model and core count, GPU names, library versions and the date (UTC)."""
+    from .backend import BACKENDS, device_name, library_version, resolve_backend
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {n: library_version(n) for n in BACKENDS if library_version(n)},
+        "devices": {},
+    }
+    for name, device in backends:
+        try:
+            b = resolve_backend(name, device)
+            info["devices"][f"{name}:{device or 'default'}"] = device_name(b.xp, b.device)
+        except (ImportError, ValueError, RuntimeError):
+            continue
+    return info
+
+
+def available_backends(names=("numpy", "torch", "cupy")) -> list[tuple[str, object]]:
+    """(backend, device) pairs that work here: numpy, torch CPU (+ CUDA), cupy."""
+    from .backend import resolve_backend
+
+    found = []
+    for name in names:
+        devices = [None]
+        if name == "torch":
+            devices = ["cpu", "cuda"]
+        for device in devices:
+            try:
+                resolve_backend(name, device)
+                if name == "cupy":
+                    import cupy
+
+                    cupy.zeros(1)  # a CUDA context, or the error that says why not
+            except Exception:  # noqa: BLE001 - any failure means: not available here
+                continue
+            found.append((name, device))
+    return found
+
+
+def time_call(fn, *, xp=None, device=None, warmup=1, repeats=5, memory=False) -> dict:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+
+    With ``memory=True`` the first warm-up call also measures the peak extra
+    memory (:func:`xpnet.backend.track_peak_memory`).
 
     Returns
     -------
     dict
-        ``median_s``, ``min_s``, ``max_s``, ``times_s`` (list), ``repeats``.
+        ``median_s``, ``min_s``, ``max_s``, ``times_s`` (list), ``repeats``, and
+        with ``memory``: ``peak_bytes``, ``peak_how``, ``result`` (of that call).
     """
-    for _ in range(warmup):
-        fn()
+    extra = {}
+    for i in range(warmup):
+        if memory and i == 0:
+            result, peak, how = track_peak_memory(xp, device, fn)
+            extra = {"peak_bytes": peak, "peak_how": how, "result": result}
+        else:
+            fn()
         if xp is not None:
             synchronize(xp, device)
     times = []
@@ -52,27 +127,28 @@ def time_call(fn, *, xp=None, device=None, warmup=1, repeats=5) -> dict:
         "max_s": max(times),
         "times_s": times,
         "repeats": repeats,
+        **extra,
     }
 
 
 def mnist_like_batch(n, d, c=10, *, seed=0, zero_fraction=0.51):
     """Host inputs with MNIST's share of exact zeros (51% for Fashion-MNIST; the
     zeros cluster on the borders as in real digits) and labels."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # host
     side = int(math.isqrt(d))
     x = rng.random((n, d))
     if side * side == d:
         # zero the pixels far from the centre, with a random radius per image
-        yy, xx = np.mgrid[:side, :side]
-        dist = np.hypot(yy - (side - 1) / 2, xx - (side - 1) / 2).ravel()
-        radius = np.quantile(dist, 1 - zero_fraction) * rng.uniform(0.85, 1.15, (n, 1))
+        yy, xx = np.mgrid[:side, :side]  # host
+        dist = np.hypot(yy - (side - 1) / 2, xx - (side - 1) / 2).ravel()  # host
+        radius = np.quantile(dist, 1 - zero_fraction) * rng.uniform(0.85, 1.15, (n, 1))  # host
         x[dist[None, :] > radius] = 0.0
     else:
         x[rng.random((n, d)) < zero_fraction] = 0.0
     return x, rng.integers(0, c, n)
 
 
-def _loop_seconds(net, x, labels, sample: int) -> tuple[float, int]:
+def loop_seconds(net, x, labels, sample: int) -> tuple[float, int]:
     """Seconds of the book's loop, extrapolated from ``sample`` timed coordinates."""
     xp = net.xp
     params = net._params()
@@ -102,9 +178,13 @@ def bench_methods(
     repeats=5,
     loop_sample=200,
     seed=0,
+    data=None,
     methods=("structured", "complex", "batched", "backprop"),
 ) -> list[dict]:
     """Time the gradient methods of one network side by side, in one run.
+
+    ``data``: host ``(x, t)`` to take the first ``batch`` rows of; default
+    :func:`mnist_like_batch`.
 
     Returns one dict per method: ``method``, timing (``median_s``...), ``speedup``
     over the loop measured in this run, ``peak_bytes`` (extra memory of one call),
@@ -114,9 +194,12 @@ def bench_methods(
 
     net = TwoLayerNet(*sizes, backend=backend, device=device, dtype=dtype, seed=seed)
     xp = net.xp
-    x_host, t_host = mnist_like_batch(batch, sizes[0], sizes[2], seed=seed)
+    if data is None:
+        x_host, t_host = mnist_like_batch(batch, sizes[0], sizes[2], seed=seed)
+    else:
+        x_host, t_host = data[0][:batch], data[1][:batch]
     x, labels = net._batch(x_host, t_host)
-    loop_s, timed = _loop_seconds(net, x, labels, loop_sample)
+    loop_s, timed = loop_seconds(net, x, labels, loop_sample)
     reference = {}
     for name in ("b1", "W2", "b2"):
         value = xp.asarray(net._params()[name], copy=True)
@@ -146,11 +229,11 @@ def bench_methods(
                 return net.numerical_gradient(x, labels, method=method)
 
         try:
-            stats = time_call(call, xp=xp, device=net.device, repeats=repeats)
+            stats = time_call(call, xp=xp, device=net.device, repeats=repeats, memory=True)
         except (TypeError, ValueError, RuntimeError) as exc:
             rows.append({"method": method, "error": str(exc)})
             continue
-        grads, peak, how = track_peak_memory(xp, net.device, call)
+        grads = stats.pop("result")
         rel = max(
             float(xp.linalg.vector_norm(grads[k] - reference[k]))
             / max(float(xp.linalg.vector_norm(reference[k])), 1e-300)
@@ -161,8 +244,6 @@ def bench_methods(
                 "method": method,
                 **stats,
                 "speedup": loop_s / stats["median_s"],
-                "peak_bytes": peak,
-                "peak_how": how,
                 "rel_vs_loop": rel,
                 "note": "analytic" if method == "backprop" else "",
             }
@@ -173,5 +254,37 @@ def bench_methods(
         "dtype": dtype,
         "sizes": list(sizes),
         "batch": batch,
+        "zero_fraction": float(xp.mean(xp.astype(x == 0, net.dtype))),
     }
     return [{**meta, **row} for row in rows]
+
+
+def parse_backends(spec: str) -> list[tuple[str, object]]:
+    """``"auto"`` (every backend present) or ``"numpy,torch:cuda,cupy:0"``."""
+    if spec == "auto":
+        return available_backends()
+    pairs = []
+    for item in spec.split(","):
+        name, _, device = item.partition(":")
+        pairs.append((name, device or None))
+    return pairs
+
+
+def format_rows(rows) -> str:
+    """A text table of :func:`bench_methods` rows."""
+    head = (
+        f"{'backend':<18} {'method':<11} {'median':>11} {'min':>11} {'vs loop':>9} "
+        f"{'peak MiB':>9} {'rel vs loop':>12}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        name = f"{r['backend']}:{r['device']}"
+        if "error" in r:
+            lines.append(f"{name:<18} {r['method']:<11} error: {r['error']}")
+            continue
+        peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.1f}"
+        lines.append(
+            f"{name:<18} {r['method']:<11} {r['median_s'] * 1e3:>9.1f}ms {r['min_s'] * 1e3:>9.1f}ms"
+            f" {r['speedup']:>8.1f}x {peak:>9} {r['rel_vs_loop']:>12.1e}  {r.get('note', '')}"
+        )
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ Rules of this module:
 
 * Data is moved to the network's device once; minibatch indices are drawn on the
   host from ``numpy.random.default_rng(seed)`` (with replacement, like the book's
-  ``np.random.choice``) and gathered on the device with ``xp.take``.
+  ``random.choice``) and gathered on the device with ``xp.take``.
 * One iteration: gradient (numerical or backprop) -> optimizer update -> loss of
   the minibatch at the updated parameters (the book's order). A NaN/inf loss
   stops the run with :class:`TrainingDiverged`.

@@ -1,0 +1,100 @@
+"""Every script in scripts/ runs end to end (dry runs) on numpy and on
+array-api-strict's non-default device, and writes what it promises."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+HOST_BACKENDS = ["numpy", "array_api_strict:device1"]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_bench_gradient(tmp_path, backend, capsys):
+    out = tmp_path / "g.json"
+    assert (
+        _load("bench_gradient").main(["--dry-run", "--backends", backend, "--out", str(out)]) == 0
+    )
+    data = json.loads(out.read_text())
+    assert {r["method"] for r in data["rows"]} == {
+        "loop",
+        "structured",
+        "complex",
+        "batched",
+        "backprop",
+    }
+    assert data["machine"]["cpu"] and data["command"].startswith("python scripts/bench_gradient.py")
+    assert "vs loop" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_bench_backends(tmp_path, backend):
+    assert (
+        _load("bench_backends").main(["--dry-run", "--backends", backend, "--out", str(tmp_path)])
+        == 0
+    )
+    rows = json.loads((tmp_path / "backends.json").read_text())["rows"]
+    measured = {r["method"] for r in rows if "median_s" in r}
+    assert {"forward", "backprop", "structured", "complex", "batched", "loop"} <= measured
+    assert "| method |" in (tmp_path / "backends.md").read_text()
+    assert imread(tmp_path / "backends.png").shape[0] > 100
+
+
+def test_bench_backends_quick_skips_by_prediction(tmp_path):
+    """--quick is what CPU users run: it must finish and record skips, not guesses."""
+    module = _load("bench_backends")
+    assert module.main(["--quick", "--backends", "numpy", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "backends.json").read_text())["rows"]
+    assert {(r["hidden"], r["batch"]) for r in rows} == {(20, 50), (50, 50), (20, 100), (50, 100)}
+    for r in rows:
+        assert "median_s" in r or r.get("skipped", "").startswith("predicted")
+
+
+def test_cost_model_orders_methods():
+    cost = _load("bench_backends").cost
+    args = (784, 50, 10, 100, 39200)
+    assert cost("forward", *args) < cost("structured", *args) < cost("batched", *args)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_bench_train(tmp_path, backend, capsys):
+    assert (
+        _load("bench_train").main(
+            ["--dry-run", "--backends", backend, "--out", str(tmp_path), "--no-progress"]
+        )
+        == 0
+    )
+    data = json.loads((tmp_path / "train.json").read_text())
+    (result,) = data["results"]
+    assert result["iters"] == 20 and 0 <= result["final_test_acc"] <= 1
+    assert list(tmp_path.glob("accuracy-*.png"))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
+def test_bench_accuracy(tmp_path, capsys, backend):
+    out = tmp_path / "a.json"
+    assert _load("bench_accuracy").main(["--dry-run", "--backend", backend, "--out", str(out)]) == 0
+    rows = {(r["method"], r["dtype"], r["h"]): r for r in json.loads(out.read_text())["rows"]}
+    assert max(rows[("complex", "float64", 1e-20)]["normwise"].values()) < 1e-12
+    assert max(rows[("structured", "float64", 1e-4)]["normwise"].values()) < 1e-5
+    assert "median coord" in capsys.readouterr().out
+
+
+def test_gpu_suite_is_a_valid_bash_script():
+    import subprocess
+
+    script = SCRIPTS / "gpu_suite.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    for needed in ("pytest", "bench_gradient.py", "bench_backends.py", "bench_train.py"):
+        assert needed in text
