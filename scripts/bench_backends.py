@@ -214,10 +214,18 @@ def plot(rows, path):
     from matplotlib.figure import Figure
 
     done = [r for r in rows if "median_s" in r]
-    panels = sorted({(r["dtype"], r["batch"]) for r in done})
-    fig = Figure(figsize=(6 * max(len(panels), 1), 4.5), layout="constrained")
-    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
-    for ax, (dtype, batch) in zip(axes, panels, strict=False):
+    dtypes = sorted({r["dtype"] for r in done})
+    batches = sorted({r["batch"] for r in done})
+    fig = Figure(
+        figsize=(6 * max(len(batches), 1), 4.5 * max(len(dtypes), 1)), layout="constrained"
+    )
+    grid = fig.subplots(max(len(dtypes), 1), max(len(batches), 1), squeeze=False)
+    panels = [
+        (grid[a][b], dtype, batch)
+        for a, dtype in enumerate(dtypes)
+        for b, batch in enumerate(batches)
+    ]
+    for ax, dtype, batch in panels:
         series = {}
         for r in done:
             if (r["dtype"], r["batch"]) == (dtype, batch):

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         results.append(
             {
                 "backend": name,
-                "device": str(device),
+                "device": str(xpnet.resolve_backend(name, device).device),
                 "iters": history["iters_done"],
                 "wall_s": history["wall_time"],
                 "ms_per_iter": 1e3 * history["time_per_iter"],

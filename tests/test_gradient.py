@@ -59,6 +59,11 @@ def test_bad_steps(h):
         numerical_gradient_batched(lambda v: v[:, 0], np.zeros(2), h=h)
 
 
+def test_non_array_argument_is_named():
+    with pytest.raises(TypeError, match="x must be an array .* got list"):
+        xpnet.numerical_gradient(lambda v: 0.0, [1.0, 2.0])
+
+
 def test_step_type_error():
     with pytest.raises(TypeError, match="h must be a positive float"):
         xpnet.numerical_gradient(lambda v: 0.0, np.zeros(2), h="1e-4")

@@ -30,7 +30,12 @@ def check_size(name: str, value) -> int:
 
 def check_float_array(name: str, a) -> None:
     """``a`` has a real floating dtype (integer and bool arrays are refused)."""
-    xp = array_namespace(a)
+    try:
+        xp = array_namespace(a)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an array (NumPy or a backend's), got {type(a).__name__}"
+        ) from None
     if not xp.isdtype(a.dtype, "real floating"):
         raise TypeError(
             f"{name} must have a real floating dtype (float32/float64), got {a.dtype}; "
