@@ -186,3 +186,11 @@ def test_bad_numerical_gradient_arguments(small):
     small.params["W1"] = np.zeros((4, 3), dtype=np.int64)
     with pytest.raises(TypeError, match=r"params\['W1'\] must have a real floating dtype"):
         small.numerical_gradient(x, t)
+
+
+def test_input_that_overflows_the_network_dtype_is_refused():
+    """1e300 is finite in float64 but inf in a float32 network: refused after the cast."""
+    net = xpnet.TwoLayerNet(4, 3, 2, dtype="float32", seed=0)
+    x = np.array([[1e300, 0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        net.predict(x)

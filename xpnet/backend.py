@@ -91,11 +91,6 @@ class Backend:
     def dtype_name(self) -> str:
         return "float64" if self.dtype == self.xp.float64 else "float32"
 
-    @property
-    def complex_dtype(self):
-        """Complex dtype matching :attr:`dtype` (complex128 or complex64)."""
-        return self.xp.complex128 if self.dtype == self.xp.float64 else self.xp.complex64
-
     def from_host(self, array, dtype=None):
         """Copy a host (NumPy or Python) array onto this backend's device."""
         return self.xp.asarray(array, dtype=dtype, device=self.device)

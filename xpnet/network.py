@@ -141,7 +141,8 @@ class TwoLayerNet:
 
     def _inputs(self, x):
         x = self.backend.asarray(x)
-        check_float_array("x", x)
+        check_float_array("x", x)  # before the cast: integer pixels are refused, not converted
+        # after the cast: finite in the network's dtype (1e300 is inf in float32)
         return check_inputs(self.xp.astype(x, self.dtype), self.input_size)
 
     def _batch(self, x, t):

@@ -142,7 +142,7 @@ def _gradient(x, labels, params, activation, h, mode, max_bytes, n_threads, xp):
         diff = loss[0, ...] - loss[1, ...] if mode == "central" else xp.imag(loss[0, ...])
         return diff * scale
 
-    ctx = dict(xp=xp, act=act, steps=steps, work=work, real=real, combine=combine)
+    ctx = dict(xp=xp, act=act, steps=steps, combine=combine)
     budget_items = max(1, max_bytes // (itemsize(xp, work) * _TEMPORARIES))
     ones = xp.ones((n_samples, 1), dtype=real, device=dev)
     first = _first_layer(

@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np  # host
@@ -103,12 +103,6 @@ class TrainConfig:
 
     def iters_per_epoch(self, train_size: int) -> int:
         return max(math.ceil(train_size / self.batch_size), 1)
-
-
-@dataclass
-class _State:
-    history: dict = field(default_factory=dict)
-    iteration: int = 0
 
 
 def evaluate(net, x, t, batch: int = 10_000) -> float:
@@ -292,7 +286,3 @@ def train(
     history["time_per_iter"] = history["wall_time"] / max(history["iters_done"], 1)
     history["net"] = net
     return history
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
