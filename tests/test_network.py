@@ -188,6 +188,7 @@ def test_bad_numerical_gradient_arguments(small):
         small.numerical_gradient(x, t)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_input_that_overflows_the_network_dtype_is_refused():
     """1e300 is finite in float64 but inf in a float32 network: refused after the cast."""
     net = xpnet.TwoLayerNet(4, 3, 2, dtype="float32", seed=0)
