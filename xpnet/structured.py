@@ -50,6 +50,8 @@ ACTIVATIONS = {"sigmoid": sigmoid, "relu": relu}
 
 # live intermediates of a chunk's (steps, pairs, hidden) shape, with slack
 _TEMPORARIES = 6
+# the (distinct pairs x hidden) loss differences may take this many budgets
+_STORAGE = 64
 
 
 def structured_gradient(
@@ -169,30 +171,32 @@ def _run(tasks, n_threads):
 
 def _first_layer(x_aug, a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, ctx):
     """Gradient rows for ``[W1; b1]``, shape (D + 1, H)."""
-    xp, act, steps, combine = ctx["xp"], ctx["act"], ctx["steps"], ctx["combine"]
+    xp = ctx["xp"]
     n_samples, n_features = x_aug.shape
-    n_hidden, n_classes = W2.shape
-    n_steps = steps.shape[0]
+    n_hidden = W2.shape[0]
+    n_steps = ctx["steps"].shape[0]
+    dev = device_of(x_aug)
     x_t = xp.permute_dims(x_aug, (1, 0))  # (D+1, N): pairs come out grouped by feature
     nonzero = x_t != 0
     feature, sample = xp.nonzero(nonzero)
     value = xp.take(xp.reshape(x_t, (-1,)), feature * n_samples + sample)
     counts = [int(c) for c in to_numpy(xp.sum(xp.astype(nonzero, xp.int64), axis=1))]
+    group, u_sample, u_value = _distinct(xp, sample, value, dev)
+    n_unique = u_sample.shape[0]
 
-    # plan: blocks of whole features (so each gradient row is summed in one block)
-    # times blocks of hidden units, each within the element budget
+    # plan: hidden blocks whose (distinct pairs x hidden) losses fit in storage;
+    # chunks of distinct pairs within the budget; blocks of whole features (each
+    # gradient row is summed in one block) whose pairs and 0/1 matrix fit too
+    hidden_block = min(n_hidden, max(1, _STORAGE * budget_items // n_unique))
+    unique_chunk = max(1, budget_items // (n_steps * hidden_block))
     widest = max(counts)
-    per_pair = n_steps
-    hidden_block = min(n_hidden, max(1, budget_items // (per_pair * widest)))
-    pair_target = max(widest, budget_items // (per_pair * hidden_block))
+    pair_target = max(widest, budget_items // hidden_block)
     offsets = [0]
     for c in counts:
         offsets.append(offsets[-1] + c)
     groups, f0 = [], 0
     while f0 < n_features:
         f1 = f0 + 1
-        # grow the group while its pairs, and its (features x pairs) 0/1 sum
-        # matrix, stay within budget
         while (
             f1 < n_features
             and offsets[f1 + 1] - offsets[f0] <= pair_target
@@ -202,45 +206,76 @@ def _first_layer(x_aug, a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, c
         groups.append((f0, f1))
         f0 = f1
 
-    labels_pair = xp.take(labels, sample)
-    step = steps[:, None, None]
-    W2_t = _contiguous(xp, xp.permute_dims(W2, (1, 0)))  # (C, H)
-    s2_t_all = _contiguous(xp, xp.permute_dims(s2, (1, 0)))  # (C, N)
+    losses = _loss_differences(a1, z1, s2, s2_t, W2, labels, u_sample, u_value, ctx)
 
-    def block(f0, f1, j0, j1):
+    def sums(f0, f1, differences):
         p0, p1 = offsets[f0], offsets[f1]
         if p0 == p1:
-            return xp.zeros((f1 - f0, j1 - j0), dtype=x_aug.dtype, device=device_of(x_aug))
-        n_idx = sample[p0:p1]
-        a = xp.take(a1[:, j0:j1], n_idx, axis=0)  # (P, J)
-        z = xp.take(z1[:, j0:j1], n_idx, axis=0)
-        dz = act(a[None, ...] + step * value[None, p0:p1, None]) - z[None, ...]  # (S, P, J)
-        w = W2_t[:, j0:j1]  # (C, J)
-        s = xp.take(s2_t_all, n_idx, axis=1)  # (C, P): rows contiguous
-        # the softmax's sum over classes, one class at a time: every temporary is
-        # (S, P, J), which keeps a chunk in cache however many classes there are
-        total = xp.exp(s[0, None, :, None] + dz * w[0, :])
-        for c in range(1, n_classes):
-            total = total + xp.exp(s[c, None, :, None] + dz * w[c, :])
-        w_t = xp.take(w, labels_pair[p0:p1], axis=0)  # (P, J)
-        score_t = xp.take(s2_t, n_idx)[None, :, None] + dz * w_t[None, ...]
-        loss = -xp.log(xp.exp(score_t) / total + LOG_EPS)
-        diff = combine(loss)  # (P, J)
-        rows = xp.arange(f0, f1, dtype=feature.dtype, device=device_of(feature))
+            return xp.zeros((f1 - f0, differences.shape[1]), dtype=x_aug.dtype, device=dev)
+        diff = xp.take(differences, group[p0:p1], axis=0)  # (P, J): each pair's own
+        rows = xp.arange(f0, f1, dtype=feature.dtype, device=dev)
         seg = xp.astype(feature[None, p0:p1] == rows[:, None], diff.dtype)  # (F, P)
         return seg @ diff
 
-    tasks, layout = [], []
-    for f0, f1 in groups:
-        row = []
-        for j0 in range(0, n_hidden, hidden_block):
-            j1 = min(n_hidden, j0 + hidden_block)
-            tasks.append(lambda f0=f0, f1=f1, j0=j0, j1=j1: block(f0, f1, j0, j1))
-            row.append(len(tasks) - 1)
-        layout.append(row)
-    results = _run(tasks, n_threads)
-    rows = [xp.concat([results[i] for i in row], axis=1) for row in layout]
-    return xp.concat(rows, axis=0)
+    blocks = []
+    for j0 in range(0, n_hidden, hidden_block):
+        j1 = min(n_hidden, j0 + hidden_block)
+        chunks = [
+            (lambda u0=u0, j0=j0, j1=j1: losses(u0, min(n_unique, u0 + unique_chunk), j0, j1))
+            for u0 in range(0, n_unique, unique_chunk)
+        ]
+        differences = xp.concat(_run(chunks, n_threads), axis=0)  # (U, J)
+        parts = [(lambda f0=f0, f1=f1, d=differences: sums(f0, f1, d)) for f0, f1 in groups]
+        blocks.append(xp.concat(_run(parts, n_threads), axis=0))
+    return xp.concat(blocks, axis=1)
+
+
+def _distinct(xp, sample, value, dev):
+    """Distinct (sample, value) pairs, and each pair's index among them.
+
+    ``W1[i, j] += s`` moves ``a1[n, j]`` by ``s * x[n, i]``: inputs of one sample
+    with equal values give bit-identical perturbed losses (real images repeat
+    values: 8-bit pixels), so each distinct one is evaluated once.
+    """
+    order = xp.argsort(value, stable=True)
+    order = xp.take(order, xp.argsort(xp.take(sample, order), stable=True))  # by (n, v)
+    n_sorted, v_sorted = xp.take(sample, order), xp.take(value, order)
+    new = (n_sorted[1:] != n_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])
+    first = xp.concat([xp.ones(1, dtype=xp.bool, device=dev), new])
+    index_sorted = xp.cumulative_sum(xp.astype(first, xp.int64)) - 1
+    group = xp.take(index_sorted, xp.argsort(order))  # argsort inverts the permutation
+    (starts,) = xp.nonzero(first)
+    return group, xp.take(n_sorted, starts), xp.take(v_sorted, starts)
+
+
+def _loss_differences(a1, z1, s2, s2_t, W2, labels, u_sample, u_value, ctx):
+    """``losses(u0, u1, j0, j1)``: combined perturbed-loss terms, shape (U, J), of
+    samples ``u_sample[u0:u1]`` whose input ``u_value`` moves hidden units j0:j1."""
+    xp, act, combine = ctx["xp"], ctx["act"], ctx["combine"]
+    n_classes = W2.shape[1]
+    step = ctx["steps"][:, None, None]
+    W2_t = _contiguous(xp, xp.permute_dims(W2, (1, 0)))  # (C, H)
+    s2_by_class = _contiguous(xp, xp.permute_dims(s2, (1, 0)))  # (C, N)
+    u_label = xp.take(labels, u_sample)
+
+    def losses(u0, u1, j0, j1):
+        n_idx = u_sample[u0:u1]
+        a = xp.take(a1[:, j0:j1], n_idx, axis=0)  # (U, J)
+        z = xp.take(z1[:, j0:j1], n_idx, axis=0)
+        dz = act(a[None, ...] + step * u_value[None, u0:u1, None]) - z[None, ...]  # (S, U, J)
+        w = W2_t[:, j0:j1]  # (C, J)
+        s = xp.take(s2_by_class, n_idx, axis=1)  # (C, U): rows contiguous
+        # the softmax's sum over classes, one class at a time: every temporary is
+        # (S, U, J), which keeps a chunk in cache however many classes there are
+        total = xp.exp(s[0, None, :, None] + dz * w[0, :])
+        for c in range(1, n_classes):
+            total = total + xp.exp(s[c, None, :, None] + dz * w[c, :])
+        w_t = xp.take(w, u_label[u0:u1], axis=0)  # (U, J)
+        score_t = xp.take(s2_t, n_idx)[None, :, None] + dz * w_t[None, ...]
+        loss = -xp.log(xp.exp(score_t) / total + LOG_EPS)
+        return combine(loss)
+
+    return losses
 
 
 def _second_layer(z_aug, s2, s2_t, labels, budget_items, n_threads, ctx):

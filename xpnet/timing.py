@@ -132,11 +132,12 @@ def time_call(fn, *, xp=None, device=None, warmup=1, repeats=5, memory=False) ->
 
 
 def mnist_like_batch(n, d, c=10, *, seed=0, zero_fraction=0.51):
-    """Host inputs with MNIST's share of exact zeros (51% for Fashion-MNIST; the
-    zeros cluster on the borders as in real digits) and labels."""
+    """Host inputs like 8-bit images (values k/255) with MNIST's share of exact
+    zeros (51% for Fashion-MNIST; the zeros cluster on the borders as in real
+    digits), and labels."""
     rng = np.random.default_rng(seed)  # host
     side = int(math.isqrt(d))
-    x = rng.random((n, d))
+    x = np.ceil(rng.random((n, d)) * 255) / 255  # host: 1/255 .. 1, like 8-bit pixels
     if side * side == d:
         # zero the pixels far from the centre, with a random radius per image
         yy, xx = np.mgrid[:side, :side]  # host
