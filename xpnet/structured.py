@@ -13,6 +13,10 @@ Rules of this module:
     ``s * z1[:, j]``; ``b2`` is the weight of an extra hidden unit that is 1.
   - A sample whose input ``x[n, i]`` is exactly 0 is untouched by ``W1[i, :]``:
     its loss term cancels exactly in ``f(+) - f(-)``, so it is skipped.
+  - Sample ``n``'s perturbed loss depends on ``i`` only through ``x[n, i]``:
+    inputs of one sample with equal values give bit-identical results, so each
+    distinct (sample, value) pair is evaluated once and shared (8-bit images
+    repeat values; the always-1 input of ``b1`` shares with pixels equal to 1).
 
   With the unperturbed forward pass cached, a perturbation of ``W1[i, j]`` costs,
   per affected sample, one activation and one softmax over the ``C`` classes
