@@ -196,7 +196,7 @@ class TwoLayerNet:
             "b2": xp.sum(dy, axis=0),
         }
 
-    def loss_batched(self, x, labels, name, stack):
+    def loss_batched(self, x, labels, name, stack, *, params=None):
         """Losses for a stack of values of one parameter, the others fixed.
 
         Parameters
@@ -204,12 +204,16 @@ class TwoLayerNet:
         x : array (N, D) and labels : array (N,), already on this backend.
         name : {"W1", "b1", "W2", "b2"}
         stack : array, shape (K, *params[name].shape)
+        params : dict, optional
+            The other parameters, as returned by an earlier read of ``params``;
+            callers that evaluate many stacks pass it so the parameters are read
+            and validated once, not on every call. Default: read them now.
 
         Returns
         -------
         array, shape (K,)
         """
-        p = self._params()
+        p = dict(self._params() if params is None else params)
         p[name] = stack
         b1 = p["b1"] if p["b1"].ndim == 1 else p["b1"][:, None, :]
         b2 = p["b2"] if p["b2"].ndim == 1 else p["b2"][:, None, :]
@@ -264,14 +268,16 @@ class TwoLayerNet:
             if method == "loop":
 
                 def f(w, name=name):
-                    return self.loss_batched(x, labels, name, w[None, ...])[0]
+                    return self.loss_batched(x, labels, name, w[None, ...], params=params)[0]
 
                 grads[name] = numerical_gradient(f, self.xp.asarray(value, copy=True), h=h)
             else:
                 n, d = x.shape
                 work = n * (self.hidden_size + self.output_size) * 3 + d * self.hidden_size
                 grads[name] = numerical_gradient_batched(
-                    lambda stack, name=name: self.loss_batched(x, labels, name, stack),
+                    lambda stack, name=name: self.loss_batched(
+                        x, labels, name, stack, params=params
+                    ),
                     value,
                     h=h,
                     chunk_size=chunk_size,

@@ -156,7 +156,7 @@ def loop_seconds(net, x, labels, sample: int) -> tuple[float, int]:
     b1 = xp.asarray(params["b1"], copy=True)
 
     def f(w):
-        return net.loss_batched(x, labels, "b1", w[None, ...])[0]
+        return net.loss_batched(x, labels, "b1", w[None, ...], params=params)[0]
 
     timed = 0
     start = time.perf_counter()
@@ -202,10 +202,11 @@ def bench_methods(
     x, labels = net._batch(x_host, t_host)
     loop_s, timed = loop_seconds(net, x, labels, loop_sample)
     reference = {}
+    params = net._params()
     for name in ("b1", "W2", "b2"):
-        value = xp.asarray(net._params()[name], copy=True)
         reference[name] = numerical_gradient(
-            lambda w, name=name: net.loss_batched(x, labels, name, w[None, ...])[0], value
+            lambda w, name=name: net.loss_batched(x, labels, name, w[None, ...], params=params)[0],
+            xp.asarray(params[name], copy=True),
         )
     rows = [
         {
