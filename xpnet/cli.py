@@ -203,16 +203,9 @@ def _train(args) -> int:
     )
     print(f"  {'out':<16}{out}")
     if args.dry_run:
-        from .network import TwoLayerNet
+        from .backend import resolve_backend
 
-        TwoLayerNet(
-            data[0][0].shape[1],
-            resolved.hidden,
-            10,
-            backend=resolved.backend,
-            device=resolved.device,
-            dtype=resolved.dtype,
-        )
+        resolve_backend(resolved.backend, resolved.device, resolved.dtype)  # as train() will
         print("dry run: configuration and data are valid; nothing trained or written")
         return 0
     history = train(
