@@ -149,9 +149,11 @@ def test_structured_rejects_unknown_mode(backend, xp):
     x, t = make_batch(2, 7, 3)
     labels = backend.from_host(t, dtype=xp.int64)
     with pytest.raises(ValueError, match="mode must be"):
-        structured_gradient(backend.from_host(x), labels, net.params, mode="forward")
+        structured_gradient(backend.from_host(x), labels, net._layers(net.params), mode="forward")
     with pytest.raises(ValueError, match="n_threads must be a positive int"):
-        structured_gradient(backend.from_host(x), labels, net.params, n_threads=0)
+        structured_gradient(backend.from_host(x), labels, net._layers(net.params), n_threads=0)
+    with pytest.raises(ValueError, match="output='tanh' is not known"):
+        structured_gradient(backend.from_host(x), labels, net._layers(net.params), output="tanh")
 
 
 def test_out_of_memory_halves_the_budget_and_gives_the_same_gradient(backend, monkeypatch):
@@ -160,16 +162,16 @@ def test_out_of_memory_halves_the_budget_and_gives_the_same_gradient(backend, mo
     net = make_net(backend, (30, 7, 4))
     x, t = make_batch(9, 30, 4, seed=5)
     expected = net.numerical_gradient(x, t, max_bytes=2**16)
-    real_first_layer = structured._first_layer
+    real_hidden_layer = structured._hidden_layer
     budgets = []
 
     def flaky(*args):
-        budgets.append(args[7])  # budget_items
-        if args[7] > 2**14:
+        budgets.append(args[3])  # budget_items
+        if args[3] > 2**14:
             raise MemoryError("simulated: chunk does not fit")
-        return real_first_layer(*args)
+        return real_hidden_layer(*args)
 
-    monkeypatch.setattr(structured, "_first_layer", flaky)
+    monkeypatch.setattr(structured, "_hidden_layer", flaky)
     got = net.numerical_gradient(x, t, max_bytes=2**22)
     assert len(budgets) >= 3 and budgets == sorted(budgets, reverse=True)
     for name in expected:
@@ -182,7 +184,7 @@ def test_out_of_memory_with_nothing_left_to_halve_propagates(monkeypatch):
     def broken(*args):
         raise MemoryError("never fits")
 
-    monkeypatch.setattr(structured, "_first_layer", broken)
+    monkeypatch.setattr(structured, "_hidden_layer", broken)
     net = xpnet.TwoLayerNet(5, 3, 2, seed=0)
     with pytest.raises(MemoryError):
         net.numerical_gradient(np.ones((2, 5)), np.array([0, 1]), max_bytes=2**20)

@@ -1,23 +1,34 @@
-"""The book's two-layer network (chapters 4-5), on any Array-API backend.
+"""The book's networks: ``MultiLayerNet`` of any depth, and ``TwoLayerNet``.
 
 Rules of this module:
 
+* A network is affine - activation - ... - affine - head (:mod:`xpnet.heads`);
+  ``TwoLayerNet`` is ``MultiLayerNet`` with one hidden layer and the softmax head,
+  keeping the book's chapter 4 constructor.
 * The backend is resolved once, in ``__init__``, and held as ``self.backend``
   (``self.xp``, ``self.device``, ``self.dtype``). Inputs of any library are moved
   to it; results stay on its device.
-* ``self.params`` is the source of truth: every method reads it afresh, so a
-  user's ``net.params["W1"] = ...`` (or in-place update) is honoured.
+* ``self.params`` (``W1 b1 ... WL bL``) is the source of truth: every public
+  method reads and validates it afresh, so a user's ``net.params["W1"] = ...`` (or
+  in-place update) is honoured. The numerical gradient reads it once per call.
 * Initial weights are drawn on the host from ``numpy.random.default_rng(seed)``,
-  so the same seed gives the same weights on every backend.
+  ``W1`` first, so the same seed gives the same weights on every backend.
+* The loss is the head's mean over samples plus ``0.5 * lambda * sum_l ||W_l||^2``.
+  That decay term is a quadratic: its central difference is exactly
+  ``lambda * W`` per coordinate, so the structured and complex gradients add it
+  without re-running the network.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import numpy as np  # host
 
 from . import functions as F
 from .backend import resolve_backend, to_numpy
-from .checks import check_float_array, check_inputs, check_size, check_targets
+from .checks import check_float_array, check_inputs, check_size
 from .gradient import (
     itemsize,
     memory_budget,
@@ -25,28 +36,92 @@ from .gradient import (
     numerical_gradient_batched,
     resolve_step,
 )
+from .heads import HEADS, get_head
 from .io import load_npz, save_npz
 from .structured import ACTIVATIONS, HOST_BYTES, structured_gradient
 
-__all__ = ["TwoLayerNet", "METHODS", "PARAM_NAMES"]
+__all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "PARAM_NAMES", "INITS"]
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 #: Numerical-gradient methods: ``auto`` picks ``structured``.
 METHODS = ("auto", "structured", "complex", "batched", "loop")
-_GRADIENTS = {"sigmoid": F.sigmoid_grad, "relu": F.relu_grad}
+#: Named weight scales (the book's): He for ReLU, Xavier for sigmoid.
+INITS = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
+# d act / d a, from the pre-activation a and the activation z = act(a)
+_DERIVATIVES = {
+    "sigmoid": lambda a, z: z * (1.0 - z),
+    "relu": lambda a, z: F.relu_grad(a),
+}
 
 
-class TwoLayerNet:
-    """Affine - activation - affine - softmax, with the book's API.
+def _check_hidden(hidden_size_list) -> list[int]:
+    if isinstance(hidden_size_list, (str, bytes)) or not isinstance(
+        hidden_size_list, (list, tuple)
+    ):
+        hint = (
+            f" (one layer of {hidden_size_list}: [{hidden_size_list}])"
+            if isinstance(hidden_size_list, numbers.Integral)
+            else ""
+        )
+        raise TypeError(
+            "hidden_size_list must be a list of positive ints, got "
+            f"{type(hidden_size_list).__name__} {hidden_size_list!r}{hint}"
+        )
+    if len(hidden_size_list) == 0:
+        raise ValueError("hidden_size_list must name at least one hidden layer, got []")
+    return [check_size(f"hidden_size_list[{i}]", h) for i, h in enumerate(hidden_size_list)]
+
+
+def _check_init(weight_init_std):
+    if isinstance(weight_init_std, str):
+        if weight_init_std.lower() not in INITS:
+            raise ValueError(
+                f"weight_init_std={weight_init_std!r} is not known; expected a float >= 0 "
+                f"or one of {sorted(INITS)}"
+            )
+        return weight_init_std.lower()
+    if (
+        isinstance(weight_init_std, bool)
+        or not isinstance(weight_init_std, numbers.Real)
+        or not (math.isfinite(weight_init_std) and weight_init_std >= 0)
+    ):
+        raise ValueError(
+            f"weight_init_std must be a finite float >= 0 or one of {sorted(INITS)}, "
+            f"got {weight_init_std!r}"
+        )
+    return float(weight_init_std)
+
+
+def _check_decay(value) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and value >= 0)
+    ):
+        raise ValueError(f"weight_decay_lambda must be a finite float >= 0, got {value!r}")
+    return float(value)
+
+
+class MultiLayerNet:
+    """Affine - activation - ... - affine - head, with the book's API, any depth.
 
     Parameters
     ----------
-    input_size, hidden_size, output_size : int
-        Layer sizes (``D``, ``H``, ``C``), e.g. 784, 50, 10.
-    weight_init_std : float
-        Standard deviation of the initial weights (biases start at 0).
-    activation : {"sigmoid", "relu"}
-        Hidden activation (the book's chapter 4 uses sigmoid).
+    input_size : int
+    hidden_size_list : list of int
+        Units of each hidden layer, e.g. ``[100, 100]`` (at least one).
+    output_size : int
+    activation : {"relu", "sigmoid"}
+    weight_init_std : float or {"relu", "he", "sigmoid", "xavier"}
+        Standard deviation of the initial weights; ``"relu"``/``"he"`` is
+        ``sqrt(2 / n_in)`` per layer, ``"sigmoid"``/``"xavier"`` ``sqrt(1 / n_in)``
+        (biases start at 0).
+    weight_decay_lambda : float
+        ``lambda >= 0`` of the decay term ``0.5 * lambda * sum_l ||W_l||^2``.
+    output : {"softmax", "sigmoid", "identity"}
+        The head: softmax + cross-entropy (labels or one-hot targets), independent
+        sigmoids + binary cross-entropy (0/1 targets), identity + squared error
+        (regression, float targets).
     backend : str or module
         ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ``"jax"``.
     device : object, optional
@@ -58,9 +133,409 @@ class TwoLayerNet:
     Attributes
     ----------
     params : dict
+        ``W1 (D, H1)``, ``b1 (H1,)``, ..., ``WL (H_{L-1}, C)``, ``bL (C,)``.
+    sizes : tuple of int
+        ``(D, H1, ..., C)``.
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0.0,
+        *,
+        output="softmax",
+        backend="numpy",
+        device=None,
+        dtype="float64",
+        seed=None,
+    ):
+        sizes = (
+            check_size("input_size", input_size),
+            *_check_hidden(hidden_size_list),
+            check_size("output_size", output_size),
+        )
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation={activation!r} is not known; expected one of {sorted(ACTIVATIONS)}"
+            )
+        init = _check_init(weight_init_std)
+        self.weight_decay_lambda = _check_decay(weight_decay_lambda)
+        self.head = get_head(output)
+        self.sizes = sizes
+        self.activation = activation
+        self.weight_init_std = init
+        self.backend = resolve_backend(backend, device, dtype)
+        rng = np.random.default_rng(seed)  # host
+        self.params = {}
+        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), 1):
+            std = math.sqrt(INITS[init] / n_in) if isinstance(init, str) else init
+            weights = std * rng.standard_normal((n_in, n_out))  # host
+            self.params[f"W{layer}"] = self.backend.from_host(weights, dtype=self.dtype)
+            self.params[f"b{layer}"] = self.backend.from_host(
+                np.zeros(n_out),  # host
+                dtype=self.dtype,
+            )
+
+    # -- backend shortcuts -------------------------------------------------
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    @property
+    def device(self):
+        return self.backend.device
+
+    @property
+    def dtype(self):
+        return self.backend.dtype
+
+    @property
+    def input_size(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def hidden_size_list(self) -> list[int]:
+        return list(self.sizes[1:-1])
+
+    @property
+    def output_size(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def output(self) -> str:
+        return self.head.name
+
+    @property
+    def n_layers(self) -> int:
+        """Affine layers (hidden layers + 1)."""
+        return len(self.sizes) - 1
+
+    def param_shapes(self) -> dict:
+        shapes = {}
+        for layer, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True), 1):
+            shapes[f"W{layer}"] = (n_in, n_out)
+            shapes[f"b{layer}"] = (n_out,)
+        return shapes
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiLayerNet(input_size={self.input_size}, "
+            f"hidden_size_list={self.hidden_size_list}, output_size={self.output_size}, "
+            f"activation={self.activation!r}, weight_init_std={self.weight_init_std!r}, "
+            f"weight_decay_lambda={self.weight_decay_lambda!r}, output={self.output!r}, "
+            f"backend={self.backend.name!r}, device={self.device!r}, "
+            f"dtype={self.backend.dtype_name!r})"
+        )
+
+    # -- inputs --------------------------------------------------------------
+    def _params(self) -> dict:
+        """Current parameters, on this backend, with shapes and values checked."""
+        out = {}
+        for name, shape in self.param_shapes().items():
+            if name not in self.params:
+                raise KeyError(f"params is missing {name!r}")
+            value = self.params[name]
+            check_float_array(f"params[{name!r}]", self.backend.asarray(value))
+            value = self.backend.asarray(value, dtype=self.dtype)
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"params[{name!r}] must have shape {shape}, got {tuple(value.shape)}"
+                )
+            out[name] = value
+        return out
+
+    def _layers(self, p) -> list:
+        return [(p[f"W{k}"], p[f"b{k}"]) for k in range(1, self.n_layers + 1)]
+
+    def _inputs(self, x):
+        x = self.backend.asarray(x)
+        check_float_array("x", x)  # before the cast: integer pixels are refused, not converted
+        # after the cast: finite in the network's dtype (1e300 is inf in float32)
+        return check_inputs(self.xp.astype(x, self.dtype), self.input_size)
+
+    def _batch(self, x, t):
+        x = self._inputs(x)
+        targets = self.head.targets(
+            self.backend.asarray(t), x.shape[0], self.output_size, self.dtype
+        )
+        return x, targets
+
+    # -- forward and loss (unchecked internals) --------------------------------
+    def _forward(self, x, layers):
+        """Pre-activations ``a`` and activations ``z`` of every layer (z[0] = x)."""
+        act = ACTIVATIONS[self.activation]
+        z, a = [x], []
+        for index, (W, b) in enumerate(layers):
+            a.append(z[-1] @ W + b)
+            if index < len(layers) - 1:
+                z.append(act(a[-1]))
+        return a, z
+
+    def _decay(self, p):
+        """``0.5 * lambda * sum ||W||^2`` as a 0-d array (0 when lambda is 0)."""
+        xp = self.xp
+        total = xp.zeros((), dtype=self.dtype, device=self.device)
+        if self.weight_decay_lambda:
+            for k in range(1, self.n_layers + 1):
+                total = total + xp.sum(p[f"W{k}"] * p[f"W{k}"])
+            total = 0.5 * self.weight_decay_lambda * total
+        return total
+
+    def _loss(self, x, targets, p):
+        terms = self.head.losses(self._forward(x, self._layers(p))[0][-1], targets)
+        return self.xp.sum(terms) / x.shape[0] + self._decay(p)
+
+    # -- the book's API ------------------------------------------------------
+    def predict(self, x):
+        """Outputs of the head, shape (N, C), on the network's device: class
+        probabilities (softmax), per-output probabilities (sigmoid) or values
+        (identity)."""
+        a = self._forward(self._inputs(x), self._layers(self._params()))[0]
+        return self.head.output(a[-1])
+
+    def loss(self, x, t):
+        """Mean loss of the head plus weight decay: a 0-d array (``float()`` works)."""
+        x, targets = self._batch(x, t)
+        return self._loss(x, targets, self._params())
+
+    def accuracy(self, x, t) -> float:
+        """Fraction of correct predictions (Python float).
+
+        softmax: arg-max class equals the label; sigmoid: outputs with
+        ``(y > 0.5) == t``. The identity head has no accuracy (ValueError).
+        """
+        if not self.head.has_accuracy:
+            self.head.hits(None, None)  # raises the head's message
+        x, targets = self._batch(x, t)
+        y = self.head.output(self._forward(x, self._layers(self._params()))[0][-1])
+        hits, total = self.head.hits(y, targets)
+        return int(hits) / total
+
+    def gradient(self, x, t) -> dict:
+        """Backpropagation gradient of :meth:`loss` (dict ``W1 b1 ... WL bL``).
+
+        As in the book, backprop differentiates the loss without the ``+1e-7``
+        inside its logs, which changes the gradient by about 1e-6 (relative)
+        compared with the numerical gradient.
+        """
+        xp = self.xp
+        x, targets = self._batch(x, t)
+        p = self._params()
+        layers = self._layers(p)
+        a, z = self._forward(x, layers)
+        derivative = _DERIVATIVES[self.activation]
+        da = self.head.delta(self.head.output(a[-1]), targets) / x.shape[0]
+        grads = {}
+        for k in range(self.n_layers, 0, -1):
+            W = layers[k - 1][0]
+            grads[f"W{k}"] = xp.permute_dims(z[k - 1], (1, 0)) @ da
+            grads[f"b{k}"] = xp.sum(da, axis=0)
+            if self.weight_decay_lambda:
+                grads[f"W{k}"] = grads[f"W{k}"] + self.weight_decay_lambda * W
+            if k > 1:
+                dz = da @ xp.permute_dims(W, (1, 0))
+                da = derivative(a[k - 2], z[k - 1]) * dz
+        return {name: grads[name] for name in self.param_shapes()}
+
+    def loss_batched(self, x, targets, name, stack, *, params=None):
+        """Losses for a stack of values of one parameter, the others fixed.
+
+        Parameters
+        ----------
+        x : array (N, D) and targets, already validated on this backend.
+        name : str
+            A key of ``params`` (``"W2"``, ``"b1"``, ...).
+        stack : array, shape (K, *params[name].shape)
+        params : dict, optional
+            The other parameters, as returned by an earlier read of ``params``;
+            callers that evaluate many stacks pass it so the parameters are read
+            and validated once, not on every call. Default: read them now.
+
+        Returns
+        -------
+        array, shape (K,)
+        """
+        xp = self.xp
+        p = dict(self._params() if params is None else params)
+        p[name] = stack
+        layers = []
+        for W, b in self._layers(p):
+            layers.append((W, b if b.ndim == 1 else b[:, None, :]))
+        a = self._forward(x, layers)[0][-1]  # (K, N, C): the stack broadcasts
+        if a.ndim == 2:
+            a = a[None, ...]
+        losses = xp.sum(self.head.losses(a, targets), axis=-1) / x.shape[0]
+        if self.weight_decay_lambda:
+            fixed = sum(xp.sum(p[k] * p[k]) for k in p if k.startswith("W") and k != name)
+            moving = xp.sum(xp.reshape(stack * stack, (stack.shape[0], -1)), axis=1)
+            if not name.startswith("W"):
+                moving = xp.zeros_like(moving)
+            losses = losses + 0.5 * self.weight_decay_lambda * (moving + fixed)
+        return losses
+
+    def numerical_gradient(
+        self, x, t, *, h=None, method="auto", chunk_size=None, max_bytes=None, n_threads=None
+    ) -> dict:
+        """Central-difference gradient of :meth:`loss` (dict ``W1 b1 ... WL bL``).
+
+        Parameters
+        ----------
+        x : array (N, D) ; t : targets fitting the head
+        h : float, optional
+            Step. Default: 1e-4 in float64 (the book's), about 2e-2 in float32,
+            1e-20 for ``method="complex"``.
+        method : {"auto", "structured", "complex", "batched", "loop"}
+            ``loop``: the book's one-weight-at-a-time reference. ``batched``:
+            chunks of perturbed parameter copies through a batched forward pass.
+            ``structured``: only what a perturbation changes is recomputed
+            (fastest; see :mod:`xpnet.structured`). ``complex``: the complex step
+            ``Im f(p + ih e_k) / h``, structured, exact to rounding. ``auto`` is
+            ``structured``.
+        chunk_size, max_bytes : int, optional
+            Chunking of ``batched`` (``max_bytes`` also bounds ``structured``).
+        n_threads : int, optional
+            Threads for ``structured``/``complex`` on NumPy (default 1).
+        """
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} is not known; expected one of {METHODS}")
+        if method == "auto":
+            method = "structured"
+        xp = self.xp
+        h = resolve_step(h, self.dtype, xp, complex_step=method == "complex")
+        x, targets = self._batch(x, t)
+        params = self._params()
+        if method in ("structured", "complex"):
+            pairs = structured_gradient(
+                x,
+                targets,
+                self._layers(params),
+                activation=self.activation,
+                output=self.output,
+                h=h,
+                mode="central" if method == "structured" else "complex",
+                max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_BYTES),
+                n_threads=n_threads,
+            )
+            grads = {}
+            for k, (dW, db) in enumerate(pairs, 1):
+                if self.weight_decay_lambda:
+                    # the decay's central difference (and complex step) is exact
+                    dW = dW + self.weight_decay_lambda * params[f"W{k}"]
+                grads[f"W{k}"], grads[f"b{k}"] = dW, db
+            return grads
+        grads = {}
+        for name, value in params.items():
+            if method == "loop":
+
+                def f(w, name=name):
+                    return self.loss_batched(x, targets, name, w[None, ...], params=params)[0]
+
+                grads[name] = numerical_gradient(f, xp.asarray(value, copy=True), h=h)
+            else:
+                n = x.shape[0]
+                work = n * sum(self.sizes[1:]) * 3 + sum(
+                    a * b for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True)
+                )
+                grads[name] = numerical_gradient_batched(
+                    lambda stack, name=name: self.loss_batched(
+                        x, targets, name, stack, params=params
+                    ),
+                    value,
+                    h=h,
+                    chunk_size=chunk_size,
+                    max_bytes=max_bytes,
+                    item_bytes=work * itemsize(xp, self.dtype),
+                )
+        return grads
+
+    # -- persistence ---------------------------------------------------------
+    def _config_arrays(self) -> dict:
+        return {
+            "sizes": np.asarray(self.sizes),  # host
+            "activation": np.asarray(self.activation),  # host
+            "output": np.asarray(self.output),  # host
+            "weight_decay_lambda": np.asarray(self.weight_decay_lambda),  # host
+        }
+
+    def save(self, path):
+        """Save sizes, activation, head, decay and parameters as ``.npz`` (atomic,
+        no pickle)."""
+        arrays = {k: to_numpy(v) for k, v in self._params().items()}
+        arrays.update(self._config_arrays())
+        return save_npz(path, arrays)
+
+    @staticmethod
+    def _read(path) -> tuple[dict, tuple, dict]:
+        """Stored arrays, sizes and configuration of a network file, checked."""
+        data = load_npz(path)
+        missing = {"sizes", "activation"} - set(data)
+        if missing:
+            raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
+        sizes = tuple(int(v) for v in np.asarray(data["sizes"]).reshape(-1))  # host
+        if len(sizes) < 3:
+            raise ValueError(f"{path}: 'sizes' must hold at least 3 layer sizes, got {sizes}")
+        names = [f"{p}{k}" for k in range(1, len(sizes)) for p in ("W", "b")]
+        missing = set(names) - set(data)
+        if missing:
+            raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
+        config = {
+            "activation": str(data["activation"]),
+            "output": str(data["output"]) if "output" in data else "softmax",
+            "weight_decay_lambda": float(data.get("weight_decay_lambda", 0.0)),
+        }
+        return {k: data[k] for k in names}, sizes, config
+
+    def _set_host_params(self, arrays: dict) -> None:
+        self.params = {k: self.backend.from_host(v, dtype=self.dtype) for k, v in arrays.items()}
+        self._params()  # validate shapes now, not at first use
+
+    @classmethod
+    def load(cls, path, *, backend="numpy", device=None, dtype="float64"):
+        """Load a network written by :meth:`save` (of either class) onto any backend."""
+        arrays, sizes, config = cls._read(path)
+        if config["output"] not in HEADS:
+            raise ValueError(f"{path}: unknown output {config['output']!r}")
+        net = MultiLayerNet(
+            sizes[0],
+            list(sizes[1:-1]),
+            sizes[-1],
+            config["activation"],
+            0.0,
+            config["weight_decay_lambda"],
+            output=config["output"],
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
+        net._set_host_params(arrays)
+        return net
+
+
+class TwoLayerNet(MultiLayerNet):
+    """The book's chapter 4-5 network: affine - activation - affine - softmax.
+
+    ``MultiLayerNet`` with one hidden layer, the softmax head and no decay, with
+    the book's constructor.
+
+    Parameters
+    ----------
+    input_size, hidden_size, output_size : int
+        Layer sizes (``D``, ``H``, ``C``), e.g. 784, 50, 10.
+    weight_init_std : float
+        Standard deviation of the initial weights (biases start at 0).
+    activation : {"sigmoid", "relu"}
+        Hidden activation (the book's chapter 4 uses sigmoid).
+    backend, device, dtype, seed
+        As for :class:`MultiLayerNet`.
+
+    Attributes
+    ----------
+    params : dict
         ``W1 (D, H)``, ``b1 (H,)``, ``W2 (H, C)``, ``b2 (C,)`` backend arrays.
-    xp : module
-        The Array-API namespace of the backend.
     """
 
     def __init__(
@@ -76,43 +551,21 @@ class TwoLayerNet:
         dtype="float64",
         seed=None,
     ):
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        self.output_size = check_size("output_size", output_size)
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation={activation!r} is not known; expected one of {sorted(ACTIVATIONS)}"
-            )
-        if not isinstance(weight_init_std, (int, float)) or not weight_init_std >= 0:
-            raise ValueError(f"weight_init_std must be a float >= 0, got {weight_init_std!r}")
-        self.activation = activation
-        self.backend = resolve_backend(backend, device, dtype)
-        rng = np.random.default_rng(seed)  # host
-        shapes = self.param_shapes()
-        host = {
-            "W1": weight_init_std * rng.standard_normal(shapes["W1"]),
-            "b1": np.zeros(shapes["b1"]),  # host
-            "W2": weight_init_std * rng.standard_normal(shapes["W2"]),
-            "b2": np.zeros(shapes["b2"]),  # host
-        }
-        self.params = {k: self.backend.from_host(v, dtype=self.dtype) for k, v in host.items()}
-
-    # -- backend shortcuts -------------------------------------------------
-    @property
-    def xp(self):
-        return self.backend.xp
+        super().__init__(
+            input_size,
+            [check_size("hidden_size", hidden_size)],
+            output_size,
+            activation,
+            weight_init_std,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+        )
 
     @property
-    def device(self):
-        return self.backend.device
-
-    @property
-    def dtype(self):
-        return self.backend.dtype
-
-    def param_shapes(self) -> dict:
-        d, h, c = self.input_size, self.hidden_size, self.output_size
-        return {"W1": (d, h), "b1": (h,), "W2": (h, c), "b2": (c,)}
+    def hidden_size(self) -> int:
+        return self.sizes[1]
 
     def __repr__(self) -> str:
         return (
@@ -122,189 +575,17 @@ class TwoLayerNet:
             f"dtype={self.backend.dtype_name!r})"
         )
 
-    # -- inputs --------------------------------------------------------------
-    def _params(self) -> dict:
-        """Current parameters, on this backend, with their shapes checked."""
-        out = {}
-        for name, shape in self.param_shapes().items():
-            if name not in self.params:
-                raise KeyError(f"params is missing {name!r}")
-            value = self.params[name]
-            check_float_array(f"params[{name!r}]", self.backend.asarray(value))
-            value = self.backend.asarray(value, dtype=self.dtype)
-            if tuple(value.shape) != shape:
-                raise ValueError(
-                    f"params[{name!r}] must have shape {shape}, got {tuple(value.shape)}"
-                )
-            out[name] = value
-        return out
-
-    def _inputs(self, x):
-        x = self.backend.asarray(x)
-        check_float_array("x", x)  # before the cast: integer pixels are refused, not converted
-        # after the cast: finite in the network's dtype (1e300 is inf in float32)
-        return check_inputs(self.xp.astype(x, self.dtype), self.input_size)
-
-    def _batch(self, x, t):
-        x = self._inputs(x)
-        labels = check_targets(self.backend.asarray(t), x.shape[0], self.output_size)
-        return x, labels
-
-    # -- the book's API ------------------------------------------------------
-    def _forward(self, x, p):
-        a1 = x @ p["W1"] + p["b1"]
-        z1 = ACTIVATIONS[self.activation](a1)
-        a2 = z1 @ p["W2"] + p["b2"]
-        return a1, z1, F.softmax(a2)
-
-    def predict(self, x):
-        """Class probabilities, shape (N, C), on the network's device."""
-        return self._forward(self._inputs(x), self._params())[2]
-
-    def loss(self, x, t):
-        """The book's cross-entropy loss: a 0-d array (``float()`` works)."""
-        x, labels = self._batch(x, t)
-        return F.cross_entropy_error(self._forward(x, self._params())[2], labels)
-
-    def accuracy(self, x, t) -> float:
-        """Fraction of samples whose arg-max class equals the label (Python float)."""
-        x, labels = self._batch(x, t)
-        y = self._forward(x, self._params())[2]
-        hits = self.xp.sum(self.xp.astype(self.xp.argmax(y, axis=1) == labels, self.xp.int64))
-        return int(hits) / x.shape[0]
-
-    def gradient(self, x, t) -> dict:
-        """Backpropagation gradient of :meth:`loss` (dict ``W1 b1 W2 b2``).
-
-        As in the book, backprop differentiates ``-log(y_t)``: it ignores the
-        ``+1e-7`` inside the log, which changes the gradient by about 1e-6
-        (relative) compared with the numerical gradient.
-        """
-        xp = self.xp
-        x, labels = self._batch(x, t)
-        p = self._params()
-        a1, z1, y = self._forward(x, p)
-        one_hot = xp.astype(
-            labels[:, None] == xp.arange(self.output_size, device=self.device), self.dtype
-        )
-        dy = (y - one_hot) / x.shape[0]
-        da1 = _GRADIENTS[self.activation](a1) * (dy @ xp.permute_dims(p["W2"], (1, 0)))
-        return {
-            "W1": xp.permute_dims(x, (1, 0)) @ da1,
-            "b1": xp.sum(da1, axis=0),
-            "W2": xp.permute_dims(z1, (1, 0)) @ dy,
-            "b2": xp.sum(dy, axis=0),
-        }
-
-    def loss_batched(self, x, labels, name, stack, *, params=None):
-        """Losses for a stack of values of one parameter, the others fixed.
-
-        Parameters
-        ----------
-        x : array (N, D) and labels : array (N,), already on this backend.
-        name : {"W1", "b1", "W2", "b2"}
-        stack : array, shape (K, *params[name].shape)
-        params : dict, optional
-            The other parameters, as returned by an earlier read of ``params``;
-            callers that evaluate many stacks pass it so the parameters are read
-            and validated once, not on every call. Default: read them now.
-
-        Returns
-        -------
-        array, shape (K,)
-        """
-        p = dict(self._params() if params is None else params)
-        p[name] = stack
-        b1 = p["b1"] if p["b1"].ndim == 1 else p["b1"][:, None, :]
-        b2 = p["b2"] if p["b2"].ndim == 1 else p["b2"][:, None, :]
-        z1 = ACTIVATIONS[self.activation](x @ p["W1"] + b1)
-        y = F.softmax(z1 @ p["W2"] + b2)
-        return F.cross_entropy_error(y, labels)
-
-    def numerical_gradient(
-        self, x, t, *, h=None, method="auto", chunk_size=None, max_bytes=None, n_threads=None
-    ) -> dict:
-        """Central-difference gradient of :meth:`loss` (dict ``W1 b1 W2 b2``).
-
-        Parameters
-        ----------
-        x : array (N, D) ; t : labels (N,) or one-hot (N, C)
-        h : float, optional
-            Step. Default: 1e-4 in float64 (the book's), about 2e-2 in float32,
-            1e-20 for ``method="complex"``.
-        method : {"auto", "structured", "complex", "batched", "loop"}
-            ``loop``: the book's one-weight-at-a-time reference. ``batched``:
-            chunks of perturbed parameter copies through a batched forward pass.
-            ``structured``: only what a perturbation changes is recomputed
-            (fastest; see :mod:`xpnet.structured`). ``complex``: the complex step
-            ``Im f(p + ih e_k) / h``, structured, exact to rounding. ``auto`` is
-            ``structured``.
-        chunk_size, max_bytes : int, optional
-            Chunking of ``batched`` (``max_bytes`` also bounds ``structured``).
-        n_threads : int, optional
-            Threads for ``structured``/``complex`` on NumPy (default: CPU count).
-        """
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not known; expected one of {METHODS}")
-        if method == "auto":
-            method = "structured"
-        xp = self.xp
-        h = resolve_step(h, self.dtype, xp, complex_step=method == "complex")
-        x, labels = self._batch(x, t)
-        params = self._params()
-        if method in ("structured", "complex"):
-            return structured_gradient(
-                x,
-                labels,
-                params,
-                activation=self.activation,
-                h=h,
-                mode="central" if method == "structured" else "complex",
-                max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_BYTES),
-                n_threads=n_threads,
-            )
-        grads = {}
-        for name, value in params.items():
-            if method == "loop":
-
-                def f(w, name=name):
-                    return self.loss_batched(x, labels, name, w[None, ...], params=params)[0]
-
-                grads[name] = numerical_gradient(f, self.xp.asarray(value, copy=True), h=h)
-            else:
-                n, d = x.shape
-                work = n * (self.hidden_size + self.output_size) * 3 + d * self.hidden_size
-                grads[name] = numerical_gradient_batched(
-                    lambda stack, name=name: self.loss_batched(
-                        x, labels, name, stack, params=params
-                    ),
-                    value,
-                    h=h,
-                    chunk_size=chunk_size,
-                    max_bytes=max_bytes,
-                    item_bytes=work * itemsize(xp, self.dtype),
-                )
-        return grads
-
-    # -- persistence ---------------------------------------------------------
-    def save(self, path):
-        """Save sizes, activation and parameters as ``.npz`` (atomic, no pickle)."""
-        arrays = {k: to_numpy(v) for k, v in self._params().items()}
-        arrays["sizes"] = np.asarray([self.input_size, self.hidden_size, self.output_size])  # host
-        arrays["activation"] = np.asarray(self.activation)  # host
-        return save_npz(path, arrays)
-
     @classmethod
     def load(cls, path, *, backend="numpy", device=None, dtype="float64"):
-        """Load a network written by :meth:`save` onto any backend."""
-        data = load_npz(path)
-        missing = {"sizes", "activation", *PARAM_NAMES} - set(data)
-        if missing:
-            raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
-        d, h, c = (int(v) for v in data["sizes"])
+        """Load a two-layer softmax network written by :meth:`save`."""
+        arrays, sizes, config = cls._read(path)
+        if len(sizes) != 3 or config["output"] != "softmax" or config["weight_decay_lambda"]:
+            raise ValueError(
+                f"{path} holds a network of sizes {sizes} with output {config['output']!r}; "
+                "TwoLayerNet needs one hidden layer and softmax: use MultiLayerNet.load"
+            )
         net = cls(
-            d, h, c, activation=str(data["activation"]), backend=backend, device=device, dtype=dtype
+            *sizes, activation=config["activation"], backend=backend, device=device, dtype=dtype
         )
-        net.params = {k: net.backend.from_host(data[k], dtype=net.dtype) for k in PARAM_NAMES}
-        net._params()  # validate shapes now, not at first use
+        net._set_host_params(arrays)
         return net

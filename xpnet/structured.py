@@ -1,48 +1,52 @@
-"""Structure-aware numerical gradient of the two-layer network.
+"""Structure-aware numerical gradient of a dense network of any depth.
 
 Rules of this module:
 
+* The network is ``a_l = z_l @ W_l + b_l`` for layers ``l = 0 .. L-1``, with
+  ``z_0 = x`` and ``z_{l+1} = act(a_l)``; a head (:mod:`xpnet.heads`) turns the
+  last ``a`` into per-sample loss terms, and the loss is their mean.
 * Every perturbed loss is a real evaluation of the network at the perturbed
   parameters; nothing is linearised. What is exploited is *where* a perturbation
   acts:
 
-  - ``W1[i, j] += s`` changes only column ``j`` of ``a1 = x @ W1 + b1``, by
-    ``s * x[:, i]``; ``b1[j] += s`` changes it by ``s``. So ``b1`` is handled as
-    the weights of an extra input that is always 1.
-  - ``W2[j, k] += s`` changes only column ``k`` of ``a2 = z1 @ W2 + b2``, by
-    ``s * z1[:, j]``; ``b2`` is the weight of an extra hidden unit that is 1.
-  - A sample whose input ``x[n, i]`` is exactly 0 is untouched by ``W1[i, :]``:
-    its loss term cancels exactly in ``f(+) - f(-)``, so it is skipped.
-  - Sample ``n``'s perturbed loss depends on ``i`` only through ``x[n, i]``:
+  - ``W_l[i, j] += s`` changes only column ``j`` of ``a_l``, by ``s * z_l[:, i]``;
+    ``b_l[j] += s`` changes it by ``s``, so ``b_l`` is handled as the weights of an
+    extra input that is always 1.
+  - A sample whose input ``z_l[n, i]`` is exactly 0 (zero pixels, ReLU zeros) is
+    untouched by ``W_l[i, :]``: its loss term is bit-identical in ``f(+)`` and
+    ``f(-)``, so it is skipped. Likewise, below the last layer, a (sample, unit)
+    whose activation does not move at all (a ReLU that stays off) is skipped.
+  - Sample ``n``'s perturbed loss depends on ``i`` only through ``z_l[n, i]``:
     inputs of one sample with equal values give bit-identical results, so each
-    distinct (sample, value) pair is evaluated once and shared (8-bit images
-    repeat values; the always-1 input of ``b1`` shares with pixels equal to 1).
+    distinct (sample, value) pair is evaluated once and shared.
 
-  With the unperturbed forward pass cached, a perturbation of ``W1[i, j]`` costs,
-  per affected sample, one activation and one softmax over the ``C`` classes
-  (``C`` exponentials) instead of a whole forward pass.
-* The loss is the book's mean over samples of ``-log(y[n, t_n] + 1e-7)``, so
-  ``f(+) - f(-) = sum_n (L_n(+) - L_n(-)) / N`` over the affected samples. The
-  softmax is shifted by the unperturbed row maximum (a shift cancels exactly in
-  the softmax; the perturbation is far too small to overflow).
+  From the cached unperturbed forward pass, a perturbation is propagated through
+  the layers above for the affected samples only: one unit's activation, then
+  each layer above as "cached pre-activation + change of its inputs @ W" (the
+  cached part of an unchanged input cancels exactly), then the head. Below the
+  last layer the head is evaluated one class at a time (temporaries do not grow
+  with the class count); perturbations of the last layer move one score column.
 * ``mode="central"`` uses steps ``+h`` and ``-h``; ``mode="complex"`` uses one step
   ``i*h`` and ``Im L / h`` (the complex step), in the matching complex dtype.
-* Work is split into chunks whose intermediates fit ``max_bytes``; the softmax
-  over classes is summed one class at a time so a chunk's temporaries do not grow
-  with the class count. On the host the default budget keeps them in cache; on a
-  GPU chunks are large. NumPy may run chunks on a thread pool (``n_threads``).
+* Work is split into chunks whose intermediates fit ``max_bytes``. On the host
+  the default budget keeps them in cache; on a GPU chunks are large. NumPy may
+  run chunks on a thread pool (``n_threads``).
+* Weight decay is not seen here: its central difference is exact per coordinate
+  and is added by the network (:meth:`xpnet.MultiLayerNet.numerical_gradient`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .backend import is_numpy, out_of_memory_errors, to_numpy
-from .functions import LOG_EPS, relu, sigmoid
+from .functions import relu, sigmoid
 from .gradient import itemsize
+from .heads import Head, HeadCache, get_head
 
 __all__ = ["structured_gradient", "ACTIVATIONS", "HOST_BYTES"]
 
@@ -58,27 +62,61 @@ _TEMPORARIES = 6
 _STORAGE = 64
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every layer's pass needs: namespace, activation, head and steps."""
+
+    xp: object
+    act: object
+    head: Head
+    steps: object  # (S,) the perturbation steps, in the working dtype
+    central: bool
+    scale: float  # 1 / (2hN) or 1 / (hN)
+    skip_still: bool  # an activation that can stay exactly still (ReLU)
+
+    def combine(self, loss):
+        """Perturbed losses (S, ...) -> their contribution to the gradient."""
+        xp = self.xp
+        diff = loss[0, ...] - loss[1, ...] if self.central else xp.imag(loss[0, ...])
+        return diff * self.scale
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """The cached, unperturbed forward pass."""
+
+    a: list  # a_l, (N, H_l) for every layer
+    z: list  # z_l, (N, H_{l-1}); z[0] is x
+    weights: list  # W_l
+    head: HeadCache
+    targets: object  # labels (N,) or (N, C), as the head takes them
+
+
 def structured_gradient(
     x,
-    labels,
-    params,
+    targets,
+    layers,
     *,
     activation="sigmoid",
+    output="softmax",
     h=1e-4,
     mode="central",
     max_bytes=HOST_BYTES,
     n_threads=None,
 ):
-    """Numerical gradient of the book's two-layer network, by structure.
+    """Numerical gradient of the mean loss of a dense network, by structure.
 
     Parameters
     ----------
     x : array, shape (N, D), real floating
-    labels : array, shape (N,), integer class indices
-    params : dict
-        ``W1 (D, H)``, ``b1 (H,)``, ``W2 (H, C)``, ``b2 (C,)``, same namespace,
-        device and dtype as ``x``.
+    targets : array
+        Validated targets of the head: ``(N,)`` integer labels for ``softmax``,
+        ``(N, C)`` floats in ``x``'s dtype for ``sigmoid``/``identity``.
+    layers : list of (W, b)
+        ``W_l (H_{l-1}, H_l)``, ``b_l (H_l,)``; same namespace, device and dtype
+        as ``x``. One pair is a linear model; two are the book's two-layer net.
     activation : {"sigmoid", "relu"}
+    output : {"softmax", "sigmoid", "identity"}
     h : float
         Step: central differences use ``+-h``, the complex step ``i*h``.
     mode : {"central", "complex"}
@@ -91,17 +129,20 @@ def structured_gradient(
 
     Returns
     -------
-    dict
-        ``W1 b1 W2 b2`` gradients, same shapes, dtype and device as ``params``.
+    list of (dW, db)
+        Same shapes, dtype and device as ``layers``.
 
     Raises
     ------
     TypeError
         ``mode="complex"`` on a backend without complex dtypes.
     """
-    xp = array_namespace(x, labels, *params.values())
+    xp = array_namespace(x, targets, *(a for pair in layers for a in pair))
     if mode not in ("central", "complex"):
         raise ValueError(f"mode must be 'central' or 'complex', got {mode!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not known; expected {sorted(ACTIVATIONS)}")
+    head = get_head(output)
     n_threads = 1 if n_threads is None else int(n_threads)
     if n_threads < 1:
         raise ValueError(f"n_threads must be a positive int, got {n_threads}")
@@ -110,16 +151,16 @@ def structured_gradient(
     oom = out_of_memory_errors(xp)
     while True:
         try:
-            return _gradient(x, labels, params, activation, h, mode, max_bytes, n_threads, xp)
+            return _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_threads)
         except oom:
             if max_bytes <= 2**16:
                 raise
             max_bytes //= 2  # same arithmetic, smaller chunks
 
 
-def _gradient(x, labels, params, activation, h, mode, max_bytes, n_threads, xp):
+def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_threads):
+    xp = array_namespace(x)
     act = ACTIVATIONS[activation]
-    W1, b1, W2, b2 = (params[k] for k in ("W1", "b1", "W2", "b2"))
     real = x.dtype
     dev = device_of(x)
     n_samples = x.shape[0]
@@ -136,29 +177,26 @@ def _gradient(x, labels, params, activation, h, mode, max_bytes, n_threads, xp):
                 f"method='complex' needs complex dtypes on this backend: {exc}"
             ) from exc
         scale = 1.0 / (h * n_samples)
+    ctx = _Context(xp, act, head, steps, mode == "central", scale, activation == "relu")
 
-    # the cached, unperturbed forward pass
-    a1 = x @ W1 + b1
-    z1 = act(a1)
-    a2 = z1 @ W2 + b2
-    s2 = a2 - xp.max(a2, axis=1, keepdims=True)
-    s2_t = xp.take_along_axis(s2, labels[:, None], axis=1)[:, 0]
+    z, a = [x], []
+    for index, (W, b) in enumerate(layers):
+        a.append(z[-1] @ W + b)
+        if index < len(layers) - 1:
+            z.append(act(a[-1]))
+    cache = _Forward(a, z, [W for W, _ in layers], head.cache(a[-1], targets), targets)
 
-    def combine(loss):
-        diff = loss[0, ...] - loss[1, ...] if mode == "central" else xp.imag(loss[0, ...])
-        return diff * scale
-
-    ctx = dict(xp=xp, act=act, steps=steps, combine=combine)
     budget_items = max(1, max_bytes // (itemsize(xp, work) * _TEMPORARIES))
     ones = xp.ones((n_samples, 1), dtype=real, device=dev)
-    first = _first_layer(
-        xp.concat([x, ones], axis=1), a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, ctx
-    )
-    second = _second_layer(
-        xp.concat([z1, ones], axis=1), s2, s2_t, labels, budget_items, n_threads, ctx
-    )
-    d = W1.shape[0]
-    return {"W1": first[:d, :], "b1": first[d, :], "W2": second[:-1, :], "b2": second[-1, :]}
+    grads = []
+    for index in range(len(layers)):
+        z_aug = xp.concat([z[index], ones], axis=1)
+        if index == len(layers) - 1:
+            rows = _output_layer(z_aug, cache, budget_items, n_threads, ctx)
+        else:
+            rows = _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx)
+        grads.append((rows[:-1, :], rows[-1, :]))
+    return grads
 
 
 def _contiguous(xp, a):
@@ -173,14 +211,14 @@ def _run(tasks, n_threads):
     return [task() for task in tasks]
 
 
-def _first_layer(x_aug, a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, ctx):
-    """Gradient rows for ``[W1; b1]``, shape (D + 1, H)."""
-    xp = ctx["xp"]
-    n_samples, n_features = x_aug.shape
-    n_hidden = W2.shape[0]
-    n_steps = ctx["steps"].shape[0]
-    dev = device_of(x_aug)
-    x_t = xp.permute_dims(x_aug, (1, 0))  # (D+1, N): pairs come out grouped by feature
+def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
+    """Gradient rows for ``[W_l; b_l]`` of a layer below the last, (H_{l-1} + 1, H_l)."""
+    xp = ctx.xp
+    n_samples, n_features = z_aug.shape
+    n_hidden = cache.a[index].shape[1]
+    n_steps = ctx.steps.shape[0]
+    dev = device_of(z_aug)
+    x_t = xp.permute_dims(z_aug, (1, 0))  # (D+1, N): pairs come out grouped by feature
     nonzero = x_t != 0
     feature, sample = xp.nonzero(nonzero)
     value = xp.take(xp.reshape(x_t, (-1,)), feature * n_samples + sample)
@@ -188,11 +226,17 @@ def _first_layer(x_aug, a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, c
     group, u_sample, u_value = _distinct(xp, sample, value, dev)
     n_unique = u_sample.shape[0]
 
+    if index == len(cache.a) - 2:
+        losses, width = _row_losses(index, cache, u_sample, u_value, ctx), 1
+    else:
+        losses = _deep_losses(index, cache, u_sample, u_value, ctx)
+        width = max(a.shape[1] for a in cache.a[index + 1 :])
+
     # plan: hidden blocks whose (distinct pairs x hidden) losses fit in storage;
     # chunks of distinct pairs within the budget; blocks of whole features (each
     # gradient row is summed in one block) whose pairs and 0/1 matrix fit too
-    hidden_block = min(n_hidden, max(1, _STORAGE * budget_items // n_unique))
-    unique_chunk = max(1, budget_items // (n_steps * hidden_block))
+    hidden_block = min(n_hidden, max(1, _STORAGE * budget_items // max(n_unique, 1)))
+    unique_chunk = max(1, budget_items // (n_steps * hidden_block * width))
     widest = max(counts)
     pair_target = max(widest, budget_items // hidden_block)
     offsets = [0]
@@ -210,12 +254,10 @@ def _first_layer(x_aug, a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, c
         groups.append((f0, f1))
         f0 = f1
 
-    losses = _loss_differences(a1, z1, s2, s2_t, W2, labels, u_sample, u_value, ctx)
-
     def sums(f0, f1, differences):
         p0, p1 = offsets[f0], offsets[f1]
         if p0 == p1:
-            return xp.zeros((f1 - f0, differences.shape[1]), dtype=x_aug.dtype, device=dev)
+            return xp.zeros((f1 - f0, differences.shape[1]), dtype=z_aug.dtype, device=dev)
         diff = xp.take(differences, group[p0:p1], axis=0)  # (P, J): each pair's own
         rows = xp.arange(f0, f1, dtype=feature.dtype, device=dev)
         seg = xp.astype(feature[None, p0:p1] == rows[:, None], diff.dtype)  # (F, P)
@@ -237,9 +279,9 @@ def _first_layer(x_aug, a1, z1, s2, s2_t, W2, labels, budget_items, n_threads, c
 def _distinct(xp, sample, value, dev):
     """Distinct (sample, value) pairs, and each pair's index among them.
 
-    ``W1[i, j] += s`` moves ``a1[n, j]`` by ``s * x[n, i]``: inputs of one sample
-    with equal values give bit-identical perturbed losses (real images repeat
-    values: 8-bit pixels), so each distinct one is evaluated once.
+    ``W_l[i, j] += s`` moves ``a_l[n, j]`` by ``s * z_l[n, i]``: inputs of one
+    sample with equal values give bit-identical perturbed losses (real images
+    repeat values: 8-bit pixels), so each distinct one is evaluated once.
     """
     order = xp.argsort(value, stable=True)
     order = xp.take(order, xp.argsort(xp.take(sample, order), stable=True))  # by (n, v)
@@ -252,57 +294,81 @@ def _distinct(xp, sample, value, dev):
     return group, xp.take(n_sorted, starts), xp.take(v_sorted, starts)
 
 
-def _loss_differences(a1, z1, s2, s2_t, W2, labels, u_sample, u_value, ctx):
-    """``losses(u0, u1, j0, j1)``: combined perturbed-loss terms, shape (U, J), of
-    samples ``u_sample[u0:u1]`` whose input ``u_value`` moves hidden units j0:j1."""
-    xp, act, combine = ctx["xp"], ctx["act"], ctx["combine"]
-    n_classes = W2.shape[1]
-    step = ctx["steps"][:, None, None]
-    W2_t = _contiguous(xp, xp.permute_dims(W2, (1, 0)))  # (C, H)
-    s2_by_class = _contiguous(xp, xp.permute_dims(s2, (1, 0)))  # (C, N)
-    u_label = xp.take(labels, u_sample)
+def _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1):
+    """How units j0:j1 of layer ``index`` move for distinct pairs u0:u1: (S, U, J)."""
+    xp = ctx.xp
+    n_idx = u_sample[u0:u1]
+    a = xp.take(cache.a[index][:, j0:j1], n_idx, axis=0)  # (U, J)
+    z = xp.take(cache.z[index + 1][:, j0:j1], n_idx, axis=0)
+    step = ctx.steps[:, None, None]
+    return n_idx, ctx.act(a[None, ...] + step * u_value[None, u0:u1, None]) - z[None, ...]
+
+
+def _row_losses(index, cache, u_sample, u_value, ctx):
+    """``losses(u0, u1, j0, j1)`` for the last hidden layer: combined perturbed-loss
+    terms, (U, J), of pairs u0:u1 whose input moves units j0:j1; the score row of
+    a sample moves by ``dz * W_last[j, :]``."""
+    xp = ctx.xp
+    W_t = _contiguous(xp, xp.permute_dims(cache.weights[index + 1], (1, 0)))  # (C, H)
 
     def losses(u0, u1, j0, j1):
-        n_idx = u_sample[u0:u1]
-        a = xp.take(a1[:, j0:j1], n_idx, axis=0)  # (U, J)
-        z = xp.take(z1[:, j0:j1], n_idx, axis=0)
-        dz = act(a[None, ...] + step * u_value[None, u0:u1, None]) - z[None, ...]  # (S, U, J)
-        w = W2_t[:, j0:j1]  # (C, J)
-        s = xp.take(s2_by_class, n_idx, axis=1)  # (C, U): rows contiguous
-        # the softmax's sum over classes, one class at a time: every temporary is
-        # (S, U, J), which keeps a chunk in cache however many classes there are
-        total = xp.exp(s[0, None, :, None] + dz * w[0, :])
-        for c in range(1, n_classes):
-            total = total + xp.exp(s[c, None, :, None] + dz * w[c, :])
-        w_t = xp.take(w, u_label[u0:u1], axis=0)  # (U, J)
-        score_t = xp.take(s2_t, n_idx)[None, :, None] + dz * w_t[None, ...]
-        loss = -xp.log(xp.exp(score_t) / total + LOG_EPS)
-        return combine(loss)
+        n_idx, dz = _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1)
+        return ctx.combine(ctx.head.row_losses(cache.head, n_idx, dz, W_t[:, j0:j1]))
 
     return losses
 
 
-def _second_layer(z_aug, s2, s2_t, labels, budget_items, n_threads, ctx):
-    """Gradient rows for ``[W2; b2]``, shape (H + 1, C)."""
-    xp, steps, combine = ctx["xp"], ctx["steps"], ctx["combine"]
+def _deep_losses(index, cache, u_sample, u_value, ctx):
+    """``losses(u0, u1, j0, j1)`` for a layer with hidden layers above it: each
+    moved unit's change goes through every layer above, for its sample only."""
+    xp = ctx.xp
+    n_layers = len(cache.a)
+
+    def losses(u0, u1, j0, j1):
+        n_idx, dz = _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1)
+        n_steps, n_u, n_j = dz.shape
+        flat = xp.reshape(dz, (n_steps, n_u * n_j))
+        pair = xp.arange(n_u * n_j, device=device_of(dz))
+        if ctx.skip_still:
+            # a unit that does not move at all leaves the sample's loss bit-identical
+            moved = xp.any(flat != 0, axis=0)
+            (pair,) = xp.nonzero(moved)
+            flat = xp.take(flat, pair, axis=1)
+        n = xp.take(n_idx, pair // n_j)
+        w = xp.take(cache.weights[index + 1][j0:j1, :], pair % n_j, axis=0)  # (K, H)
+        a = xp.take(cache.a[index + 1], n, axis=0)[None, ...] + flat[..., None] * w[None, ...]
+        for above in range(index + 1, n_layers - 1):
+            dz_above = ctx.act(a) - xp.take(cache.z[above + 1], n, axis=0)[None, ...]
+            a = (
+                xp.take(cache.a[above + 1], n, axis=0)[None, ...]
+                + dz_above @ cache.weights[above + 1]
+            )
+        target = xp.take(cache.targets, n, axis=0)
+        combined = ctx.combine(ctx.head.losses(a, target))  # (K,)
+        if ctx.skip_still:
+            # back to (U * J) by gathering: the pairs that stayed still get 0
+            position = xp.cumulative_sum(xp.astype(moved, xp.int64)) - 1
+            padded = xp.concat([combined, xp.zeros(1, dtype=combined.dtype, device=device_of(dz))])
+            combined = xp.take(padded, xp.where(moved, position, pair.shape[0]))
+        return xp.reshape(combined, (n_u, n_j))
+
+    return losses
+
+
+def _output_layer(z_aug, cache, budget_items, n_threads, ctx):
+    """Gradient rows for ``[W_last; b_last]``, (H + 1, C): column k of the scores
+    moves by ``step * z[:, j]``."""
+    xp = ctx.xp
     n_samples, n_units = z_aug.shape
-    n_classes = s2.shape[1]
-    n_steps = steps.shape[0]
-    dev = device_of(s2)
-    eye = xp.eye(n_classes, dtype=s2.dtype, device=dev)  # (K, C): which class moves
-    hits = xp.permute_dims(xp.take(eye, labels, axis=0), (1, 0))  # (K, N): k == t_n
+    n_classes = cache.head.by_class.shape[0]
+    n_steps = ctx.steps.shape[0]
     per_unit = n_steps * n_classes * n_samples
     unit_block = max(1, budget_items // per_unit)
 
     def block(j0, j1):
-        delta = steps[:, None, None] * xp.permute_dims(z_aug[:, j0:j1], (1, 0))[None, ...]
-        delta = delta[:, :, None, :]  # (S, J, 1, N): the change of column k of a2
-        total = xp.exp(s2[:, 0] + delta * eye[None, None, :, 0, None])
-        for c in range(1, n_classes):
-            total = total + xp.exp(s2[:, c] + delta * eye[None, None, :, c, None])
-        score_t = s2_t + delta * hits  # (S, J, K, N)
-        loss = -xp.log(xp.exp(score_t) / total + LOG_EPS)
-        return xp.sum(combine(loss), axis=-1)  # (J, K)
+        delta = ctx.steps[:, None, None] * xp.permute_dims(z_aug[:, j0:j1], (1, 0))[None, ...]
+        delta = delta[:, :, None, :]  # (S, J, 1, N): the change of column k of the scores
+        return xp.sum(ctx.combine(ctx.head.column_losses(cache.head, delta)), axis=-1)  # (J, K)
 
     tasks = [
         (lambda j0=j0: block(j0, min(n_units, j0 + unit_block)))
