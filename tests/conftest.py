@@ -126,3 +126,114 @@ def rel_error(a, b):
     a, b = xpnet.to_numpy(a), xpnet.to_numpy(b)
     scale = max(np.linalg.norm(a), np.linalg.norm(b))
     return 0.0 if scale == 0 else float(np.linalg.norm(a - b) / scale)
+
+
+# ---- networks of any depth and head ------------------------------------------
+def make_multi(
+    backend,
+    sizes=(6, 5, 4, 3),
+    *,
+    activation="relu",
+    output="softmax",
+    decay=0.0,
+    std=0.5,
+    seed=0,
+    dtype="float64",
+):
+    """A MultiLayerNet with random (not zero) biases: an all-zero input row would
+    otherwise put ReLUs exactly on their kink, where central differences (slope
+    1/2) and the complex step (slope 0) rightly disagree."""
+    net = xpnet.MultiLayerNet(
+        sizes[0],
+        list(sizes[1:-1]),
+        sizes[-1],
+        activation,
+        std,
+        decay,
+        output=output,
+        backend=backend.name,
+        device=backend.device,
+        dtype=dtype,
+        seed=seed,
+    )
+    rng = np.random.default_rng(seed + 7)
+    for k in range(1, len(sizes)):
+        net.params[f"b{k}"] = net.backend.from_host(
+            0.3 * rng.standard_normal(sizes[k]), dtype=net.dtype
+        )
+    return net
+
+
+def make_targets(output, n, c, *, seed=0):
+    """Host targets fitting a head: labels, 0/1 matrix, or float regression values."""
+    rng = np.random.default_rng(seed + 100)
+    if output == "softmax":
+        return rng.integers(0, c, n)
+    if output == "sigmoid":
+        return (rng.random((n, c)) < 0.5).astype(np.float64)
+    return rng.standard_normal((n, c))
+
+
+def _ref_act(a, activation):
+    return 1.0 / (1.0 + np.exp(-a)) if activation == "sigmoid" else np.maximum(a, 0.0)
+
+
+def ref_multi_forward(params, x, activation):
+    """Pre-activations and activations of every layer (plain NumPy)."""
+    n_layers = len(params) // 2
+    z, a = [x], []
+    for k in range(1, n_layers + 1):
+        a.append(z[-1] @ params[f"W{k}"] + params[f"b{k}"])
+        if k < n_layers:
+            z.append(_ref_act(a[-1], activation))
+    return a, z
+
+
+def _ref_head(a_last, t, output):
+    if output == "softmax":
+        e = np.exp(a_last - a_last.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    if output == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-a_last))
+    return a_last
+
+
+def ref_multi_loss(params, x, t, activation, output, decay=0.0):
+    a, _ = ref_multi_forward(params, x, activation)
+    y = _ref_head(a[-1], t, output)
+    n = x.shape[0]
+    if output == "softmax":
+        data = -np.sum(np.log(y[np.arange(n), t] + 1e-7)) / n
+    elif output == "sigmoid":
+        data = -np.sum(t * np.log(y + 1e-7) + (1 - t) * np.log(1 - y + 1e-7)) / n
+    else:
+        data = 0.5 * np.sum((y - t) ** 2) / n
+    weights = sum(np.sum(params[k] ** 2) for k in params if k.startswith("W"))
+    return data + 0.5 * decay * weights
+
+
+def ref_multi_gradient(params, x, t, activation, output, decay=0.0, *, log_eps=0.0):
+    """Analytic gradient of the loss: log_eps=0 is what backprop computes,
+    log_eps=1e-7 the exact gradient of the loss with the book's +1e-7 terms."""
+    a, z = ref_multi_forward(params, x, activation)
+    y = _ref_head(a[-1], t, output)
+    n = x.shape[0]
+    if output == "softmax":
+        onehot = np.eye(y.shape[1])[t]
+        y_t = y[np.arange(n), t][:, None]
+        da = -(y_t / (y_t + log_eps)) * (onehot - y) / n
+    elif output == "sigmoid":
+        dy = -t / (y + log_eps) + (1 - t) / (1 - y + log_eps)
+        da = dy * y * (1 - y) / n
+    else:
+        da = (y - t) / n
+    n_layers = len(a)
+    grads = {}
+    for k in range(n_layers, 0, -1):
+        grads[f"W{k}"] = z[k - 1].T @ da + decay * params[f"W{k}"]
+        grads[f"b{k}"] = da.sum(0)
+        if k > 1:
+            dz = da @ params[f"W{k}"].T
+            prime = z[k - 1] * (1 - z[k - 1]) if activation == "sigmoid" else (a[k - 2] > 0)
+            da = dz * prime
+    return grads

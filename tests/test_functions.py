@@ -14,15 +14,25 @@ def _host(backend, a):
 def test_sigmoid_matches_book_formula(backend):
     x = np.linspace(-30, 30, 121)
     got = to_numpy(F.sigmoid(_host(backend, x)))
-    # (1 + tanh(x/2)) / 2: absolute error of a couple of ulps of 1 (2.2e-16)
-    np.testing.assert_allclose(got, 1 / (1 + np.exp(-x)), rtol=0, atol=5e-16)
+    # the book's formula, evaluated the same way: equal to a couple of ulps
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-x)), rtol=1e-15, atol=0)
 
 
 def test_sigmoid_extremes_no_overflow_warning(backend):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = to_numpy(F.sigmoid(_host(backend, [-1000.0, 0.0, 1000.0])))
-    np.testing.assert_array_equal(got, [0.0, 0.5, 1.0])
+        got = to_numpy(F.sigmoid(_host(backend, [-1000.0, -700.0, 0.0, 1000.0])))
+    # clipped at -700: sigmoid(-1000) is 1e-304 instead of 0, an absolute error
+    # far below anything float64 can add to it
+    np.testing.assert_array_equal(got[2:], [0.5, 1.0])
+    assert 0.0 <= got[0] <= 1e-300 and got[0] == got[1]
+
+
+def test_sigmoid_real_and_complex_forms_agree(xp, backend):
+    x = np.linspace(-40, 40, 81)
+    real = to_numpy(F.sigmoid(_host(backend, x)))
+    as_complex = to_numpy(xp.real(F.sigmoid(xp.astype(_host(backend, x), xp.complex128))))
+    np.testing.assert_allclose(real, as_complex, rtol=0, atol=5e-16)
 
 
 def test_sigmoid_grad_and_complex_step_agree(xp, backend):

@@ -9,7 +9,16 @@ against the exact gradient it is good to ~1e-14; we require 1e-12.
 
 import numpy as np
 import pytest
-from conftest import host_params, make_batch, make_net, ref_gradient, rel_error
+from conftest import (
+    host_params,
+    make_batch,
+    make_multi,
+    make_net,
+    make_targets,
+    ref_gradient,
+    ref_multi_gradient,
+    rel_error,
+)
 
 import xpnet
 from xpnet.backend import to_numpy
@@ -188,3 +197,87 @@ def test_out_of_memory_with_nothing_left_to_halve_propagates(monkeypatch):
     net = xpnet.TwoLayerNet(5, 3, 2, seed=0)
     with pytest.raises(MemoryError):
         net.numerical_gradient(np.ones((2, 5)), np.array([0, 1]), max_bytes=2**20)
+
+
+# ---- any depth, every head -----------------------------------------------------
+MULTI_CASES = [
+    # sizes (depth = hidden layers), activation, output, decay, batch, sparsity
+    ((6, 3), "sigmoid", "identity", 0.0, 5, 0.5),  # no hidden layer is not allowed: see below
+    ((6, 5, 3), "relu", "sigmoid", 0.1, 4, 0.5),
+    ((5, 4, 4, 3), "relu", "softmax", 0.0, 6, 0.5),
+    ((5, 4, 4, 3), "sigmoid", "identity", 0.05, 6, 0.3),
+    ((4, 5, 3, 4, 2), "sigmoid", "sigmoid", 0.0, 5, 0.4),
+    ((4, 5, 3, 4, 2), "relu", "identity", 0.0, 3, 0.0),
+    ((3, 4, 3, 4, 3, 1), "relu", "sigmoid", 0.02, 4, 0.5),
+    ((3, 4, 3, 4, 3, 2), "sigmoid", "softmax", 0.1, 1, 0.5),
+]
+MULTI_CASES = [c for c in MULTI_CASES if len(c[0]) >= 3]
+
+
+def _multi_id(case):
+    sizes, act, out, decay, n, _ = case
+    return f"{'-'.join(map(str, sizes))}-{act}-{out}-l{decay}-n{n}"
+
+
+@pytest.mark.parametrize("method", ["structured", "complex", "batched"])
+@pytest.mark.parametrize("case", MULTI_CASES, ids=_multi_id)
+def test_any_depth_methods_equal_loop(backend, method, case):
+    sizes, activation, output, decay, n, sparsity = case
+    net = make_multi(backend, sizes, activation=activation, output=output, decay=decay)
+    x, _ = make_batch(n, sizes[0], sizes[-1], seed=n, sparsity=sparsity)
+    t = make_targets(output, n, sizes[-1], seed=n)
+    loop = net.numerical_gradient(x, t, method="loop")
+    fast = net.numerical_gradient(x, t, method=method)
+    assert list(fast) == list(loop) == list(net.params)
+    for name in loop:
+        assert fast[name].shape == loop[name].shape
+        assert fast[name].device == backend.device
+        assert rel_error(fast[name], loop[name]) <= 1e-7, name
+
+
+@pytest.mark.parametrize("case", MULTI_CASES, ids=_multi_id)
+def test_any_depth_complex_step_equals_exact_gradient(backend, case):
+    sizes, activation, output, decay, n, sparsity = case
+    net = make_multi(backend, sizes, activation=activation, output=output, decay=decay)
+    x, _ = make_batch(n, sizes[0], sizes[-1], seed=n + 1, sparsity=sparsity)
+    t = make_targets(output, n, sizes[-1], seed=n + 1)
+    exact = ref_multi_gradient(host_params(net), x, t, activation, output, decay, log_eps=1e-7)
+    got = net.numerical_gradient(x, t, method="complex")
+    for name in exact:
+        assert rel_error(got[name], exact[name]) <= 1e-12, name
+
+
+def test_any_depth_structured_equals_exact_gradient_within_central_difference_error(backend):
+    """Against the exact gradient (not only the loop): O(h^2) ~ 1e-8 relative."""
+    sizes, activation, output = (8, 6, 5, 4, 3), "relu", "softmax"
+    net = make_multi(backend, sizes, activation=activation, output=output, decay=0.01)
+    x, _ = make_batch(7, sizes[0], sizes[-1], seed=3)
+    t = make_targets(output, 7, sizes[-1], seed=3)
+    exact = ref_multi_gradient(host_params(net), x, t, activation, output, 0.01, log_eps=1e-7)
+    got = net.numerical_gradient(x, t)
+    for name in exact:
+        assert rel_error(got[name], exact[name]) <= 1e-6, name
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_any_depth_chunking_does_not_change_result(backend, activation):
+    net = make_multi(backend, (20, 6, 5, 4, 3), activation=activation, decay=0.1)
+    x, t = make_batch(9, 20, 3, seed=5, sparsity=0.5)
+    base = net.numerical_gradient(x, t)
+    for max_bytes in (1, 4096, 2**30):
+        got = net.numerical_gradient(x, t, max_bytes=max_bytes)
+        for name in base:
+            assert rel_error(got[name], base[name]) <= 1e-13, (max_bytes, name)
+
+
+def test_relu_units_that_stay_off_are_skipped_not_lost(backend):
+    """Layer-1 units whose ReLU stays off under the step leave the loss unchanged;
+    skipping them must give exactly what evaluating them gives (the loop)."""
+    net = make_multi(backend, (6, 8, 5, 3), activation="relu", std=1.0)
+    x, t = make_batch(6, 6, 3, seed=2, sparsity=0.3)
+    a1 = x @ host_params(net)["W1"] + host_params(net)["b1"]
+    assert (a1 < 0).mean() > 0.2  # the case is exercised
+    loop = net.numerical_gradient(x, t, method="loop")
+    fast = net.numerical_gradient(x, t)
+    for name in loop:
+        assert rel_error(fast[name], loop[name]) <= 1e-7, name

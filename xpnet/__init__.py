@@ -7,7 +7,7 @@ from .backend import Backend, resolve_backend, to_numpy
 from .datasets import load_digits, load_fashion_mnist, load_mnist
 from .gradcheck import GradientCheck, gradient_check
 from .gradient import default_step, numerical_gradient, numerical_gradient_batched
-from .network import METHODS, TwoLayerNet
+from .network import METHODS, MultiLayerNet, TwoLayerNet
 from .train import TrainConfig, TrainingDiverged, train
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
     "Backend",
     "GradientCheck",
     "METHODS",
+    "MultiLayerNet",
     "TrainConfig",
     "TrainingDiverged",
     "TwoLayerNet",

@@ -105,6 +105,12 @@ class Head:
         """
         raise NotImplementedError
 
+    def class_losses(self, cache: HeadCache, scores, n):
+        """Terms for whole score columns ``scores`` (C, M) of samples ``n`` (M,),
+        in the coordinates of ``cache.by_class`` (shifted for softmax). Returns (M,).
+        """
+        raise NotImplementedError
+
 
 class Softmax(Head):
     """Softmax with the book's cross-entropy error."""
@@ -149,6 +155,15 @@ class Softmax(Head):
         score_t = xp.take(cache.score_t, n_idx)[None, :, None] + dz * w_t[None, ...]
         return -xp.log(xp.exp(score_t) / total + F.LOG_EPS)
 
+    def class_losses(self, cache, scores, n):
+        xp = array_namespace(scores)
+        total = xp.exp(scores[0, :])
+        for c in range(1, scores.shape[0]):
+            total = total + xp.exp(scores[c, :])
+        label = xp.take(cache.target, n)
+        score_t = xp.take_along_axis(scores, label[None, :], axis=0)[0, :]
+        return -xp.log(xp.exp(score_t) / total + F.LOG_EPS)
+
     def column_losses(self, cache, delta):
         xp = array_namespace(delta)
         s, n_classes = cache.by_class, cache.by_class.shape[0]
@@ -183,6 +198,14 @@ class _Separable(Head):
         total = self.term(a[0, None, :, None] + dz * w[0, :], t[0, None, :, None])
         for c in range(1, w.shape[0]):
             total = total + self.term(a[c, None, :, None] + dz * w[c, :], t[c, None, :, None])
+        return total
+
+    def class_losses(self, cache, scores, n):
+        xp = array_namespace(scores)
+        t = xp.take(cache.target, n, axis=1)  # (C, M)
+        total = self.term(scores[0, :], t[0, :])
+        for c in range(1, scores.shape[0]):
+            total = total + self.term(scores[c, :], t[c, :])
         return total
 
     def column_losses(self, cache, delta):

@@ -38,7 +38,7 @@ from .gradient import (
 )
 from .heads import HEADS, get_head
 from .io import load_npz, save_npz
-from .structured import ACTIVATIONS, HOST_BYTES, structured_gradient
+from .structured import ACTIVATIONS, host_bytes, structured_gradient
 
 __all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "PARAM_NAMES", "INITS"]
 
@@ -417,7 +417,9 @@ class MultiLayerNet:
                 output=self.output,
                 h=h,
                 mode="central" if method == "structured" else "complex",
-                max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_BYTES),
+                max_bytes=memory_budget(
+                    xp, self.device, max_bytes, host_default=host_bytes(self.n_layers)
+                ),
                 n_threads=n_threads,
             )
             grads = {}

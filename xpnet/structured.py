@@ -48,11 +48,21 @@ from .functions import relu, sigmoid
 from .gradient import itemsize
 from .heads import Head, HeadCache, get_head
 
-__all__ = ["structured_gradient", "ACTIVATIONS", "HOST_BYTES"]
+__all__ = ["structured_gradient", "ACTIVATIONS", "HOST_BYTES", "DEEP_HOST_BYTES", "host_bytes"]
 
 #: Default chunk budget on host backends: temporaries that stay in L2 cache
 #: (larger host temporaries measured 2-3x slower per element).
 HOST_BYTES = 2**20
+#: The same for networks with two hidden layers or more: their chunks carry a whole
+#: layer per (sample, unit), and 1 MiB chunks measured 3x slower (Python overhead
+#: per chunk) than 8 MiB ones on the 784-100-100-10 net.
+DEEP_HOST_BYTES = 8 * 2**20
+
+
+def host_bytes(n_layers: int) -> int:
+    """Default host chunk budget for a network of ``n_layers`` affine layers."""
+    return HOST_BYTES if n_layers <= 2 else DEEP_HOST_BYTES
+
 
 ACTIVATIONS = {"sigmoid": sigmoid, "relu": relu}
 
@@ -88,6 +98,7 @@ class _Forward:
     a: list  # a_l, (N, H_l) for every layer
     z: list  # z_l, (N, H_{l-1}); z[0] is x
     weights: list  # W_l
+    work_weights: list  # W_l in the working dtype (complex for the complex step)
     head: HeadCache
     targets: object  # labels (N,) or (N, C), as the head takes them
 
@@ -184,7 +195,10 @@ def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_thread
         a.append(z[-1] @ W + b)
         if index < len(layers) - 1:
             z.append(act(a[-1]))
-    cache = _Forward(a, z, [W for W, _ in layers], head.cache(a[-1], targets), targets)
+    weights = [W for W, _ in layers]
+    # matmuls with complex operands need complex weights (torch does not promote)
+    work_weights = weights if work == real else [xp.astype(W, work) for W in weights]
+    cache = _Forward(a, z, weights, work_weights, head.cache(a[-1], targets), targets)
 
     budget_items = max(1, max_bytes // (itemsize(xp, work) * _TEMPORARIES))
     ones = xp.ones((n_samples, 1), dtype=real, device=dev)
@@ -324,35 +338,54 @@ def _deep_losses(index, cache, u_sample, u_value, ctx):
     xp = ctx.xp
     n_layers = len(cache.a)
 
+    W_last_t = _contiguous(xp, xp.permute_dims(cache.work_weights[-1], (1, 0)))  # (C, H)
+
+    def propagate(a, n):
+        """Loss terms, shape ``a.shape[:-1]``, for moved rows ``a`` of layer
+        ``index + 1`` of samples ``n`` (an index array broadcasting to them)."""
+        for above in range(index + 1, n_layers - 1):
+            dz_above = ctx.act(a) - _rows(xp, cache.z[above + 1], n)
+            if above + 1 < n_layers - 1:
+                a = _rows(xp, cache.a[above + 1], n) + dz_above @ cache.work_weights[above + 1]
+        # the scores, class-major (C, M), so the head sums over classes on rows
+        shape = dz_above.shape[:-1]
+        flat = xp.reshape(dz_above, (-1, dz_above.shape[-1]))  # (M, H)
+        n_flat = xp.reshape(xp.broadcast_to(n[None, ...], shape), (-1,))
+        scores = xp.take(cache.head.by_class, n_flat, axis=1) + W_last_t @ xp.permute_dims(
+            flat, (1, 0)
+        )
+        return xp.reshape(ctx.head.class_losses(cache.head, scores, n_flat), shape)
+
     def losses(u0, u1, j0, j1):
         n_idx, dz = _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1)
+        w = cache.weights[index + 1][j0:j1, :]  # (J, H)
+        if not ctx.skip_still:
+            # (S, U, J, H) by broadcasting: sample rows (U, 1, H), unit rows (J, H)
+            n = n_idx[:, None]
+            a = _rows(xp, cache.a[index + 1], n) + dz[..., None] * w
+            return ctx.combine(propagate(a, n))
+        # a unit that does not move at all leaves the sample's loss bit-identical:
+        # only the moved (sample, unit) pairs are propagated
         n_steps, n_u, n_j = dz.shape
         flat = xp.reshape(dz, (n_steps, n_u * n_j))
-        pair = xp.arange(n_u * n_j, device=device_of(dz))
-        if ctx.skip_still:
-            # a unit that does not move at all leaves the sample's loss bit-identical
-            moved = xp.any(flat != 0, axis=0)
-            (pair,) = xp.nonzero(moved)
-            flat = xp.take(flat, pair, axis=1)
+        moved = xp.any(flat != 0, axis=0)
+        (pair,) = xp.nonzero(moved)
+        flat = xp.take(flat, pair, axis=1)
         n = xp.take(n_idx, pair // n_j)
-        w = xp.take(cache.weights[index + 1][j0:j1, :], pair % n_j, axis=0)  # (K, H)
-        a = xp.take(cache.a[index + 1], n, axis=0)[None, ...] + flat[..., None] * w[None, ...]
-        for above in range(index + 1, n_layers - 1):
-            dz_above = ctx.act(a) - xp.take(cache.z[above + 1], n, axis=0)[None, ...]
-            a = (
-                xp.take(cache.a[above + 1], n, axis=0)[None, ...]
-                + dz_above @ cache.weights[above + 1]
-            )
-        target = xp.take(cache.targets, n, axis=0)
-        combined = ctx.combine(ctx.head.losses(a, target))  # (K,)
-        if ctx.skip_still:
-            # back to (U * J) by gathering: the pairs that stayed still get 0
-            position = xp.cumulative_sum(xp.astype(moved, xp.int64)) - 1
-            padded = xp.concat([combined, xp.zeros(1, dtype=combined.dtype, device=device_of(dz))])
-            combined = xp.take(padded, xp.where(moved, position, pair.shape[0]))
+        a = _rows(xp, cache.a[index + 1], n) + flat[..., None] * xp.take(w, pair % n_j, axis=0)
+        combined = ctx.combine(propagate(a, n))  # (K,)
+        # back to (U * J) by gathering: the pairs that stayed still get 0
+        position = xp.cumulative_sum(xp.astype(moved, xp.int64)) - 1
+        padded = xp.concat([combined, xp.zeros(1, dtype=combined.dtype, device=device_of(dz))])
+        combined = xp.take(padded, xp.where(moved, position, pair.shape[0]))
         return xp.reshape(combined, (n_u, n_j))
 
     return losses
+
+
+def _rows(xp, a, n):
+    """Rows ``n`` of ``a`` (any index shape), with a leading axis for the steps."""
+    return xp.reshape(xp.take(a, xp.reshape(n, (-1,)), axis=0), (1, *n.shape, *a.shape[1:]))
 
 
 def _output_layer(z_aug, cache, budget_items, n_threads, ctx):
