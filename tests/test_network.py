@@ -3,10 +3,15 @@ import pytest
 from conftest import (
     host_params,
     make_batch,
+    make_multi,
     make_net,
+    make_targets,
     ref_forward,
     ref_gradient,
     ref_loss,
+    ref_multi_forward,
+    ref_multi_gradient,
+    ref_multi_loss,
     rel_error,
 )
 
@@ -195,3 +200,230 @@ def test_input_that_overflows_the_network_dtype_is_refused():
     x = np.array([[1e300, 0.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="NaN or inf"):
         net.predict(x)
+
+
+# ---- MultiLayerNet -------------------------------------------------------------
+HEAD_CASES = [
+    ((6, 5, 3), "sigmoid", "softmax", 0.0),
+    ((6, 5, 4, 3), "relu", "softmax", 0.1),
+    ((6, 5, 4, 2), "relu", "sigmoid", 0.0),
+    ((6, 4, 1), "sigmoid", "sigmoid", 0.05),
+    ((6, 5, 4, 3, 2), "sigmoid", "identity", 0.0),
+    ((2, 3, 3, 1), "relu", "identity", 0.01),
+]
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: f"{len(c[0]) - 2}h-{c[1]}-{c[2]}")
+def test_multilayer_forward_loss_backprop_match_reference(backend, case):
+    sizes, activation, output, decay = case
+    net = make_multi(backend, sizes, activation=activation, output=output, decay=decay)
+    x, _ = make_batch(8, sizes[0], sizes[-1])
+    t = make_targets(output, 8, sizes[-1])
+    p = host_params(net)
+    a, _ = ref_multi_forward(p, x, activation)
+    y = to_numpy(net.predict(x))
+    assert y.shape == (8, sizes[-1])
+    if output == "identity":
+        np.testing.assert_allclose(y, a[-1], rtol=1e-12)
+    loss = net.loss(x, t)
+    assert loss.shape == () and loss.device == backend.device
+    assert float(loss) == pytest.approx(
+        ref_multi_loss(p, x, t, activation, output, decay), rel=1e-12
+    )
+    grads = net.gradient(x, t)
+    expect = ref_multi_gradient(p, x, t, activation, output, decay)
+    assert list(grads) == list(net.params)
+    for name in expect:
+        np.testing.assert_allclose(to_numpy(grads[name]), expect[name], rtol=1e-10, atol=1e-15)
+
+
+def test_multilayer_params_are_named_per_layer_and_honoured(backend):
+    net = make_multi(backend, (5, 4, 3, 2))
+    assert list(net.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    assert tuple(net.params["W2"].shape) == (4, 3)
+    x, t = make_batch(4, 5, 2)
+    net.params["W3"] = np.zeros((3, 2))
+    net.params["b3"] = np.zeros(2)
+    assert float(net.loss(x, t)) == pytest.approx(np.log(2), rel=1e-6)
+    net.params["W3"] = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"params\['W3'\] must have shape \(3, 2\)"):
+        net.loss(x, t)
+
+
+@pytest.mark.parametrize(
+    "init, scale",
+    [
+        ("relu", lambda n: np.sqrt(2 / n)),
+        ("He", lambda n: np.sqrt(2 / n)),
+        ("sigmoid", lambda n: np.sqrt(1 / n)),
+        ("xavier", lambda n: np.sqrt(1 / n)),
+        (0.01, lambda n: 0.01),
+        (np.float32(0.5), lambda n: np.float32(0.5)),
+    ],
+)
+def test_weight_init_std_as_the_book(backend, init, scale):
+    net = xpnet.MultiLayerNet(
+        7, [5, 4], 3, weight_init_std=init, backend=backend.name, device=backend.device, seed=3
+    )
+    rng = np.random.default_rng(3)
+    for k, (n_in, n_out) in enumerate([(7, 5), (5, 4), (4, 3)], 1):
+        expect = float(scale(n_in)) * rng.standard_normal((n_in, n_out))
+        np.testing.assert_allclose(to_numpy(net.params[f"W{k}"]), expect, rtol=1e-15)
+        assert not np.any(to_numpy(net.params[f"b{k}"]))
+
+
+def test_two_layer_net_is_the_two_layer_case(backend):
+    """Same seed and std: TwoLayerNet and MultiLayerNet([H], sigmoid) are one net."""
+    two = make_net(backend, (9, 6, 4), std=0.3, seed=5)
+    multi = xpnet.MultiLayerNet(
+        9, [6], 4, "sigmoid", 0.3, backend=backend.name, device=backend.device, seed=5
+    )
+    assert isinstance(two, xpnet.MultiLayerNet)
+    x, t = make_batch(5, 9, 4)
+    for name in two.params:
+        np.testing.assert_array_equal(to_numpy(two.params[name]), to_numpy(multi.params[name]))
+    assert float(two.loss(x, t)) == float(multi.loss(x, t))
+    g2, gm = two.numerical_gradient(x, t), multi.numerical_gradient(x, t)
+    for name in g2:
+        np.testing.assert_array_equal(to_numpy(g2[name]), to_numpy(gm[name]))
+
+
+def test_sigmoid_head_accuracy_counts_outputs(backend):
+    net = make_multi(backend, (5, 4, 3), output="sigmoid")
+    x, _ = make_batch(6, 5, 3)
+    y = to_numpy(net.predict(x))
+    t = (y > 0.5).astype(float)
+    t[0, 0] = 1 - t[0, 0]
+    t[3, 2] = 1 - t[3, 2]
+    assert net.accuracy(x, t) == pytest.approx(1 - 2 / 18)
+    assert isinstance(net.accuracy(x, t), float)
+
+
+def test_single_output_heads_take_flat_targets(backend):
+    x, _ = make_batch(5, 4, 1)
+    binary = make_multi(backend, (4, 3, 1), output="sigmoid")
+    t = np.array([0, 1, 1, 0, 1])
+    assert float(binary.loss(x, t)) == float(binary.loss(x, t[:, None].astype(float)))
+    regression = make_multi(backend, (4, 3, 1), output="identity")
+    v = np.linspace(-1, 1, 5)
+    assert float(regression.loss(x, v)) == float(regression.loss(x, v[:, None]))
+
+
+def test_identity_head_has_no_accuracy(backend):
+    net = make_multi(backend, (4, 3, 2), output="identity")
+    x, _ = make_batch(3, 4, 2)
+    with pytest.raises(ValueError, match="accuracy is not defined for output='identity'"):
+        net.accuracy(x, np.zeros((3, 2)))
+
+
+def test_online_learning_one_sample_per_step(backend):
+    """The course's regression exercise: batch size 1, identity head, any depth."""
+    net = make_multi(backend, (2, 3, 3, 1), activation="sigmoid", output="identity", std=1.0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (200, 2))
+    t = (x[:, 0] * x[:, 1])[:, None]
+    before = float(net.loss(x, t))
+    for i in range(200):
+        grads = net.numerical_gradient(x[i : i + 1], t[i : i + 1])
+        for name in net.params:
+            net.params[name] = net.params[name] - 0.2 * grads[name]
+    assert float(net.loss(x, t)) < 0.8 * before
+
+
+def test_weight_decay_adds_to_loss_and_gradients(backend):
+    x, _ = make_batch(5, 6, 3)
+    t = make_targets("softmax", 5, 3)
+    plain = make_multi(backend, (6, 4, 3), decay=0.0)
+    decayed = make_multi(backend, (6, 4, 3), decay=0.5)
+    squares = sum(np.sum(v**2) for k, v in host_params(plain).items() if k.startswith("W"))
+    assert float(decayed.loss(x, t)) == pytest.approx(
+        float(plain.loss(x, t)) + 0.25 * squares, rel=1e-13
+    )
+    for method in ("structured", "complex", "loop"):
+        diff = {
+            k: to_numpy(decayed.numerical_gradient(x, t, method=method)[k])
+            - to_numpy(plain.numerical_gradient(x, t, method=method)[k])
+            for k in plain.params
+        }
+        for name, value in diff.items():
+            expect = 0.5 * host_params(plain)[name] if name.startswith("W") else 0 * value
+            np.testing.assert_allclose(value, expect, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "identity"])
+def test_multilayer_save_and_load_keep_everything(tmp_path, backend, output):
+    net = make_multi(backend, (5, 4, 3, 2), activation="sigmoid", output=output, decay=0.25)
+    path = net.save(tmp_path / "net.npz")
+    loaded = xpnet.MultiLayerNet.load(path, backend=backend.name, device=backend.device)
+    assert (loaded.sizes, loaded.activation, loaded.output, loaded.weight_decay_lambda) == (
+        (5, 4, 3, 2),
+        "sigmoid",
+        output,
+        0.25,
+    )
+    for name in net.params:
+        np.testing.assert_array_equal(to_numpy(loaded.params[name]), to_numpy(net.params[name]))
+    with pytest.raises(ValueError, match="TwoLayerNet needs one hidden layer and softmax"):
+        xpnet.TwoLayerNet.load(path)
+
+
+def test_two_layer_file_loads_as_multilayer(tmp_path):
+    path = xpnet.TwoLayerNet(4, 3, 2, seed=0).save(tmp_path / "two.npz")
+    net = xpnet.MultiLayerNet.load(path)
+    assert net.sizes == (4, 3, 2) and net.output == "softmax" and net.activation == "sigmoid"
+
+
+def test_multilayer_repr():
+    text = repr(xpnet.MultiLayerNet(4, [3, 2], 2, output="identity", weight_decay_lambda=0.1))
+    for part in ["hidden_size_list=[3, 2]", "output='identity'", "weight_decay_lambda=0.1", "relu"]:
+        assert part in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(hidden_size_list=50), TypeError, r"list of positive ints.*\[50\]"),
+        (dict(hidden_size_list="50"), TypeError, "hidden_size_list must be a list"),
+        (dict(hidden_size_list=[]), ValueError, "at least one hidden layer"),
+        (dict(hidden_size_list=[3, 0]), ValueError, r"hidden_size_list\[1\] must be a positive"),
+        (dict(hidden_size_list=[3, 2.5]), TypeError, r"hidden_size_list\[1\] must be a positive"),
+        (dict(output="tanh"), ValueError, "output='tanh' is not known"),
+        (dict(activation="tanh"), ValueError, "activation='tanh' is not known"),
+        (dict(weight_init_std="kaiming"), ValueError, "weight_init_std='kaiming' is not known"),
+        (dict(weight_init_std=float("inf")), ValueError, "weight_init_std must be a finite"),
+        (dict(weight_init_std=-0.1), ValueError, "weight_init_std must be a finite"),
+        (dict(weight_decay_lambda=-0.1), ValueError, "weight_decay_lambda must be a finite"),
+        (
+            dict(weight_decay_lambda=float("nan")),
+            ValueError,
+            "weight_decay_lambda must be a finite",
+        ),
+    ],
+)
+def test_bad_multilayer_arguments(kwargs, error, match):
+    args = dict(input_size=4, hidden_size_list=[3], output_size=2) | kwargs
+    with pytest.raises(error, match=match):
+        xpnet.MultiLayerNet(**args)
+
+
+@pytest.mark.parametrize(
+    "output, t, error, match",
+    [
+        ("sigmoid", np.array([[0, 1], [1, 0.5], [0, 0]]), ValueError, "only 0 and 1"),
+        ("sigmoid", np.array([[0, 1, 0]] * 3), ValueError, r"shape \(3, 2\)"),
+        ("sigmoid", np.array([0, 1, 1]), ValueError, r"shape \(3, 2\)"),
+        ("identity", np.array([0, 1, 1]), TypeError, "float targets for output='identity'"),
+        ("identity", np.zeros((3, 3)), ValueError, r"shape \(3, 2\)"),
+        ("identity", np.array([[0, np.nan]] * 3), ValueError, "NaN or inf"),
+        ("softmax", np.array([0, 2, 1]), ValueError, r"labels must lie in \[0, 2\)"),
+    ],
+)
+def test_targets_that_do_not_fit_the_head(output, t, error, match):
+    net = xpnet.MultiLayerNet(4, [3], 2, output=output, seed=0)
+    before = {k: v.copy() for k, v in net.params.items()}
+    with pytest.raises(error, match=match):
+        net.loss(np.zeros((3, 4)), t)
+    with pytest.raises(error, match=match):
+        net.numerical_gradient(np.zeros((3, 4)), t)
+    for name in before:
+        np.testing.assert_array_equal(net.params[name], before[name])
