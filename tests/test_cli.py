@@ -124,3 +124,54 @@ def test_console_script_entry_point():
     )
     assert result.returncode == 0, result.stderr
     assert "dry run" in result.stdout
+
+
+def test_deep_network_with_decay_and_he_init_trains_and_saves(tmp_path, capsys):
+    out_dir = tmp_path / "deep"
+    args = ["train", "--iters", "15", "--hidden", "12,8", "--activation", "relu"]
+    args += ["--init", "he", "--weight-decay", "0.01", "--out", str(out_dir), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "hidden          [12, 8]" in out and "epoch 1, train acc" in out
+    import xpnet
+
+    net = xpnet.MultiLayerNet.load(out_dir / "params.npz")
+    assert net.sizes == (64, 12, 8, 10) and net.weight_decay_lambda == 0.01
+    history = json.loads((out_dir / "history.json").read_text())
+    assert history["config"]["weight_init_std"] == "he"
+
+
+def test_regression_head_on_the_command_line_reports_loss(tmp_path, capsys):
+    out_dir = tmp_path / "reg"
+    args = ["train", "--iters", "15", "--hidden", "10", "--output", "identity"]
+    args += ["--grad", "backprop", "--out", str(out_dir), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1, train loss" in out and "final train loss" in out
+    assert (out_dir / "loss.png").is_file() and not (out_dir / "accuracy.png").exists()
+
+
+def test_gradcheck_with_directions_and_a_deep_net(capsys):
+    args = ["gradcheck", "--hidden", "10,6", "--batch-size", "10"]
+    assert main(args + ["--directions", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 directions" in out and "W3" in out and "PASSED" in out
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--hidden", "10,0", "expected positive integers separated by commas"),
+        ("--hidden", "a", "expected positive integers separated by commas"),
+        ("--weight-decay", "-1", "expected a finite number >= 0"),
+        ("--weight-decay", "inf", "expected a finite number >= 0"),
+        ("--init", "kaiming", "expected a standard deviation or one of"),
+        ("--output", "tanh", "invalid choice"),
+    ],
+)
+def test_bad_network_flags_exit_2_with_one_line(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dry-run", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and flag in err and "Traceback" not in err

@@ -154,3 +154,71 @@ def test_fashion_mnist_learns_with_numerical_gradient():
         progress=False,
     )
     assert h["test_acc"][-1] > 0.4  # chance is 0.1; this run reaches 0.54
+
+
+def test_deep_net_any_head_and_online_learning(digits):
+    """Depth 2, the sigmoid head (one-hot 0/1 targets) and batch size 1 train."""
+    h = train(
+        _small(
+            hidden=[12, 8],
+            activation="relu",
+            weight_init_std="he",
+            output="sigmoid",
+            batch_size=1,
+            iters=40,
+            lr=0.5,
+        ),
+        data=digits,
+        log=None,
+        progress=False,
+    )
+    net = h["net"]
+    assert isinstance(net, xpnet.MultiLayerNet) and not isinstance(net, xpnet.TwoLayerNet)
+    assert net.sizes == (64, 12, 8, 10) and net.output == "sigmoid"
+    assert len(h["loss"]) == 40 and all(np.isfinite(h["loss"]))
+    assert len(h["train_acc"]) == len(h["train_loss"]) == len(h["eval_iters"])
+
+
+def test_regression_with_float_targets_records_loss_not_accuracy():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (300, 2))
+    t = 0.5 * x[:, 0] - x[:, 1]  # 1-D float targets: one output
+    data = ((x[:200], t[:200]), (x[200:], t[200:]))
+    h = train(
+        TrainConfig(
+            hidden=[6, 6],
+            activation="sigmoid",
+            output="identity",
+            weight_init_std=1.0,
+            grad="numerical",
+            batch_size=1,
+            iters=600,
+            lr=0.1,
+            seed=0,
+        ),
+        data=data,
+        log=None,
+        progress=False,
+    )
+    assert h["train_acc"] == [] and h["test_acc"] == []
+    assert h["net"].sizes == (2, 6, 6, 1)
+    untrained = xpnet.MultiLayerNet(2, [6, 6], 1, "sigmoid", 1.0, output="identity", seed=0)
+    assert h["test_loss"][-1] < 0.5 * float(untrained.loss(x[200:], t[200:]))
+
+
+def test_weight_decay_keeps_weights_smaller(digits):
+    plain = train(_small(grad="backprop", iters=100), data=digits, log=None, progress=False)
+    decayed = train(
+        _small(grad="backprop", iters=100, weight_decay=0.5), data=digits, log=None, progress=False
+    )
+    norm = lambda h: float(np.linalg.norm(xpnet.to_numpy(h["net"].params["W1"])))  # noqa: E731
+    assert norm(decayed) < norm(plain)
+
+
+def test_resume_refuses_a_changed_head_or_decay(tmp_path, digits):
+    train(_small(iters=29), data=digits, out=tmp_path, log=None, progress=False)
+    for change in (dict(output="sigmoid"), dict(weight_decay=0.1), dict(hidden=[10, 5])):
+        with pytest.raises(ValueError, match="different settings"):
+            train(
+                _small(**change), data=digits, out=tmp_path, resume=True, log=None, progress=False
+            )

@@ -13,7 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .datasets import DATASETS
-from .network import METHODS
+from .heads import HEADS
+from .network import INITS, METHODS
 from .optimizers import OPTIMIZERS
 
 __all__ = ["main", "parse_args"]
@@ -51,6 +52,42 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _hidden(text: str) -> list[int]:
+    sizes = []
+    for part in text.split(","):
+        try:
+            sizes.append(_positive_int(part.strip()))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected positive integers separated by commas (e.g. 100,100), got {text!r}"
+            ) from None
+    return sizes
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def _init(text: str):
+    if text.lower() in INITS:
+        return text.lower()
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a standard deviation or one of {', '.join(sorted(INITS))}, got {text!r}"
+        ) from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite standard deviation >= 0, got {value}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
@@ -72,9 +109,32 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="numerical-gradient method (auto = structured)",
     )
-    p.add_argument("--hidden", type=_positive_int, default=50, help="hidden units")
+    p.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=[50],
+        help="hidden units, one number per hidden layer, e.g. 100,100 (default: 50)",
+    )
     p.add_argument(
         "--activation", choices=("sigmoid", "relu"), default="sigmoid", help="hidden activation"
+    )
+    p.add_argument(
+        "--output",
+        choices=sorted(HEADS),
+        default="softmax",
+        help="head: softmax (labels), sigmoid (0/1 outputs), identity (regression)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=0.0,
+        help="lambda of the decay term 0.5*lambda*sum ||W||^2",
+    )
+    p.add_argument(
+        "--init",
+        type=_init,
+        default=0.01,
+        help="initial weight std, or he/relu (sqrt(2/n)) or xavier/sigmoid (sqrt(1/n))",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of weights and minibatches")
 
@@ -145,6 +205,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="first samples of the training set to check on",
     )
     g.add_argument("--h", type=_positive_float, default=None, help="step (default: from dtype)")
+    g.add_argument(
+        "--directions",
+        type=_positive_int,
+        default=None,
+        help="check K random directions per parameter array instead of every coordinate",
+    )
 
     b = sub.add_parser(
         "bench", help="time the gradient methods on one configuration", formatter_class=fmt
@@ -182,8 +248,11 @@ def _train(args) -> int:
         dtype=args.dtype,
         grad=args.grad,
         method=args.method,
-        hidden=args.hidden,
+        hidden=args.hidden if len(args.hidden) > 1 else args.hidden[0],
         activation=args.activation,
+        output=args.output,
+        weight_decay=args.weight_decay,
+        weight_init_std=args.init,
         optimizer=args.optimizer,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -214,35 +283,52 @@ def _train(args) -> int:
     net = history.pop("net")
     net.save(out / "params.npz")
     save_json(out / "history.json", history)
-    save_accuracy_plot(history, out / "accuracy.png")
+    written = ["history.json", "loss.png", "params.npz"]
     save_loss_plot(history, out / "loss.png")
+    if history["train_acc"]:
+        save_accuracy_plot(history, out / "accuracy.png")
+        written.insert(1, "accuracy.png")
+        final = f"train acc {history['train_acc'][-1]:.4f}, test acc {history['test_acc'][-1]:.4f}"
+    else:
+        final = (
+            f"train loss {history['train_loss'][-1]:.6g}, test loss {history['test_loss'][-1]:.6g}"
+        )
     print(
         f"done: {history['iters_done']} iterations in {history['wall_time']:.1f} s "
-        f"({history['time_per_iter'] * 1e3:.1f} ms/iter); final train acc "
-        f"{history['train_acc'][-1]:.4f}, test acc {history['test_acc'][-1]:.4f}"
+        f"({history['time_per_iter'] * 1e3:.1f} ms/iter); final {final}"
     )
-    print(f"wrote {out}/history.json, accuracy.png, loss.png, params.npz")
+    print(f"wrote {out}/{', '.join(written)}")
     return 0
 
 
 def _gradcheck(args) -> int:
     from .datasets import load_dataset
     from .gradcheck import gradient_check
-    from .network import TwoLayerNet
+    from .network import MultiLayerNet
+    from .train import targets_for
 
     (x, t), _ = load_dataset(args.dataset, path=args.data_dir)
-    net = TwoLayerNet(
+    t, output_size = targets_for(args.output, t)
+    net = MultiLayerNet(
         x.shape[1],
         args.hidden,
-        10,
-        activation=args.activation,
+        output_size,
+        args.activation,
+        args.init,
+        args.weight_decay,
+        output=args.output,
         backend=args.backend,
         device=args.device,
         dtype=args.dtype,
         seed=args.seed,
     )
     result = gradient_check(
-        net, x[: args.batch_size], t[: args.batch_size], method=args.method, h=args.h
+        net,
+        x[: args.batch_size],
+        t[: args.batch_size],
+        method=args.method,
+        h=args.h,
+        directions=args.directions,
     )
     return 0 if result.passed else 1
 

@@ -2,14 +2,20 @@
 
 Rules of this module:
 
+* The network is a ``TwoLayerNet`` for the book's run (one hidden layer, softmax,
+  no decay, a float init) and a ``MultiLayerNet`` otherwise. Class labels become
+  0/1 one-hot targets for the ``sigmoid`` head (one 0/1 column when the labels are
+  0/1) and for the ``identity`` head (the book's chapter 4 squared error); float
+  targets given in ``data=`` are used as they are.
 * Data is moved to the network's device once; minibatch indices are drawn on the
   host from ``numpy.random.default_rng(seed)`` (with replacement, like the book's
   ``random.choice``) and gathered on the device with ``xp.take``.
 * One iteration: gradient (numerical or backprop) -> optimizer update -> loss of
   the minibatch at the updated parameters (the book's order). A NaN/inf loss
   stops the run with :class:`TrainingDiverged`.
-* Train and test accuracy (whole sets, in batches to bound memory) are evaluated
-  after every epoch of ``ceil(N / batch_size)`` iterations and after the last one.
+* Train and test accuracy (whole sets, in batches to bound memory; none for the
+  identity head) and loss are evaluated after every epoch of
+  ``ceil(N / batch_size)`` iterations and after the last one.
 * With ``out`` set, a checkpoint (parameters, optimizer state, RNG state, history)
   is written atomically after every evaluation; ``resume=True`` continues from it
   and reaches exactly what an uninterrupted run with the same seed reaches.
@@ -29,8 +35,9 @@ import numpy as np  # host
 from .backend import to_numpy
 from .checks import check_size
 from .datasets import DATASETS, load_dataset
+from .heads import HEADS
 from .io import load_npz, save_npz
-from .network import METHODS, TwoLayerNet
+from .network import INITS, METHODS, MultiLayerNet, TwoLayerNet
 from .optimizers import OPTIMIZERS, make_optimizer
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "evaluate", "CHECKPOINT"]
@@ -50,6 +57,10 @@ class TrainConfig:
     10,000 iterations) except on the embedded 8x8 digits, where 64 inputs give
     much smaller pre-activations: there SGD's default lr is 0.5 and the run is
     1,000 iterations (~97% test accuracy).
+
+    ``hidden`` is one size or a list of sizes (one per hidden layer);
+    ``weight_init_std`` a float or ``"he"``/``"relu"``/``"xavier"``/``"sigmoid"``;
+    ``output`` the head; ``weight_decay`` the ``lambda`` of the decay term.
     """
 
     dataset: str = "digits"
@@ -59,15 +70,17 @@ class TrainConfig:
     dtype: str = "float64"
     grad: str = "numerical"
     method: str = "auto"
-    hidden: int = 50
+    hidden: int | list = 50
     activation: str = "sigmoid"
+    output: str = "softmax"
+    weight_decay: float = 0.0
     optimizer: str = "sgd"
     lr: float | None = None
     batch_size: int = 100
     iters: int | None = None
     epochs: int | None = None
     seed: int = 0
-    weight_init_std: float = 0.01
+    weight_init_std: float | str = 0.01
     eval_batch: int = 10_000
 
     def resolved(self, train_size: int) -> TrainConfig:
@@ -83,7 +96,21 @@ class TrainConfig:
             raise ValueError(
                 f"optimizer={c.optimizer!r} is not known; expected one of {sorted(OPTIMIZERS)}"
             )
-        check_size("hidden", c.hidden)
+        if isinstance(c.hidden, (list, tuple)):
+            if not c.hidden:
+                raise ValueError("hidden must name at least one hidden layer, got []")
+            c.hidden = [check_size(f"hidden[{i}]", v) for i, v in enumerate(c.hidden)]
+        else:
+            c.hidden = check_size("hidden", c.hidden)
+        if c.output not in HEADS:
+            raise ValueError(f"output={c.output!r} is not known; expected one of {sorted(HEADS)}")
+        if isinstance(c.weight_init_std, str) and c.weight_init_std.lower() not in INITS:
+            raise ValueError(
+                f"weight_init_std={c.weight_init_std!r} is not known; expected a float or "
+                f"one of {sorted(INITS)}"
+            )
+        if not (isinstance(c.weight_decay, (int, float)) and 0 <= c.weight_decay < math.inf):
+            raise ValueError(f"weight_decay must be a finite float >= 0, got {c.weight_decay!r}")
         check_size("batch_size", c.batch_size)
         check_size("eval_batch", c.eval_batch)
         if c.lr is None:
@@ -104,6 +131,10 @@ class TrainConfig:
     def iters_per_epoch(self, train_size: int) -> int:
         return max(math.ceil(train_size / self.batch_size), 1)
 
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return list(self.hidden) if isinstance(self.hidden, (list, tuple)) else [self.hidden]
+
 
 def evaluate(net, x, t, batch: int = 10_000) -> float:
     """Accuracy over a whole data set already on the device, in batches."""
@@ -115,12 +146,44 @@ def evaluate(net, x, t, batch: int = 10_000) -> float:
     return hits / n
 
 
+def evaluate_loss(net, x, t, batch: int = 10_000) -> float:
+    """Mean loss (with weight decay) over a whole data set on the device, in batches."""
+    n = x.shape[0]
+    total = 0.0
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        total += float(net.loss(x[start:stop, ...], t[start:stop])) * (stop - start)
+    return total / n
+
+
+def targets_for(output: str, t):
+    """Host targets for a head: labels stay labels for softmax; integer labels become
+    0/1 one-hot for the other heads (a single 0/1 column for 0/1 labels and the
+    sigmoid head); float targets are kept, 1-D ones as one column.
+
+    Returns
+    -------
+    (targets, output_size)
+    """
+    t = np.asarray(t)  # host
+    if output == "softmax":
+        return t, int(t.max()) + 1
+    if t.ndim == 1 and np.issubdtype(t.dtype, np.integer):
+        if output == "sigmoid" and t.min() >= 0 and t.max() <= 1:
+            return t[:, None].astype(np.float64), 1
+        return np.eye(int(t.max()) + 1)[t], int(t.max()) + 1  # host
+    t = t.reshape(len(t), -1)
+    return t, t.shape[1]
+
+
 def _new_history(config: TrainConfig) -> dict:
     return {
         "config": asdict(config),
         "loss": [],
         "train_acc": [],
         "test_acc": [],
+        "train_loss": [],
+        "test_loss": [],
         "eval_iters": [],
         "wall_time": 0.0,
         "iters_done": 0,
@@ -145,6 +208,8 @@ def _load_checkpoint(path: Path, net, optimizer, rng, config: TrainConfig) -> di
             "dataset",
             "hidden",
             "activation",
+            "output",
+            "weight_decay",
             "optimizer",
             "lr",
             "batch_size",
@@ -166,6 +231,38 @@ def _load_checkpoint(path: Path, net, optimizer, rng, config: TrainConfig) -> di
     )
     rng.bit_generator.state = meta["rng"]
     return meta["history"]
+
+
+def _network(config: TrainConfig, input_size: int, output_size: int):
+    """The book's TwoLayerNet for its own run, a MultiLayerNet for anything else."""
+    common = dict(backend=config.backend, device=config.device, dtype=config.dtype)
+    hidden = config.hidden_sizes
+    if (
+        len(hidden) == 1
+        and config.output == "softmax"
+        and not config.weight_decay
+        and not isinstance(config.weight_init_std, str)
+    ):
+        return TwoLayerNet(
+            input_size,
+            hidden[0],
+            output_size,
+            config.weight_init_std,
+            activation=config.activation,
+            seed=config.seed,
+            **common,
+        )
+    return MultiLayerNet(
+        input_size,
+        hidden,
+        output_size,
+        config.activation,
+        config.weight_init_std,
+        config.weight_decay,
+        output=config.output,
+        seed=config.seed,
+        **common,
+    )
 
 
 def train(
@@ -192,14 +289,17 @@ def train(
         Receives one line per evaluation (``epoch, train acc, test acc``).
     data : tuple, optional
         ``((x_train, t_train), (x_test, t_test))`` host arrays instead of loading
-        ``config.dataset``.
+        ``config.dataset``: class labels, or float targets ``(N, C)``/``(N,)``
+        for the ``identity`` head (regression) and 0/1 ones for ``sigmoid``.
 
     Returns
     -------
     dict
         ``config`` (resolved), ``loss`` (per iteration), ``train_acc``/``test_acc``
-        (per evaluation), ``eval_iters``, ``wall_time`` (s), ``iters_done``,
-        ``time_per_iter`` (s), and ``net`` (the trained :class:`TwoLayerNet`).
+        (per evaluation; empty for the identity head), ``train_loss``/``test_loss``
+        (whole sets, per evaluation), ``eval_iters``, ``wall_time`` (s),
+        ``iters_done``, ``time_per_iter`` (s), and ``net`` (the trained
+        :class:`TwoLayerNet` or :class:`MultiLayerNet`).
     """
     from tqdm.auto import tqdm
 
@@ -208,22 +308,19 @@ def train(
         data = load_dataset(config.dataset, path=config.data_dir)
     (x_train, t_train), (x_test, t_test) = data
     config = config.resolved(len(t_train))
-    net = TwoLayerNet(
-        x_train.shape[1],
-        config.hidden,
-        int(max(t_train.max(), t_test.max())) + 1,
-        config.weight_init_std,
-        activation=config.activation,
-        backend=config.backend,
-        device=config.device,
-        dtype=config.dtype,
-        seed=config.seed,
-    )
+    t_train, n_train_out = targets_for(config.output, t_train)
+    t_test, n_test_out = targets_for(config.output, t_test)
+    net = _network(config, x_train.shape[1], max(n_train_out, n_test_out))
+    if config.output != "softmax" and n_train_out != n_test_out:
+        raise ValueError(
+            f"train and test targets have {n_train_out} and {n_test_out} columns; they must match"
+        )
     xp, backend = net.xp, net.backend
+    label_dtype = xp.int64 if config.output == "softmax" else net.dtype
     x_train_d = backend.from_host(x_train, dtype=net.dtype)
-    t_train_d = backend.from_host(t_train, dtype=xp.int64)
+    t_train_d = backend.from_host(t_train, dtype=label_dtype)
     x_test_d = backend.from_host(x_test, dtype=net.dtype)
-    t_test_d = backend.from_host(t_test, dtype=xp.int64)
+    t_test_d = backend.from_host(t_test, dtype=label_dtype)
     optimizer = make_optimizer(config.optimizer, config.lr)
     rng = np.random.default_rng(config.seed)  # host: minibatch indices
     checkpoint = Path(out) / CHECKPOINT if out is not None else None
@@ -263,18 +360,26 @@ def train(
             history["iters_done"] = i + 1
             bar.update(1)
             if (i + 1) % per_epoch == 0 or i + 1 == config.iters:
-                train_acc = evaluate(net, x_train_d, t_train_d, config.eval_batch)
-                test_acc = evaluate(net, x_test_d, t_test_d, config.eval_batch)
-                history["train_acc"].append(train_acc)
-                history["test_acc"].append(test_acc)
+                train_loss = evaluate_loss(net, x_train_d, t_train_d, config.eval_batch)
+                test_loss = evaluate_loss(net, x_test_d, t_test_d, config.eval_batch)
+                history["train_loss"].append(train_loss)
+                history["test_loss"].append(test_loss)
                 history["eval_iters"].append(i + 1)
-                history["wall_time"] = time.perf_counter() - started
-                epoch = len(history["train_acc"])
-                bar.set_postfix(
-                    loss=f"{loss:.4f}", train=f"{train_acc:.4f}", test=f"{test_acc:.4f}"
-                )
-                if log is not None:
+                epoch = len(history["eval_iters"])
+                if net.head.has_accuracy:
+                    train_acc = evaluate(net, x_train_d, t_train_d, config.eval_batch)
+                    test_acc = evaluate(net, x_test_d, t_test_d, config.eval_batch)
+                    history["train_acc"].append(train_acc)
+                    history["test_acc"].append(test_acc)
                     line = f"epoch {epoch}, train acc {train_acc:.4f}, test acc {test_acc:.4f}"
+                    bar.set_postfix(
+                        loss=f"{loss:.4f}", train=f"{train_acc:.4f}", test=f"{test_acc:.4f}"
+                    )
+                else:
+                    line = f"epoch {epoch}, train loss {train_loss:.6g}, test loss {test_loss:.6g}"
+                    bar.set_postfix(loss=f"{loss:.4g}", test=f"{test_loss:.4g}")
+                history["wall_time"] = time.perf_counter() - started
+                if log is not None:
                     (bar.write if progress else log)(line)
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, net, optimizer, rng, history)
