@@ -101,6 +101,12 @@ class _Forward:
     work_weights: list  # W_l in the working dtype (complex for the complex step)
     head: HeadCache
     targets: object  # labels (N,) or (N, C), as the head takes them
+    # above the perturbed layer, pre-activations are carried as ``sign * a`` and
+    # weights as ``sign * W`` (sign -1 for sigmoid: 1 / (1 + exp(m)) needs no
+    # negation pass), each with a few passes fewer per element
+    carried: list  # sign * a_l (sigmoid: clipped to [-700, 700], as sigmoid clips)
+    carried_weights: list  # sign * W_l, working dtype
+    activate: object  # activation of a carried pre-activation
 
 
 def structured_gradient(
@@ -198,7 +204,23 @@ def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_thread
     weights = [W for W, _ in layers]
     # matmuls with complex operands need complex weights (torch does not promote)
     work_weights = weights if work == real else [xp.astype(W, work) for W in weights]
-    cache = _Forward(a, z, weights, work_weights, head.cache(a[-1], targets), targets)
+    if activation == "sigmoid":
+        carried = [-xp.clip(v, min=-700.0, max=700.0) for v in a]
+        carried_weights = [-W for W in work_weights]
+        activate = _sigmoid_of_negative
+    else:
+        carried, carried_weights, activate = a, work_weights, act
+    cache = _Forward(
+        a,
+        z,
+        weights,
+        work_weights,
+        head.cache(a[-1], targets),
+        targets,
+        carried,
+        carried_weights,
+        activate,
+    )
 
     budget_items = max(1, max_bytes // (itemsize(xp, work) * _TEMPORARIES))
     ones = xp.ones((n_samples, 1), dtype=real, device=dev)
@@ -211,6 +233,14 @@ def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_thread
             rows = _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx)
         grads.append((rows[:-1, :], rows[-1, :]))
     return grads
+
+
+def _sigmoid_of_negative(m):
+    """``sigmoid(-m)`` for ``m`` in [-701, 701]: one exp, no clip, no negation."""
+    xp = array_namespace(m)
+    e = xp.exp(m)
+    e += 1.0  # in place: one temporary fewer (JAX rebinds, same result)
+    return 1.0 / e
 
 
 def _contiguous(xp, a):
@@ -344,9 +374,12 @@ def _deep_losses(index, cache, u_sample, u_value, ctx):
         """Loss terms, shape ``a.shape[:-1]``, for moved rows ``a`` of layer
         ``index + 1`` of samples ``n`` (an index array broadcasting to them)."""
         for above in range(index + 1, n_layers - 1):
-            dz_above = ctx.act(a) - _rows(xp, cache.z[above + 1], n)
+            dz_above = cache.activate(a)
+            dz_above -= _rows(xp, cache.z[above + 1], n)
             if above + 1 < n_layers - 1:
-                a = _rows(xp, cache.a[above + 1], n) + dz_above @ cache.work_weights[above + 1]
+                a = _rows(xp, cache.carried[above + 1], n) + (
+                    dz_above @ cache.carried_weights[above + 1]
+                )
         # the scores, class-major (C, M), so the head sums over classes on rows
         shape = dz_above.shape[:-1]
         flat = xp.reshape(dz_above, (-1, dz_above.shape[-1]))  # (M, H)
@@ -358,11 +391,13 @@ def _deep_losses(index, cache, u_sample, u_value, ctx):
 
     def losses(u0, u1, j0, j1):
         n_idx, dz = _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1)
-        w = cache.weights[index + 1][j0:j1, :]  # (J, H)
+        w = cache.carried_weights[index + 1][j0:j1, :]  # (J, H)
+        carried = cache.carried[index + 1]
         if not ctx.skip_still:
             # (S, U, J, H) by broadcasting: sample rows (U, 1, H), unit rows (J, H)
             n = n_idx[:, None]
-            a = _rows(xp, cache.a[index + 1], n) + dz[..., None] * w
+            a = dz[..., None] * w
+            a += _rows(xp, carried, n)
             return ctx.combine(propagate(a, n))
         # a unit that does not move at all leaves the sample's loss bit-identical:
         # only the moved (sample, unit) pairs are propagated
@@ -372,7 +407,7 @@ def _deep_losses(index, cache, u_sample, u_value, ctx):
         (pair,) = xp.nonzero(moved)
         flat = xp.take(flat, pair, axis=1)
         n = xp.take(n_idx, pair // n_j)
-        a = _rows(xp, cache.a[index + 1], n) + flat[..., None] * xp.take(w, pair % n_j, axis=0)
+        a = _rows(xp, carried, n) + flat[..., None] * xp.take(w, pair % n_j, axis=0)
         combined = ctx.combine(propagate(a, n))  # (K,)
         # back to (U * J) by gathering: the pairs that stayed still get 0
         position = xp.cumulative_sum(xp.astype(moved, xp.int64)) - 1
