@@ -28,7 +28,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--ranges", default="1,10", help="input ranges to compare (comma-separated)")
+    p.add_argument("--ranges", default="1,10,100", help="input ranges to compare (comma-separated)")
     p.add_argument("--steps", type=int, default=20_000, help="online steps (one sample each)")
     p.add_argument("--lr", type=float, default=0.5, help="SGD learning rate")
     p.add_argument("--hidden", default="3,3", help="hidden layer sizes")
@@ -44,16 +44,16 @@ def run(scale, args, hidden):
     rng = np.random.default_rng(args.seed)
     u = rng.random((args.steps + 1000, 2))
     x, t = scale * u, (u[:, 0] * u[:, 1])[:, None]
-    net = xpnet.MultiLayerNet(
-        2, hidden, 1, args.activation, 1.0, output="identity", seed=args.seed
-    )
+    net = xpnet.MultiLayerNet(2, hidden, 1, args.activation, 1.0, output="identity", seed=args.seed)
     losses = []
     bar = tqdm(range(args.steps), desc=f"range {scale:g}", disable=args.no_progress)
     for i in bar:
+        # the loss of each new sample *before* the step on it: online learning's
+        # honest running error (after the step the net has just fitted that sample)
+        losses.append(float(net.loss(x[i : i + 1], t[i : i + 1])))
         grads = net.numerical_gradient(x[i : i + 1], t[i : i + 1])
         for name in net.params:
             net.params[name] = net.params[name] - args.lr * grads[name]
-        losses.append(float(net.loss(x[i : i + 1], t[i : i + 1])))
     test = float(net.loss(x[args.steps :], t[args.steps :]))
     return losses, test
 
@@ -75,15 +75,22 @@ def main(argv=None) -> int:
     fig = Figure(figsize=(6, 4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     window = max(1, args.steps // 100)
-    for scale, (losses, test) in results.items():
+    for scale, (losses, _) in results.items():
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"inputs in [0, {scale:g}]²")
-    ax.set(xlabel="online step (one sample)", ylabel=f"loss (mean of {window} steps)", yscale="log")
-    ax.set_title(f"2-{'-'.join(map(str, hidden))}-1 {args.activation}, identity head, lr {args.lr:g}")
+    ax.set(
+        xlabel="online step (one sample)",
+        ylabel=f"loss of the next sample, before its step (mean of {window})",
+        yscale="log",
+    )
+    ax.set_title(
+        f"2-{'-'.join(map(str, hidden))}-1 {args.activation}, identity head, lr {args.lr:g}"
+    )
     ax.legend()
     fig.savefig(out / "regression-loss.png")
     summary = {
-        "command": "python scripts/regression_demo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python scripts/regression_demo.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "test_loss": {f"{k:g}": v[1] for k, v in results.items()},
         "steps": args.steps,
         "lr": args.lr,

@@ -73,6 +73,7 @@ def test_docs_exist_and_are_linked_from_readme():
         "training.md",
         "benchmarks.md",
         "design.md",
+        "networks.md",
     }
     assert required <= names
     for name in required:
