@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from conftest import (
@@ -427,3 +429,98 @@ def test_targets_that_do_not_fit_the_head(output, t, error, match):
         net.numerical_gradient(np.zeros((3, 4)), t)
     for name in before:
         np.testing.assert_array_equal(net.params[name], before[name])
+
+
+# ---- faults a user can hit (trustworthy runs) ----------------------------------
+@pytest.mark.parametrize(
+    "t, match",
+    [
+        (np.array([[0.0, 0.0], [0.0, 1.0]]), "exactly one 1 per row"),
+        (np.array([[0.3, 0.7], [0.0, 1.0]]), "exactly one 1 per row"),
+        (np.array([[np.nan, 1.0], [0.0, 1.0]]), "exactly one 1 per row"),
+        (np.array([[1.0, 1.0], [0.0, 1.0]]), "exactly one 1 per row"),
+    ],
+    ids=["all-zero", "soft", "nan", "two-ones"],
+)
+def test_one_hot_targets_that_are_not_one_hot_are_refused(small, t, match):
+    with pytest.raises(ValueError, match=match):
+        small.loss(np.zeros((2, 4)), t)
+
+
+def test_nan_in_params_is_refused_with_its_name(small):
+    w = np.asarray(small.params["W2"]).copy()
+    w[0, 0] = np.nan
+    small.params["W2"] = w
+    with pytest.raises(ValueError, match=r"params\['W2'\] contains NaN or inf"):
+        small.loss(np.zeros((2, 4)), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("seed, error", [("a", ValueError), (-1, ValueError), (1.5, ValueError)])
+def test_bad_seed_names_seed(seed, error):
+    with pytest.raises(error, match="seed must be None or an int >= 0"):
+        xpnet.TwoLayerNet(4, 3, 2, seed=seed)
+
+
+def test_numpy_float32_std_is_accepted_and_inf_refused():
+    xpnet.TwoLayerNet(4, 3, 2, np.float32(0.01), seed=0)
+    with pytest.raises(ValueError, match="weight_init_std must be a finite"):
+        xpnet.TwoLayerNet(4, 3, 2, float("inf"))
+
+
+@pytest.mark.parametrize("h", [1e-300, 1e-13, 1e10, 2.0])
+@pytest.mark.parametrize("method", ["structured", "loop", "batched"])
+def test_steps_that_cannot_work_are_refused_by_every_method(small, h, method):
+    with pytest.raises(ValueError, match=re.escape(f"h={h:g} cannot give a float64 central")):
+        small.numerical_gradient(np.ones((2, 4)), np.array([0, 1]), h=h, method=method)
+
+
+def test_largest_allowed_step_gives_the_same_finite_result_in_every_method(small):
+    x, t = np.ones((2, 4)), np.array([0, 1])
+    loop = small.numerical_gradient(x, t, h=1.0, method="loop")
+    for method in ("structured", "batched"):
+        got = small.numerical_gradient(x, t, h=1.0, method=method)
+        for name in loop:
+            assert np.all(np.isfinite(got[name]))
+            assert rel_error(got[name], loop[name]) < 1e-10
+
+
+def test_complex_step_keeps_its_tiny_step(small):
+    small.numerical_gradient(np.ones((2, 4)), np.array([0, 1]), h=1e-30, method="complex")
+
+
+def test_n_threads_that_is_not_an_int_names_n_threads(small):
+    with pytest.raises(TypeError, match="n_threads must be a positive int, got 'a'"):
+        small.numerical_gradient(np.ones((2, 4)), np.array([0, 1]), n_threads="a")
+
+
+def test_crafted_params_file_is_refused_from_its_headers(tmp_path):
+    """A tiny file claiming 20000x20000 layers is refused before anything is built."""
+    import time
+
+    path = tmp_path / "crafted.npz"
+    np.savez(
+        path,
+        sizes=np.array([20000, 20000, 10]),
+        activation=np.asarray("relu"),
+        W1=np.zeros((2, 2)),
+        b1=np.zeros(2),
+        W2=np.zeros((2, 2)),
+        b2=np.zeros(2),
+    )
+    start = time.perf_counter()
+    with pytest.raises(
+        ValueError, match=r"W1 is stored with shape \(2, 2\).*needs \(20000, 20000\)"
+    ):
+        xpnet.MultiLayerNet.load(path)
+    assert time.perf_counter() - start < 2.0  # refused from the headers, nothing allocated
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"just text", b"PK\x03\x04broken"], ids=["empty", "text", "zip"]
+)
+def test_damaged_params_file_is_one_clear_error(tmp_path, content):
+    path = tmp_path / "params.npz"
+    path.write_bytes(content)
+    for cls in (xpnet.TwoLayerNet, xpnet.MultiLayerNet):
+        with pytest.raises(ValueError, match="params.npz is not an xpnet file or is damaged"):
+            cls.load(path)

@@ -225,11 +225,24 @@ def test_resume_refuses_a_changed_head_or_decay(tmp_path, digits):
 
 
 def test_resume_of_a_deep_run_equals_uninterrupted(tmp_path, digits):
-    deep = dict(hidden=[10, 6], activation="relu", weight_init_std="he", weight_decay=0.01,
-                optimizer="momentum", lr=0.05)
-    full = train(_small(iters=58, **deep), data=digits, out=tmp_path / "a", log=None,
-                 progress=False)
+    deep = dict(
+        hidden=[10, 6],
+        activation="relu",
+        weight_init_std="he",
+        weight_decay=0.01,
+        optimizer="momentum",
+        lr=0.05,
+    )
+    full = train(
+        _small(iters=58, **deep), data=digits, out=tmp_path / "a", log=None, progress=False
+    )
     train(_small(iters=29, **deep), data=digits, out=tmp_path / "b", log=None, progress=False)
-    resumed = train(_small(iters=58, **deep), data=digits, out=tmp_path / "b", resume=True,
-                    log=None, progress=False)
+    resumed = train(
+        _small(iters=58, **deep),
+        data=digits,
+        out=tmp_path / "b",
+        resume=True,
+        log=None,
+        progress=False,
+    )
     assert resumed["loss"] == full["loss"] and resumed["test_acc"] == full["test_acc"]

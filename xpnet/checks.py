@@ -82,6 +82,14 @@ def check_targets(t, batch_size: int, output_size: int, name: str = "t"):
             )
         if xp.isdtype(t.dtype, "bool"):
             t = xp.astype(t, xp.int64)
+        # exactly one 1 per row, zeros elsewhere: soft, empty or NaN rows are refused
+        ones = xp.sum(xp.astype(t == 1, xp.int64), axis=1)
+        zeros = xp.sum(xp.astype(t == 0, xp.int64), axis=1)
+        if not bool(xp.all((ones == 1) & (zeros == output_size - 1))):
+            raise ValueError(
+                f"{name} (one-hot) must have exactly one 1 per row and zeros elsewhere; "
+                "give integer labels for anything else"
+            )
         return xp.argmax(t, axis=1)
     if t.ndim != 1:
         raise ValueError(

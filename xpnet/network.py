@@ -37,7 +37,7 @@ from .gradient import (
     resolve_step,
 )
 from .heads import HEADS, get_head
-from .io import load_npz, save_npz
+from .io import load_npz, npz_shapes, save_npz
 from .structured import ACTIVATIONS, host_bytes, structured_gradient
 
 __all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "PARAM_NAMES", "INITS"]
@@ -102,6 +102,21 @@ def _check_decay(value) -> float:
     return float(value)
 
 
+# central differences: below this step ``w + h == w`` for weights of order 1 and
+# the gradient is rounding noise; above the largest, it measures no derivative
+# (and exp() of the perturbed scores overflows in some methods, not in others)
+_CENTRAL_STEPS = {"float64": (1e-12, 1.0), "float32": (1e-5, 1.0)}
+
+
+def _check_central_step(h: float, dtype_name: str) -> None:
+    low, high = _CENTRAL_STEPS[dtype_name]
+    if not low <= h <= high:
+        raise ValueError(
+            f"h={h:g} cannot give a {dtype_name} central difference: use {low:g} <= h <= "
+            f"{high:g} (default h=None), or method='complex' for tiny steps"
+        )
+
+
 class MultiLayerNet:
     """Affine - activation - ... - affine - head, with the book's API, any depth.
 
@@ -163,6 +178,10 @@ class MultiLayerNet:
                 f"activation={activation!r} is not known; expected one of {sorted(ACTIVATIONS)}"
             )
         init = _check_init(weight_init_std)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+        ):
+            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
         self.weight_decay_lambda = _check_decay(weight_decay_lambda)
         self.head = get_head(output)
         self.sizes = sizes
@@ -245,6 +264,8 @@ class MultiLayerNet:
                 raise ValueError(
                     f"params[{name!r}] must have shape {shape}, got {tuple(value.shape)}"
                 )
+            if not bool(self.xp.all(self.xp.isfinite(value))):
+                raise ValueError(f"params[{name!r}] contains NaN or inf")
             out[name] = value
         return out
 
@@ -406,6 +427,12 @@ class MultiLayerNet:
             method = "structured"
         xp = self.xp
         h = resolve_step(h, self.dtype, xp, complex_step=method == "complex")
+        if method != "complex":
+            _check_central_step(h, self.backend.dtype_name)
+        if n_threads is not None and (
+            isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral)
+        ):
+            raise TypeError(f"n_threads must be a positive int, got {n_threads!r}")
         x, targets = self._batch(x, t)
         params = self._params()
         if method in ("structured", "complex"):
@@ -472,24 +499,44 @@ class MultiLayerNet:
 
     @staticmethod
     def _read(path) -> tuple[dict, tuple, dict]:
-        """Stored arrays, sizes and configuration of a network file, checked."""
-        data = load_npz(path)
-        missing = {"sizes", "activation"} - set(data)
+        """Stored arrays, sizes and configuration of a network file, checked
+        against each other from the headers before any weight is read."""
+        shapes = npz_shapes(path)
+        missing = {"sizes", "activation"} - set(shapes)
         if missing:
             raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
-        sizes = tuple(int(v) for v in np.asarray(data["sizes"]).reshape(-1))  # host
-        if len(sizes) < 3:
-            raise ValueError(f"{path}: 'sizes' must hold at least 3 layer sizes, got {sizes}")
-        names = [f"{p}{k}" for k in range(1, len(sizes)) for p in ("W", "b")]
-        missing = set(names) - set(data)
-        if missing:
-            raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
+        sizes_shape, sizes_dtype = shapes["sizes"]
+        if len(sizes_shape) != 1 or not 3 <= sizes_shape[0] <= 1000 or sizes_dtype.kind not in "iu":
+            raise ValueError(
+                f"{path}: 'sizes' must be 3 or more integer layer sizes, got shape "
+                f"{sizes_shape} of {sizes_dtype}"
+            )
+        config_keys = ("sizes", "activation", "output", "weight_decay_lambda")
+        small = load_npz(path, keys=config_keys)
+        sizes = tuple(int(v) for v in small["sizes"])
+        if min(sizes) <= 0:
+            raise ValueError(f"{path}: 'sizes' must be positive, got {sizes}")
+        expected = {}
+        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), 1):
+            expected[f"W{k}"], expected[f"b{k}"] = (n_in, n_out), (n_out,)
+        for name, shape in expected.items():
+            if name not in shapes:
+                raise ValueError(f"{path} is not an xpnet network file (missing {name!r})")
+            stored, dtype = shapes[name]
+            if stored != shape or dtype.kind != "f":
+                raise ValueError(
+                    f"{path}: {name} is stored with shape {stored} ({dtype}) but 'sizes' "
+                    f"{sizes} needs {shape} floats: not an xpnet file or damaged"
+                )
+        for key in ("activation", "output", "weight_decay_lambda"):
+            if key in small and small[key].shape != ():
+                raise ValueError(f"{path}: {key!r} must be a single value")
         config = {
-            "activation": str(data["activation"]),
-            "output": str(data["output"]) if "output" in data else "softmax",
-            "weight_decay_lambda": float(data.get("weight_decay_lambda", 0.0)),
+            "activation": str(small["activation"]),
+            "output": str(small["output"]) if "output" in small else "softmax",
+            "weight_decay_lambda": float(small.get("weight_decay_lambda", 0.0)),
         }
-        return {k: data[k] for k in names}, sizes, config
+        return load_npz(path, keys=set(expected)), sizes, config
 
     def _set_host_params(self, arrays: dict) -> None:
         self.params = {k: self.backend.from_host(v, dtype=self.dtype) for k, v in arrays.items()}
