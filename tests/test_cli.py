@@ -175,3 +175,163 @@ def test_bad_network_flags_exit_2_with_one_line(flag, value, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and flag in err and "Traceback" not in err
+
+
+# ---- trustworthy runs: every fault is one line, nothing is lost -----------------
+def _err_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def _quick(out, *extra):
+    return ["train", "--iters", "15", "--hidden", "8", "--out", str(out), "--no-progress", *extra]
+
+
+def test_a_diverging_run_fails_with_a_sensible_hint(tmp_path, capsys):
+    assert main(_quick(tmp_path / "d", "--lr", "1e6", "--iters", "60")) == 2
+    err = _err_line(capsys)
+    assert "diverged" in err and "--lr 100000" in err and "inf" not in err
+
+
+def test_lr_inf_is_refused_up_front(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(_quick(tmp_path / "i", "--lr", "inf"))
+    assert exc.value.code == 2
+    assert "expected a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()
+
+
+def test_a_new_run_does_not_replace_an_earlier_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_quick(out)) == 0
+    before = (out / "history.json").read_bytes()
+    capsys.readouterr()
+    assert main(_quick(out, "--seed", "1")) == 2
+    err = _err_line(capsys)
+    assert "already holds a run" in err and "--resume" in err and "--force" in err
+    assert (out / "history.json").read_bytes() == before
+    assert main(_quick(out, "--seed", "1", "--force")) == 0
+    assert "replacing the earlier run" in capsys.readouterr().out
+    assert (out / "history.json").read_bytes() != before
+    assert not (out / ".xpnet.lock").exists()
+
+
+def test_a_directory_locked_by_a_live_run_is_refused_and_a_stale_lock_taken(tmp_path, capsys):
+    out = tmp_path / "locked"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".xpnet.lock").write_text(f"{sleeper.pid}\n")
+        assert main(_quick(out)) == 2
+        assert f"another xpnet run (pid {sleeper.pid})" in _err_line(capsys)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main(_quick(out)) == 0  # its process is gone: the lock is stale
+    assert not (out / ".xpnet.lock").exists()
+
+
+def test_resume_says_what_it_does_and_refuses_what_it_cannot(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(_quick(out, "--resume")) == 2
+    assert "no checkpoint.npz" in _err_line(capsys)
+    assert main(_quick(out)) == 0
+    capsys.readouterr()
+    assert main(_quick(out, "--resume")) == 2
+    assert "already has 15 iterations; give --iters" in _err_line(capsys)
+    assert main(_quick(out, "--resume", "--iters", "30")) == 0
+    assert "resuming from iteration 15 of 30" in capsys.readouterr().out
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import xpnet.optimizers
+
+    calls = {"n": 0}
+    real = xpnet.optimizers.SGD.update
+
+    def interrupted(self, params, grads):
+        calls["n"] += 1
+        if calls["n"] == 20:  # after the first epoch's checkpoint (15 iterations)
+            raise KeyboardInterrupt
+        return real(self, params, grads)
+
+    monkeypatch.setattr(xpnet.optimizers.SGD, "update", interrupted)
+    assert main(_quick(tmp_path / "c", "--iters", "40")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at iteration 19" in err and "iteration 15" in err and "--resume" in err
+    assert not (tmp_path / "c" / ".xpnet.lock").exists()
+
+
+@pytest.mark.parametrize("case", ["file", "under-file"])
+def test_an_out_that_is_not_a_directory_fails_before_training(tmp_path, capsys, case):
+    target = tmp_path / "f"
+    target.write_text("mine")
+    out = target if case == "file" else target / "sub"
+    assert main(_quick(out)) == 2
+    err = _err_line(capsys)
+    assert str(out) in err
+    assert target.read_text() == "mine"
+
+
+def test_an_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
+    import os
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".xpnet.lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert main(_quick(tmp_path / "ro")) == 2
+    assert "is not writable (Permission denied)" in _err_line(capsys)
+
+
+def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import xpnet.io
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(xpnet.io, "atomic_write_bytes", full)
+    assert main(_quick(tmp_path / "full")) == 2
+    assert "No space left on device" in _err_line(capsys)
+
+
+def test_outputs_never_follow_links_out_of_out(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_quick(out)) == 0
+    outside = tmp_path / "precious.png"
+    outside.write_bytes(b"mine")
+    (out / "accuracy.png").unlink()
+    (out / "accuracy.png").symlink_to(outside)
+    stale = out / ".loss.png.0123.xpnet-tmp"
+    stale.write_bytes(b"half")
+    assert main(_quick(out, "--resume", "--iters", "30")) == 0
+    assert outside.read_bytes() == b"mine"
+    assert not (out / "accuracy.png").is_symlink() and not stale.exists()
+
+
+def test_version_and_help_texts(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    import xpnet
+
+    assert capsys.readouterr().out.strip() == f"xpnet {xpnet.__version__}"
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "minibatches (default: 0)" in out and "ignored by --grad backprop" in out
+    with pytest.raises(SystemExit):
+        parse_args(["bench", "--help"])
+    assert "jax" in capsys.readouterr().out
+
+
+def test_gradcheck_says_how_many_samples(capsys):
+    assert main(["gradcheck", "--hidden", "6", "--batch-size", "12", "--directions", "2"]) == 0
+    assert "on the first 12 samples" in capsys.readouterr().out

@@ -115,7 +115,10 @@ def test_epoch_lines_are_logged(digits):
         (dict(optimizer="lbfgs"), "optimizer='lbfgs'"),
         (dict(iters=10, epochs=2), "iters or epochs"),
         (dict(hidden=0), "hidden must be a positive int"),
-        (dict(lr=-1.0), "lr must be positive"),
+        (dict(lr=-1.0), "lr must be a positive finite number"),
+        (dict(lr=float("inf")), "lr must be a positive finite number"),
+        (dict(output="tanh"), "output=.tanh. is not known"),
+        (dict(weight_decay=-1.0), "weight_decay must be a finite"),
     ],
 )
 def test_bad_configs(kwargs, match):

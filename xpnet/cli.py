@@ -19,7 +19,9 @@ from .optimizers import OPTIMIZERS
 
 __all__ = ["main", "parse_args"]
 
-_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, KeyError)
+# every error a user can cause, including OSError (a bad --out, a full disk):
+# one line, exit 2
+_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError, KeyError)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -27,7 +29,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        default = action.default
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS:
             return text
         return text + " (default: %(default)s)"
 
@@ -47,8 +50,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
     return value
 
 
@@ -98,7 +101,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir", default=None, help="directory with the four IDX files (mnist, fashion-mnist)"
     )
-    p.add_argument("--backend", default="numpy", help="numpy, cupy, torch, array_api_strict or jax")
+    p.add_argument(
+        "--backend",
+        default="numpy",
+        help="numpy, cupy, torch, array_api_strict or jax (pip install 'xpnet[jax]')",
+    )
     p.add_argument("--device", default=None, help="backend device, e.g. cuda:0 (torch), 0 (cupy)")
     p.add_argument(
         "--dtype", choices=("float64", "float32"), default="float64", help="floating dtype"
@@ -107,7 +114,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--method",
         choices=METHODS,
         default="auto",
-        help="numerical-gradient method (auto = structured)",
+        help="numerical-gradient method (auto = structured); used with --grad numerical "
+        "(train) and by gradcheck, ignored by --grad backprop",
     )
     p.add_argument(
         "--hidden",
@@ -145,6 +153,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train the book's two-layer network with a fast numerical gradient.",
         formatter_class=_Formatter,
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"xpnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = _Formatter
 
@@ -188,6 +199,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier run in OUT (refused without --force or --resume)",
+    )
+    t.add_argument(
         "--dry-run",
         action="store_true",
         help="resolve the configuration and data, print them, train nothing",
@@ -215,7 +231,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     b = sub.add_parser(
         "bench", help="time the gradient methods on one configuration", formatter_class=fmt
     )
-    b.add_argument("--backend", default="numpy", help="numpy, cupy, torch, array_api_strict")
+    b.add_argument(
+        "--backend",
+        default="numpy",
+        help="numpy, cupy, torch, array_api_strict or jax (pip install 'xpnet[jax]')",
+    )
     b.add_argument("--device", default=None, help="backend device")
     b.add_argument(
         "--dtype", choices=("float64", "float32"), default="float64", help="floating dtype"
@@ -277,22 +297,35 @@ def _train(args) -> int:
         resolve_backend(resolved.backend, resolved.device, resolved.dtype)  # as train() will
         print("dry run: configuration and data are valid; nothing trained or written")
         return 0
-    history = train(
-        config, out=out, resume=args.resume, progress=False if args.no_progress else None, data=data
-    )
-    net = history.pop("net")
-    net.save(out / "params.npz")
-    save_json(out / "history.json", history)
-    written = ["history.json", "loss.png", "params.npz"]
-    save_loss_plot(history, out / "loss.png")
-    if history["train_acc"]:
-        save_accuracy_plot(history, out / "accuracy.png")
-        written.insert(1, "accuracy.png")
-        final = f"train acc {history['train_acc'][-1]:.4f}, test acc {history['test_acc'][-1]:.4f}"
-    else:
-        final = (
-            f"train loss {history['train_loss'][-1]:.6g}, test loss {history['test_loss'][-1]:.6g}"
+    from .rundir import RunDirectory
+
+    with RunDirectory(out, resume=args.resume, force=args.force) as run_dir:
+        if run_dir.replaced:
+            print(f"replacing the earlier run in {out} (--force): {', '.join(run_dir.replaced)}")
+        history = train(
+            config,
+            out=out,
+            resume=args.resume,
+            force=args.force,
+            progress=False if args.no_progress else None,
+            data=data,
         )
+        net = history.pop("net")
+        net.save(out / "params.npz")
+        save_json(out / "history.json", history)
+        written = ["history.json", "loss.png", "params.npz", "checkpoint.npz"]
+        save_loss_plot(history, out / "loss.png")
+        if history["train_acc"]:
+            save_accuracy_plot(history, out / "accuracy.png")
+            written.insert(1, "accuracy.png")
+            final = (
+                f"train acc {history['train_acc'][-1]:.4f}, test acc {history['test_acc'][-1]:.4f}"
+            )
+        else:
+            final = (
+                f"train loss {history['train_loss'][-1]:.6g}, "
+                f"test loss {history['test_loss'][-1]:.6g}"
+            )
     print(
         f"done: {history['iters_done']} iterations in {history['wall_time']:.1f} s "
         f"({history['time_per_iter'] * 1e3:.1f} ms/iter); final {final}"
@@ -322,6 +355,8 @@ def _gradcheck(args) -> int:
         dtype=args.dtype,
         seed=args.seed,
     )
+    n = min(args.batch_size, len(t))
+    print(f"gradient check on the first {n} samples of the {args.dataset} training set")
     result = gradient_check(
         net,
         x[: args.batch_size],
@@ -358,8 +393,9 @@ def main(argv=None) -> int:
     except _ERRORS as exc:
         print(f"xpnet: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("xpnet: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f": {exc}" if str(exc) else ""
+        print(f"xpnet: interrupted{detail}", file=sys.stderr)
         return 130
 
 

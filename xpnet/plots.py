@@ -1,12 +1,17 @@
 """Training plots, saved to files.
 
 Rules of this module: figures are built with ``matplotlib.figure.Figure`` and
-written with ``savefig``; pyplot (and its global state and windows) is never used.
+rendered to memory, then written atomically with :func:`xpnet.io.atomic_write_bytes`
+(never through a link planted at the target); pyplot (and its global state and
+windows) is never used.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from .io import atomic_write_bytes
 
 __all__ = ["save_accuracy_plot", "save_loss_plot"]
 
@@ -18,30 +23,52 @@ def _figure():
     return fig, fig.add_subplot()
 
 
+def _save(fig, path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_accuracy_plot(history: dict, path) -> Path:
     """Train and test accuracy per epoch (the book's figure 4-12)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _figure()
     epochs = range(1, len(history["train_acc"]) + 1)
     ax.plot(epochs, history["train_acc"], marker="o", markersize=3, label="train acc")
     ax.plot(epochs, history["test_acc"], marker="s", markersize=3, linestyle="--", label="test acc")
     ax.set(xlabel="epochs", ylabel="accuracy", ylim=(0, 1.0))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right")
-    ax.set_title(_title(history))
-    fig.savefig(path)
-    return Path(path)
+    final = f", final test acc {history['test_acc'][-1]:.4f}" if history["test_acc"] else ""
+    ax.set_title(_title(history) + final, fontsize=9)
+    return _save(fig, path)
 
 
 def save_loss_plot(history: dict, path) -> Path:
-    """Minibatch loss per iteration."""
+    """Minibatch loss per iteration: raw (faint) and smoothed."""
+    import numpy as np  # host: a moving average of host floats
+
     fig, ax = _figure()
-    ax.plot(range(1, len(history["loss"]) + 1), history["loss"], linewidth=0.8)
-    ax.set(xlabel="iteration", ylabel="loss", yscale="log")
-    ax.set_title(_title(history))
-    fig.savefig(path)
-    return Path(path)
+    loss = np.asarray(history["loss"], dtype=float)  # host
+    steps = np.arange(1, len(loss) + 1)  # host
+    ax.plot(steps, loss, linewidth=0.5, alpha=0.3, color="C0")
+    window = max(1, min(len(loss) // 20, 100))
+    if len(loss) >= window > 1:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")  # host
+        ax.plot(steps[window - 1 :], smooth, color="C0", label=f"minibatch loss (mean of {window})")
+    else:
+        ax.lines[0].set(alpha=1.0, label="minibatch loss")
+    ax.set(xlabel="iteration", ylabel="minibatch loss", yscale="log")
+    ax.legend(loc="upper right")
+    ax.set_title(_title(history), fontsize=9)
+    return _save(fig, path)
 
 
 def _title(history: dict) -> str:
     c = history.get("config", {})
     method = f" ({c.get('method')})" if c.get("grad") == "numerical" else ""
-    return f"{c.get('dataset', '')}: {c.get('grad', '')} gradient{method}, {c.get('backend', '')}"
+    return (
+        f"{c.get('dataset', '')}: {c.get('grad', '')} gradient{method}, {c.get('backend', '')}, "
+        f"{c.get('optimizer', '')} lr {c.get('lr', '')}"
+    )

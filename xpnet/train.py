@@ -39,6 +39,7 @@ from .heads import HEADS
 from .io import load_npz, save_npz
 from .network import INITS, METHODS, MultiLayerNet, TwoLayerNet
 from .optimizers import OPTIMIZERS, make_optimizer
+from .rundir import RunDirectory, RunDirectoryError
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "evaluate", "CHECKPOINT"]
 
@@ -46,7 +47,32 @@ CHECKPOINT = "checkpoint.npz"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, sat at the head's cap, or stayed far above
+    the loss before training."""
+
+
+#: -log(1e-7): the largest value one softmax term can take (the +1e-7 caps it)
+LOSS_CAP = -math.log(1e-7)
+# a run whose whole-set loss reaches this share of the cap has diverged
+_CAP_SHARE = 0.8
+# ... or stays above this multiple of the loss before training for two evaluations
+_ABOVE_START = 2.0
+
+
+def _diverged(history: dict, head: str, n_outputs: int) -> str | None:
+    """Why the run in ``history`` diverged, or None (checked at each evaluation)."""
+    losses, start = history.get("train_loss", []), history.get("initial_loss")
+    if not losses:
+        return None
+    cap = {"softmax": LOSS_CAP, "sigmoid": n_outputs * LOSS_CAP}.get(head)
+    if cap is not None and losses[-1] >= _CAP_SHARE * cap:
+        return f"the loss is {losses[-1]:.3g}, at the cap {cap:.3g} of the book's +1e-7"
+    if start is not None and len(losses) >= 2 and min(losses[-2:]) > _ABOVE_START * start:
+        return (
+            f"the loss stayed above {_ABOVE_START:g}x its value before training "
+            f"({losses[-2]:.3g}, {losses[-1]:.3g} against {start:.3g})"
+        )
+    return None
 
 
 @dataclass
@@ -116,8 +142,8 @@ class TrainConfig:
         if c.lr is None:
             default = make_optimizer(c.optimizer).lr
             c.lr = (0.5 if c.dataset == "digits" else 0.1) if c.optimizer == "sgd" else default
-        if not c.lr > 0:
-            raise ValueError(f"lr must be positive, got {c.lr}")
+        if not (isinstance(c.lr, (int, float)) and 0 < c.lr < math.inf):
+            raise ValueError(f"lr must be a positive finite number, got {c.lr}")
         if c.iters is not None and c.epochs is not None:
             raise ValueError("give iters or epochs, not both")
         per_epoch = self.iters_per_epoch(train_size)
@@ -185,6 +211,7 @@ def _new_history(config: TrainConfig) -> dict:
         "train_loss": [],
         "test_loss": [],
         "eval_iters": [],
+        "initial_loss": None,
         "wall_time": 0.0,
         "iters_done": 0,
     }
@@ -270,6 +297,7 @@ def train(
     *,
     out=None,
     resume=False,
+    force=False,
     progress=None,
     log=print,
     data=None,
@@ -280,9 +308,14 @@ def train(
     ----------
     config : TrainConfig
     out : str or Path, optional
-        Directory for ``checkpoint.npz`` (written every epoch, atomically).
+        Directory for ``checkpoint.npz`` (written every epoch, atomically). It is
+        locked for the run (see :mod:`xpnet.rundir`); a directory holding an
+        earlier run is refused unless ``resume`` or ``force``.
     resume : bool
-        Continue from ``out/checkpoint.npz`` if it exists.
+        Continue from ``out/checkpoint.npz``; refused when there is none, or when
+        it already has ``config.iters`` iterations or more.
+    force : bool
+        Replace an earlier run in ``out``.
     progress : bool, optional
         tqdm progress bar; default: only when stderr is a terminal.
     log : callable or None
@@ -301,6 +334,15 @@ def train(
         ``iters_done``, ``time_per_iter`` (s), and ``net`` (the trained
         :class:`TwoLayerNet` or :class:`MultiLayerNet`).
     """
+    if out is None:
+        if resume:
+            raise ValueError("resume=True needs out= (the directory of the run to continue)")
+        return _train(config, None, False, progress, log, data)
+    with RunDirectory(out, resume=resume, force=force):
+        return _train(config, Path(out), resume, progress, log, data)
+
+
+def _train(config, out, resume, progress, log, data) -> dict:
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
@@ -323,11 +365,29 @@ def train(
     t_test_d = backend.from_host(t_test, dtype=label_dtype)
     optimizer = make_optimizer(config.optimizer, config.lr)
     rng = np.random.default_rng(config.seed)  # host: minibatch indices
-    checkpoint = Path(out) / CHECKPOINT if out is not None else None
+    checkpoint = out / CHECKPOINT if out is not None else None
     history = _new_history(config)
-    if resume and checkpoint is not None and checkpoint.is_file():
+    say = log if log is not None else (lambda line: None)
+    if resume:
+        if not checkpoint.is_file():
+            raise RunDirectoryError(
+                f"--resume: there is no {CHECKPOINT} in {out}: nothing to resume "
+                "(leave out --resume to start a new run)"
+            )
         history = _load_checkpoint(checkpoint, net, optimizer, rng, config)
+        for key in ("train_loss", "test_loss"):  # checkpoints of older versions
+            history.setdefault(key, [])
+        history.setdefault("initial_loss", None)
+        done = history["iters_done"]
+        if done >= config.iters:
+            raise RunDirectoryError(
+                f"--resume: {checkpoint} already has {done} iterations; give --iters "
+                f"(or --epochs) above {done} to train more"
+            )
         history["config"]["iters"] = config.iters
+        say(f"resuming from iteration {done} of {config.iters}")
+    else:
+        history["initial_loss"] = evaluate_loss(net, x_train_d, t_train_d, config.eval_batch)
     per_epoch = config.iters_per_epoch(len(t_train))
     if progress is None:
         progress = sys.stderr.isatty()
@@ -340,6 +400,8 @@ def train(
         dynamic_ncols=True,
     )
     started = time.perf_counter() - history["wall_time"]
+    saved_at = history["iters_done"] if resume else 0
+    i = history["iters_done"]
     try:
         for i in range(history["iters_done"], config.iters):
             index = backend.from_host(rng.choice(len(t_train), config.batch_size), dtype=xp.int64)
@@ -381,10 +443,26 @@ def train(
                 history["wall_time"] = time.perf_counter() - started
                 if log is not None:
                     (bar.write if progress else log)(line)
+                why = _diverged(history, config.output, net.output_size)
+                if why is not None:
+                    raise TrainingDiverged(
+                        f"the run diverged at iteration {i + 1}: {why}; try a smaller "
+                        f"learning rate (e.g. --lr {config.lr / 10:g})"
+                    )
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, net, optimizer, rng, history)
+                    saved_at = i + 1
             elif (i + 1) % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}")
+    except KeyboardInterrupt:
+        if checkpoint is not None and saved_at:
+            hint = (
+                f"the checkpoint of iteration {saved_at} is in {out}: run the same command "
+                "with --resume to continue"
+            )
+        else:
+            hint = "no checkpoint was written yet (one is written after every epoch)"
+        raise KeyboardInterrupt(f"interrupted at iteration {i}; {hint}") from None
     finally:
         bar.close()
     history["wall_time"] = time.perf_counter() - started
