@@ -45,9 +45,19 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XPNET_DATA_DIR", str(tmp_path / "cache"))
 
 
+def _as_official(directory, monkeypatch):
+    """Make gzipped test files pass the SHA-256 check, as the real files do."""
+    sums = {
+        n: hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in datasets.MNIST_FILES
+    }
+    monkeypatch.setattr(datasets, "MNIST_FILES", sums)
+
+
 @pytest.mark.parametrize("compress", [True, False])
-def test_load_mnist_from_path_book_api(tmp_path, compress):
+def test_load_mnist_from_path_book_api(tmp_path, compress, monkeypatch):
     arrays = _write_set(tmp_path / "d", compress=compress)
+    if compress:
+        _as_official(tmp_path / "d", monkeypatch)
     (x, t), (xt, tt) = load_mnist(path=tmp_path / "d", download=False)
     assert x.shape == (6, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     np.testing.assert_allclose(
@@ -147,7 +157,7 @@ def test_load_dataset_by_name(tmp_path):
 def test_fashion_missing_mentions_debian(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_DIR", tmp_path / "none")
     with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist(path=tmp_path / "none2")
+        load_fashion_mnist()  # no path: the cache and Debian's directory are searched
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
@@ -156,3 +166,112 @@ def test_real_fashion_mnist_from_debian():
     assert x.shape == (60000, 784) and xt.shape == (10000, 784)
     assert np.bincount(t).tolist() == [6000] * 10
     assert 0.45 < float((x == 0).mean()) < 0.55  # about half the pixels are exactly 0
+
+
+# ---- data a user can get wrong: one error naming the file ----------------------
+def test_gzipped_files_that_are_not_mnist_are_refused_by_sha(tmp_path):
+    _write_set(tmp_path / "d")  # gzipped, but not the real MNIST bytes
+    with pytest.raises(IdxError, match=r"train-images-idx3-ubyte.gz: SHA-256 mismatch.*raw"):
+        load_mnist(path=tmp_path / "d", download=False)
+
+
+def test_a_damaged_cached_file_is_refused(tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "mnist"
+    _write_set(cache)
+    _as_official(cache, monkeypatch)
+    load_mnist(download=False)
+    path = cache / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte.gz: SHA-256 mismatch.*delete it"):
+        load_mnist(download=False)
+
+
+def test_an_explicit_directory_never_falls_back(tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "mnist"
+    _write_set(cache, compress=False)
+    load_mnist(download=False)  # the cache works ...
+    with pytest.raises(DataNotFoundError, match="not found in .*empty"):
+        load_mnist(path=tmp_path / "empty")  # ... but is not used when a path is given
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_DIR", cache)
+    with pytest.raises(DataNotFoundError, match="not found in .*empty"):
+        load_fashion_mnist(path=tmp_path / "empty")
+
+
+def _write(directory, name, array):
+    (directory / name.removesuffix(".gz")).write_bytes(encode_idx(array))
+
+
+@pytest.mark.parametrize(
+    "name, array, match",
+    [
+        (
+            "train-labels-idx1-ubyte.gz",
+            np.array([0, 1, 2, 200, 4, 5], np.uint8),
+            r"labels must lie in 0..9.*200",
+        ),
+        ("train-images-idx3-ubyte.gz", np.zeros((6, 784), np.uint8), "must have 3 dimensions"),
+        ("train-images-idx3-ubyte.gz", -np.ones((6, 28, 28), np.int16), "unsigned bytes"),
+        ("train-images-idx3-ubyte.gz", np.full((6, 28, 28), 2.0, np.float32), "unsigned bytes"),
+        ("t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), np.uint8), "holds no images"),
+    ],
+    ids=["label-range", "rank", "negative", "float-pixels", "empty"],
+)
+def test_bad_idx_content_is_refused_naming_the_file(tmp_path, name, array, match):
+    directory = tmp_path / "d"
+    _write_set(directory, compress=False)
+    _write(directory, name, array)
+    with pytest.raises(IdxError, match=f"{name.removesuffix('.gz')}: .*{match}"):
+        load_mnist(path=directory, download=False)
+
+
+class _Cut(http.server.BaseHTTPRequestHandler):
+    """Promises 1000 bytes, sends 10, and hangs up."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+        self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_download_cut_short_is_one_clear_error(tmp_path):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Cut)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DataNotFoundError, match="connection closed after 10 of 1000 bytes"):
+            load_mnist(mirror=f"http://127.0.0.1:{httpd.server_address[1]}/")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not (tmp_path / "cache" / "mnist").exists() or not list(
+        (tmp_path / "cache" / "mnist").iterdir()
+    )
+
+
+def test_downloads_have_a_size_cap_and_a_deadline(tmp_path, server, monkeypatch):
+    root, url = server
+    _write_set(root)
+    monkeypatch.setattr(datasets, "MAX_DOWNLOAD_BYTES", 100)
+    with pytest.raises(DataNotFoundError, match="more than 100 bytes"):
+        load_mnist(mirror=url)
+    monkeypatch.setattr(datasets, "MAX_DOWNLOAD_BYTES", 2**30)
+    monkeypatch.setattr(datasets, "DOWNLOAD_DEADLINE", -1.0)
+    with pytest.raises(DataNotFoundError, match="took longer than"):
+        load_mnist(mirror=url)
+
+
+def test_cli_prints_where_the_data_came_from(tmp_path, capsys, monkeypatch):
+    from xpnet.cli import main
+
+    _write_set(tmp_path / "d", compress=False)
+    assert (
+        main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "d"), "--dry-run"]) == 0
+    )
+    assert f"data from       {tmp_path / 'd'}" in capsys.readouterr().out
+    assert main(["train", "--dry-run"]) == 0
+    assert "data from       scikit-learn's embedded 8x8 digits" in capsys.readouterr().out

@@ -255,7 +255,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _train(args) -> int:
-    from .datasets import load_dataset
+    from .datasets import dataset_source, load_dataset
     from .io import save_json
     from .plots import save_accuracy_plot, save_loss_plot
     from .train import TrainConfig, train
@@ -290,6 +290,7 @@ def _train(args) -> int:
         f"  {'train/test':<16}{len(data[0][1])} / {len(data[1][1])} samples, "
         f"{data[0][0].shape[1]} features"
     )
+    print(f"  {'data from':<16}{dataset_source(config.dataset, path=config.data_dir)}")
     print(f"  {'out':<16}{out}")
     if args.dry_run:
         from .backend import resolve_backend

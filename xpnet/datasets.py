@@ -7,12 +7,19 @@ Rules of this module:
   shape ``(N, D)`` when ``flatten`` else ``(N, 1, H, W)``; ``t`` int64 labels, or
   float32 one-hot ``(N, 10)`` with ``one_hot_label``. The trainer moves them to
   the device once.
-* MNIST files are searched in ``path``, then in the cache directory
+* An explicit ``path`` is the only place looked in: files missing there are an
+  error, never a silent fall-back to another directory.
+* Without ``path``, MNIST files are searched in the cache directory
   (``$XPNET_DATA_DIR``, default ``~/.cache/xpnet/mnist``), then downloaded from a
-  mirror into the cache, each verified against its known SHA-256 and written
-  atomically. A failed or mismatched download leaves nothing behind.
-* Fashion-MNIST is searched in ``path``, the cache, and Debian's
+  mirror into the cache (at most :data:`MAX_DOWNLOAD_BYTES` per file, within
+  :data:`DOWNLOAD_DEADLINE` seconds), each verified against its known SHA-256 and
+  written atomically. A failed, cut-short or mismatched download leaves nothing
+  behind. Gzipped MNIST files found on disk (cache or ``path``) are checked
+  against the same SHA-256s; raw (gunzipped) IDX files are checked structurally.
+* Fashion-MNIST is searched in ``path``, or the cache and Debian's
   ``dataset-fashion-mnist`` package directory; it is never downloaded.
+* Every set is checked on load, naming the file: images are ``(N, H, W)``
+  unsigned bytes with ``N > 0``, labels ``(N,)`` integers in ``0..9``.
 * The embedded default, ``load_digits``, is scikit-learn's bundled 8x8 digits:
   no file, no network.
 """
@@ -20,7 +27,9 @@ Rules of this module:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -59,6 +68,12 @@ DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("digits", "mnist", "fashion-mnist")
 
 
+#: Largest file a download may bring (the largest MNIST file is 9.9 MB).
+MAX_DOWNLOAD_BYTES = 64 * 2**20
+#: Seconds one file's download may take in all.
+DOWNLOAD_DEADLINE = 300.0
+
+
 class DataNotFoundError(FileNotFoundError):
     """The data set's files are not where they were looked for."""
 
@@ -82,26 +97,72 @@ def _find(directory: Path, gz_name: str) -> Path | None:
     return None
 
 
+def _read_capped(response, url: str) -> bytes:
+    """The whole body, refusing more than MAX_DOWNLOAD_BYTES or DOWNLOAD_DEADLINE."""
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
+    promised = response.headers.get("Content-Length")
+    chunks, size = [], 0
+    while True:
+        chunk = response.read(2**20)
+        if not chunk:
+            if promised is not None and promised.isdigit() and int(promised) != size:
+                raise OSError(f"the connection closed after {size} of {promised} bytes")
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_DOWNLOAD_BYTES:
+            raise OSError(f"more than {MAX_DOWNLOAD_BYTES} bytes: not an MNIST file")
+        if time.monotonic() > deadline:
+            raise OSError(f"took longer than {DOWNLOAD_DEADLINE:g} s")
+        chunks.append(chunk)
+
+
 def _download(name: str, mirror: str, target: Path, sha256: str) -> Path:
     url = mirror.rstrip("/") + "/" + name
     try:
         with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - http(s) mirror
-            data = response.read()
-    except (urllib.error.URLError, OSError) as exc:
+            data = _read_capped(response, url)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # it holds the response's socket
+        reason = (
+            f"the connection closed after {len(exc.partial)} bytes"
+            if isinstance(exc, http.client.IncompleteRead)
+            else exc
+        )  # read(amt) reports a short body itself (above); a plain read() raises this
         raise DataNotFoundError(
-            f"could not download {url} ({exc}); put the MNIST files "
+            f"could not download {url} ({reason}); put the MNIST files "
             f"({', '.join(MNIST_FILES)}) in {target.parent} or pass path=/--data-dir"
-        ) from exc
+        ) from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
         raise IdxError(f"{url}: SHA-256 mismatch (got {digest}, expected {sha256}); not saved")
     return atomic_write_bytes(target, data)
 
 
+def _check_set(images, labels, image_file, label_file):
+    """Images (N, H, W) unsigned bytes, N > 0; labels (N,) integers in 0..9."""
+    if images.ndim != 3:
+        raise IdxError(f"{image_file}: images must have 3 dimensions (N, H, W), got {images.shape}")
+    if images.dtype != np.uint8:
+        raise IdxError(
+            f"{image_file}: pixels must be unsigned bytes 0-255 (MNIST's format), got {images.dtype}"
+        )
+    if images.shape[0] == 0:
+        raise IdxError(f"{image_file}: holds no images")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise IdxError(
+            f"{label_file}: labels must be 1-D integers, got {labels.shape} {labels.dtype}"
+        )
+    if labels.shape[0] != images.shape[0]:
+        raise IdxError(f"{label_file}: {images.shape[0]} images but labels of shape {labels.shape}")
+    if labels.min() < 0 or labels.max() > 9:
+        raise IdxError(
+            f"{label_file}: labels must lie in 0..9, got values from {labels.min()} to {labels.max()}"
+        )
+
+
 def _convert(images, labels, normalize, flatten, one_hot_label):
     n, height, width = images.shape
-    if labels.shape != (n,):
-        raise IdxError(f"{n} images but labels of shape {labels.shape}")
     x = images.astype(np.float32) / np.float32(255.0) if normalize else images
     x = x.reshape(n, height * width) if flatten else x.reshape(n, 1, height, width)
     t = labels.astype(np.int64)
@@ -110,7 +171,20 @@ def _convert(images, labels, normalize, flatten, one_hot_label):
     return x, t
 
 
-def _load_idx_set(directories, normalize, flatten, one_hot_label, download=None):
+def _check_sha(path: Path, known: dict) -> None:
+    expected = known.get(path.name)
+    if expected is None:  # raw IDX, or a set without published SHA-256s
+        return
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != expected:
+        raise IdxError(
+            f"{path}: SHA-256 mismatch (got {digest}, expected {expected}): not the MNIST "
+            "file, or damaged; delete it to download it again, or give your own data as "
+            "raw (gunzipped) IDX files"
+        )
+
+
+def _load_idx_set(directories, normalize, flatten, one_hot_label, download=None, known=None):
     found = {}
     for name in MNIST_FILES:
         for directory in directories:
@@ -129,7 +203,14 @@ def _load_idx_set(directories, normalize, flatten, one_hot_label, download=None)
             except DataNotFoundError as exc:
                 where = ", ".join(str(d) for d in directories)
                 raise DataNotFoundError(f"{name} not found in {where}; {exc}") from None
+    for path in found.values():
+        _check_sha(Path(path), known or {})
     arrays = {name: read_idx(path) for name, path in found.items()}
+    for images, labels in (
+        ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    ):
+        _check_set(arrays[images], arrays[labels], found[images], found[labels])
     train = _convert(
         arrays["train-images-idx3-ubyte.gz"],
         arrays["train-labels-idx1-ubyte.gz"],
@@ -175,13 +256,18 @@ def load_mnist(
         A file is corrupt or truncated, or a download fails its checksum.
     """
     cache = data_dir("mnist")
-    directories = ([Path(path)] if path else []) + [cache]
+    directories = [Path(path)] if path else [cache]
 
     def fetch(name):
         return _download(name, mirror or MNIST_MIRROR, cache / name, MNIST_FILES[name])
 
     return _load_idx_set(
-        directories, normalize, flatten, one_hot_label, fetch if download else None
+        directories,
+        normalize,
+        flatten,
+        one_hot_label,
+        fetch if download and not path else None,
+        known=MNIST_FILES,
     )
 
 
@@ -191,10 +277,12 @@ def load_fashion_mnist(normalize=True, flatten=True, one_hot_label=False, *, pat
     Looks in ``path``, the cache (``$XPNET_DATA_DIR/fashion-mnist``), and Debian's
     ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
     """
-    directories = ([Path(path)] if path else []) + [data_dir("fashion-mnist"), DEBIAN_FASHION_DIR]
+    directories = [Path(path)] if path else [data_dir("fashion-mnist"), DEBIAN_FASHION_DIR]
     try:
         return _load_idx_set(directories, normalize, flatten, one_hot_label)
     except DataNotFoundError as exc:
+        if path:
+            raise
         raise DataNotFoundError(
             f"{exc}; on Debian/Ubuntu: apt-get install dataset-fashion-mnist"
         ) from None
@@ -223,6 +311,20 @@ def load_digits(normalize=True, flatten=True, one_hot_label=False, *, test_fract
         return x, t
 
     return convert(train), convert(test)
+
+
+def dataset_source(name: str, *, path=None) -> str:
+    """Where :func:`load_dataset` takes ``name`` from (what the CLI prints)."""
+    if name == "digits":
+        return "scikit-learn's embedded 8x8 digits"
+    if name == "mnist":
+        directories = [Path(path)] if path else [data_dir("mnist")]
+    else:
+        directories = [Path(path)] if path else [data_dir("fashion-mnist"), DEBIAN_FASHION_DIR]
+    for directory in directories:
+        if all(_find(directory, file) is not None for file in MNIST_FILES):
+            return str(directory)
+    return f"{directories[0]} (downloaded there)" if name == "mnist" else str(directories[0])
 
 
 def load_dataset(name: str, *, path=None, normalize=True, flatten=True, one_hot_label=False):
