@@ -79,3 +79,9 @@ def test_to_numpy_from_strict_device1():
 
 def test_out_of_memory_errors_include_memoryerror(xp):
     assert MemoryError in out_of_memory_errors(xp)
+
+
+def test_torch_meta_device_is_refused_clearly():
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="device='meta'.*not 'meta'"):
+        xpnet.resolve_backend("torch", device="meta")

@@ -151,3 +151,11 @@ def test_loop_on_immutable_jax_arrays():
     w = jnp.asarray([1.0, -2.0, 3.0])
     grad = xpnet.numerical_gradient(lambda v: jnp.sum(v**2), w)
     np.testing.assert_allclose(np.asarray(grad), [2.0, -4.0, 6.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [lambda w: w * 2, lambda w: "0.5"], ids=["array", "string"])
+def test_f_that_does_not_return_a_scalar_is_one_clear_error(bad):
+    import numpy as np
+
+    with pytest.raises((ValueError, TypeError), match="f must return a scalar"):
+        xpnet.numerical_gradient(bad, np.zeros(3))

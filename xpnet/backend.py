@@ -164,6 +164,11 @@ def _resolve_device(name: str, xp: ModuleType, device):
             resolved = torch.device("cpu" if device is None else device)
         except (RuntimeError, TypeError) as exc:
             raise ValueError(f"device={device!r} is not a torch device: {exc}") from exc
+        if resolved.type not in ("cpu", "cuda"):
+            raise ValueError(
+                f"device={device!r}: xpnet computes on 'cpu' or 'cuda' torch devices, "
+                f"not {resolved.type!r} (meta tensors hold no values)"
+            )
         if resolved.type == "cuda":
             if not torch.cuda.is_available():
                 raise ValueError(f"device={device!r}: torch sees no CUDA device here")

@@ -104,7 +104,18 @@ def itemsize(xp, dtype) -> int:
 
 
 def _scalar(value, xp, like):
-    return xp.asarray(value, dtype=like.dtype, device=array_api_compat.device(like))
+    device = array_api_compat.device(like)
+    if isinstance(value, (int, float)):  # a Python number: straight in x's dtype
+        return xp.asarray(value, dtype=like.dtype, device=device)
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        raise TypeError(f"f must return a scalar (a float or a 0-d array), got {value!r}")
+    if tuple(shape) not in ((), (1,)):
+        raise ValueError(
+            f"f must return a scalar (a float or a 0-d array), got an array of shape {tuple(shape)}"
+        )
+    value = xp.asarray(value, device=device)
+    return xp.reshape(xp.astype(value, like.dtype), ())
 
 
 def numerical_gradient(f, x, *, h=1e-4):
