@@ -111,8 +111,21 @@ def test_bench_command(capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    for method in ("loop", "structured", "complex", "batched", "backprop"):
-        assert method in out
+    for method in ("loop", "structured", "complex", "backprop"):
+        assert f"{method}: " in out  # progress, one line as each method ends
+    assert "batched is off on the CPU" in out and "batched     " not in out
+    assert "BLAS threads: " in out and "load average" in out
+    assert " ms " in out or " s " in out
+
+
+def test_bench_methods_flag(capsys):
+    args = ["bench", "--input", "16", "--hidden", "6", "--batch-size", "8", "--repeats", "1"]
+    args += ["--loop-sample", "6", "--methods", "batched,structured"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "batched: " in out and "complex: " not in out
+    assert main(args[:-1] + ["fast"]) == 2
+    assert "--methods: unknown ['fast']" in capsys.readouterr().err
 
 
 def test_console_script_entry_point():

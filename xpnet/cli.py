@@ -8,6 +8,7 @@ bad input (unknown data set, missing files, bad values) prints one line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -250,6 +251,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=200,
         help="coordinates timed to extrapolate the book's loop",
     )
+    b.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods to time besides the loop (default: structured,complex,"
+        "backprop; batched too on a GPU: on a CPU it is as slow as the loop)",
+    )
     b.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     return parser.parse_args(argv)
 
@@ -370,8 +377,24 @@ def _gradcheck(args) -> int:
 
 
 def _bench(args) -> int:
-    from .timing import bench_methods, format_rows
+    from .backend import resolve_backend
+    from .network import METHODS
+    from .timing import bench_methods, blas_threads, format_rows
 
+    backend = resolve_backend(args.backend, args.device, args.dtype)
+    on_gpu = backend.name == "cupy" or "cuda" in str(backend.device)
+    if args.methods is None:
+        methods = ["structured", "complex", "backprop"] + (["batched"] if on_gpu else [])
+        if not on_gpu:
+            print("batched is off on the CPU (as slow as the loop there); --methods adds it")
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        known = [m for m in METHODS if m not in ("auto", "loop")] + ["backprop"]
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise ValueError(f"--methods: unknown {unknown}; expected some of {known}")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"BLAS threads: {blas_threads()}; load average (1, 5, 15 min): {load}")
     rows = bench_methods(
         backend=args.backend,
         device=args.device,
@@ -381,6 +404,8 @@ def _bench(args) -> int:
         repeats=args.repeats,
         loop_sample=args.loop_sample,
         seed=args.seed,
+        methods=tuple(methods),
+        log=lambda line: print(line, flush=True),
     )
     print(format_rows(rows))
     return 0

@@ -60,6 +60,8 @@ def machine_info(backends=()) -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {n: library_version(n) for n in BACKENDS if library_version(n)},
+        "blas_threads": blas_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "devices": {},
     }
     for name, device in backends:
@@ -181,6 +183,7 @@ def bench_methods(
     seed=0,
     data=None,
     methods=("structured", "complex", "batched", "backprop"),
+    log=None,
 ) -> list[dict]:
     """Time the gradient methods of one network side by side, in one run.
 
@@ -190,8 +193,11 @@ def bench_methods(
     Returns one dict per method: ``method``, timing (``median_s``...), ``speedup``
     over the loop measured in this run, ``peak_bytes`` (extra memory of one call),
     ``rel_vs_loop`` (worst normwise difference from the loop on b1, W2, b2).
+    ``log``, if given, receives a line as each method starts and ends.
     """
     from .network import TwoLayerNet
+
+    say = log or (lambda line: None)
 
     net = TwoLayerNet(*sizes, backend=backend, device=device, dtype=dtype, seed=seed)
     xp = net.xp
@@ -200,7 +206,9 @@ def bench_methods(
     else:
         x_host, t_host = data[0][:batch], data[1][:batch]
     x, labels = net._batch(x_host, t_host)
+    say(f"loop: timing {loop_sample} coordinates ...")
     loop_s, timed = loop_seconds(net, x, labels, loop_sample)
+    say(f"loop: {format_duration(loop_s)} per gradient (extrapolated from {timed} coordinates)")
     reference = {}
     params = net._params()
     for name in ("b1", "W2", "b2"):
@@ -230,11 +238,14 @@ def bench_methods(
             def call(method=method):
                 return net.numerical_gradient(x, labels, method=method)
 
+        say(f"{method}: timing {repeats} repeats ...")
         try:
             stats = time_call(call, xp=xp, device=net.device, repeats=repeats, memory=True)
         except (TypeError, ValueError, RuntimeError) as exc:
             rows.append({"method": method, "error": str(exc)})
+            say(f"{method}: error: {exc}")
             continue
+        say(f"{method}: {format_duration(stats['median_s'])} median")
         grads = stats.pop("result")
         rel = max(
             float(xp.linalg.vector_norm(grads[k] - reference[k]))
@@ -272,6 +283,25 @@ def parse_backends(spec: str) -> list[tuple[str, object]]:
     return pairs
 
 
+def format_duration(seconds: float) -> str:
+    """``17.3 s``, ``51.4 ms`` or ``0.70 ms``: seconds shown in the unit that reads."""
+    if seconds >= 1.0:
+        return f"{seconds:.1f} s"
+    if seconds >= 0.01:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def blas_threads() -> str:
+    """The BLAS/OpenMP thread pools of this process, e.g. ``openblas 1``."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return "unknown (threadpoolctl not installed)"
+    pools = [f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info()]
+    return ", ".join(pools) or "none loaded"
+
+
 def format_rows(rows) -> str:
     """A text table of :func:`bench_methods` rows."""
     head = (
@@ -286,7 +316,8 @@ def format_rows(rows) -> str:
             continue
         peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.1f}"
         lines.append(
-            f"{name:<18} {r['method']:<11} {r['median_s'] * 1e3:>9.1f}ms {r['min_s'] * 1e3:>9.1f}ms"
-            f" {r['speedup']:>8.1f}x {peak:>9} {r['rel_vs_loop']:>12.1e}  {r.get('note', '')}"
+            f"{name:<18} {r['method']:<11} {format_duration(r['median_s']):>11} "
+            f"{format_duration(r['min_s']):>11} {r['speedup']:>8.1f}x {peak:>9} "
+            f"{r['rel_vs_loop']:>12.1e}  {r.get('note', '')}"
         )
     return "\n".join(lines)
