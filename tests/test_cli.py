@@ -348,3 +348,35 @@ def test_version_and_help_texts(capsys):
 def test_gradcheck_says_how_many_samples(capsys):
     assert main(["gradcheck", "--hidden", "6", "--batch-size", "12", "--directions", "2"]) == 0
     assert "on the first 12 samples" in capsys.readouterr().out
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, capsys):
+    out = tmp_path / "dmg"
+    assert main(_quick(out)) == 0
+    (out / "checkpoint.npz").write_bytes(b"not a zip")
+    capsys.readouterr()
+    assert main(_quick(out, "--resume", "--iters", "30")) == 2
+    err = _err_line(capsys)
+    assert "checkpoint.npz is not an xpnet file or is damaged" in err and "pickle" not in err
+
+
+def test_a_params_file_with_sizes_of_the_wrong_length_is_refused(tmp_path):
+    import numpy as np
+
+    import xpnet
+
+    path = tmp_path / "p.npz"
+    np.savez(path, sizes=np.array([4, 2]), activation=np.asarray("relu"), W1=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="'sizes' must be 3 or more integer layer sizes"):
+        xpnet.MultiLayerNet.load(path)
+    np.savez(
+        path,
+        sizes=np.array([4, 3, 2, 2]),
+        activation=np.asarray("relu"),
+        W1=np.zeros((4, 3)),
+        b1=np.zeros(3),
+        W2=np.zeros((3, 2)),
+        b2=np.zeros(2),
+    )
+    with pytest.raises(ValueError, match="missing 'W3'"):
+        xpnet.MultiLayerNet.load(path)

@@ -47,7 +47,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     ),
     "torch": ("array_api_compat.torch", 'pip install "xpnet[torch]"'),
     "array_api_strict": ("array_api_strict", "pip install array-api-strict"),
-    "jax": ("jax.numpy", 'pip install "jax[cpu]"  (or jax[cuda13] for a GPU)'),
+    "jax": ("jax.numpy", 'pip install "xpnet[jax]"'),
 }
 
 # module names a user may pass as a namespace, mapped to our backend names

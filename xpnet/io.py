@@ -128,6 +128,9 @@ def load_npz(path, keys=None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise _damaged(path, "not an .npz (zip) archive")
     try:
         # our own handle: np.load leaks its file when the archive is damaged
         with open(path, "rb") as handle:
