@@ -98,3 +98,26 @@ def test_gpu_suite_is_a_valid_bash_script():
     text = script.read_text()
     for needed in ("pytest", "bench_gradient.py", "bench_backends.py", "bench_train.py"):
         assert needed in text
+
+
+def test_bench_depth(tmp_path, capsys):
+    out = tmp_path / "d.json"
+    assert _load("bench_depth").main(["--dry-run", "--no-progress", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    nets = {r["net"] for r in data["rows"]}
+    assert len(nets) == 4
+    for net in nets:
+        methods = {r["method"] for r in data["rows"] if r["net"] == net}
+        assert {"loop", "structured", "complex", "backprop"} <= methods
+    assert all(r["vs_loop"] > 0 for r in data["rows"] if "vs_loop" in r)
+    assert "BLAS threads" in capsys.readouterr().out and data["machine"]["blas_threads"]
+
+
+def test_regression_demo(tmp_path, capsys):
+    args = ["--steps", "60", "--ranges", "1,10", "--no-progress", "--out", str(tmp_path)]
+    assert _load("regression_demo").main(args) == 0
+    summary = json.loads((tmp_path / "regression.json").read_text())
+    assert set(summary["test_loss"]) == {"1", "10"}
+    assert all(v > 0 for v in summary["test_loss"].values())
+    assert imread(tmp_path / "regression-loss.png").shape[0] > 100
+    assert "test loss" in capsys.readouterr().out
