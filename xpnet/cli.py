@@ -261,32 +261,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _train(args) -> int:
-    from .datasets import dataset_source, load_dataset
-    from .io import save_json
-    from .plots import save_accuracy_plot, save_loss_plot
-    from .train import TrainConfig, train
+def _config(args):
+    """The TrainConfig of the flags ``train`` and ``gradcheck`` share (and train's own)."""
+    from .train import TrainConfig
 
-    config = TrainConfig(
+    own = {
+        name: getattr(args, name, None)
+        for name in ("grad", "optimizer", "lr", "batch_size", "iters", "epochs")
+    }
+    return TrainConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
         backend=args.backend,
         device=args.device,
         dtype=args.dtype,
-        grad=args.grad,
         method=args.method,
         hidden=args.hidden if len(args.hidden) > 1 else args.hidden[0],
         activation=args.activation,
         output=args.output,
         weight_decay=args.weight_decay,
         weight_init_std=args.init,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        iters=args.iters,
-        epochs=args.epochs,
         seed=args.seed,
+        **{k: v for k, v in own.items() if v is not None},
     )
+
+
+def _train(args) -> int:
+    from .datasets import dataset_source, load_dataset
+    from .io import save_json
+    from .plots import save_accuracy_plot, save_loss_plot
+    from .train import train
+
+    config = _config(args)
     data = load_dataset(config.dataset, path=config.data_dir)
     resolved = config.resolved(len(data[0][1]))
     out = Path(args.out or Path("runs") / args.dataset)
@@ -345,24 +351,11 @@ def _train(args) -> int:
 def _gradcheck(args) -> int:
     from .datasets import load_dataset
     from .gradcheck import gradient_check
-    from .network import MultiLayerNet
-    from .train import targets_for
+    from .train import build_network, targets_for
 
     (x, t), _ = load_dataset(args.dataset, path=args.data_dir)
     t, output_size = targets_for(args.output, t)
-    net = MultiLayerNet(
-        x.shape[1],
-        args.hidden,
-        output_size,
-        args.activation,
-        args.init,
-        args.weight_decay,
-        output=args.output,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        seed=args.seed,
-    )
+    net = build_network(_config(args), x.shape[1], output_size)
     n = min(args.batch_size, len(t))
     print(f"gradient check on the first {n} samples of the {args.dataset} training set")
     result = gradient_check(

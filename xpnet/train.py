@@ -41,7 +41,16 @@ from .network import INITS, METHODS, MultiLayerNet, TwoLayerNet
 from .optimizers import OPTIMIZERS, make_optimizer
 from .rundir import RunDirectory, RunDirectoryError
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train", "evaluate", "CHECKPOINT"]
+__all__ = [
+    "TrainConfig",
+    "TrainingDiverged",
+    "train",
+    "evaluate",
+    "evaluate_loss",
+    "build_network",
+    "targets_for",
+    "CHECKPOINT",
+]
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -260,7 +269,7 @@ def _load_checkpoint(path: Path, net, optimizer, rng, config: TrainConfig) -> di
     return meta["history"]
 
 
-def _network(config: TrainConfig, input_size: int, output_size: int):
+def build_network(config: TrainConfig, input_size: int, output_size: int):
     """The book's TwoLayerNet for its own run, a MultiLayerNet for anything else."""
     common = dict(backend=config.backend, device=config.device, dtype=config.dtype)
     hidden = config.hidden_sizes
@@ -352,7 +361,7 @@ def _train(config, out, resume, progress, log, data) -> dict:
     config = config.resolved(len(t_train))
     t_train, n_train_out = targets_for(config.output, t_train)
     t_test, n_test_out = targets_for(config.output, t_test)
-    net = _network(config, x_train.shape[1], max(n_train_out, n_test_out))
+    net = build_network(config, x_train.shape[1], max(n_train_out, n_test_out))
     if config.output != "softmax" and n_train_out != n_test_out:
         raise ValueError(
             f"train and test targets have {n_train_out} and {n_test_out} columns; they must match"
