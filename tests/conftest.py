@@ -237,3 +237,29 @@ def ref_multi_gradient(params, x, t, activation, output, decay=0.0, *, log_eps=0
             prime = z[k - 1] * (1 - z[k - 1]) if activation == "sigmoid" else (a[k - 2] > 0)
             da = dz * prime
     return grads
+
+
+# ---- device -> host transfers ------------------------------------------------
+@pytest.fixture
+def transfers(monkeypatch):
+    """Counts every device -> host transfer of array-api-strict arrays: conversions
+    to Python scalars, and copies to the CPU device from another device."""
+    import array_api_strict
+
+    array = array_api_strict._array_object.Array
+    cpu = array_api_strict.__array_namespace_info__().default_device()
+    counter = {"n": 0}
+
+    def counted(name):
+        real = getattr(array, name)
+
+        def method(self, *args, **kwargs):
+            if name != "to_device" or (args and args[0] == cpu and self.device != cpu):
+                counter["n"] += 1
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(array, name, method)
+
+    for name in ("__bool__", "__int__", "__float__", "__index__", "__complex__", "to_device"):
+        counted(name)
+    return counter

@@ -281,3 +281,20 @@ def test_relu_units_that_stay_off_are_skipped_not_lost(backend):
     fast = net.numerical_gradient(x, t)
     for name in loop:
         assert rel_error(fast[name], loop[name]) <= 1e-7, name
+
+
+@pytest.mark.parametrize(
+    "hidden, activation, expected",
+    [([10], "sigmoid", 1), ([10, 8], "relu", 2), ([6, 5, 4], "sigmoid", 3)],
+)
+def test_device_to_host_transfers_of_one_gradient(transfers, hidden, activation, expected):
+    """The chunk plan needs one transfer per layer below the last (its per-input
+    counts of non-zero pairs); nothing else leaves the device (documented)."""
+    net = xpnet.MultiLayerNet(
+        12, hidden, 3, activation, backend="array_api_strict", device="device1", seed=0
+    )
+    x, t = make_batch(9, 12, 3, seed=1)
+    x, t = net._batch(x, t)
+    transfers["n"] = 0
+    net._numerical_gradient(x, t, net.params, h=1e-4, method="structured")
+    assert transfers["n"] == expected

@@ -332,9 +332,13 @@ class MultiLayerNet:
         if not self.head.has_accuracy:
             self.head.hits(None, None)  # raises the head's message
         x, targets = self._batch(x, t)
-        y = self.head.output(self._forward(x, self._layers(self._params()))[0][-1])
-        hits, total = self.head.hits(y, targets)
+        hits, total = self._hits(x, targets, self._params())
         return int(hits) / total
+
+    def _hits(self, x, targets, p):
+        """Correct predictions (0-d array, on the device) and how many were judged."""
+        y = self.head.output(self._forward(x, self._layers(p))[0][-1])
+        return self.head.hits(y, targets)
 
     def gradient(self, x, t) -> dict:
         """Backpropagation gradient of :meth:`loss` (dict ``W1 b1 ... WL bL``).
@@ -343,9 +347,12 @@ class MultiLayerNet:
         inside its logs, which changes the gradient by about 1e-6 (relative)
         compared with the numerical gradient.
         """
-        xp = self.xp
         x, targets = self._batch(x, t)
-        p = self._params()
+        return self._backprop(x, targets, self._params())
+
+    def _backprop(self, x, targets, p) -> dict:
+        """:meth:`gradient` on validated inputs and parameters (no checks)."""
+        xp = self.xp
         layers = self._layers(p)
         a, z = self._forward(x, layers)
         derivative = _DERIVATIVES[self.activation]
@@ -434,7 +441,23 @@ class MultiLayerNet:
         ):
             raise TypeError(f"n_threads must be a positive int, got {n_threads!r}")
         x, targets = self._batch(x, t)
-        params = self._params()
+        return self._numerical_gradient(
+            x,
+            targets,
+            self._params(),
+            h=h,
+            method=method,
+            chunk_size=chunk_size,
+            max_bytes=max_bytes,
+            n_threads=n_threads,
+        )
+
+    def _numerical_gradient(
+        self, x, targets, params, *, h, method, chunk_size=None, max_bytes=None, n_threads=None
+    ) -> dict:
+        """:meth:`numerical_gradient` on validated inputs, parameters, step and
+        method (``"auto"`` already resolved; no checks)."""
+        xp = self.xp
         if method in ("structured", "complex"):
             pairs = structured_gradient(
                 x,

@@ -35,6 +35,7 @@ import numpy as np  # host
 from .backend import to_numpy
 from .checks import check_size
 from .datasets import DATASETS, load_dataset
+from .gradient import resolve_step
 from .heads import HEADS
 from .io import load_npz, save_npz
 from .network import INITS, METHODS, MultiLayerNet, TwoLayerNet
@@ -211,6 +212,33 @@ def targets_for(output: str, t):
     return t, t.shape[1]
 
 
+# per-step losses are brought to the host (and checked) every this many steps
+_FLUSH = 50
+
+
+def _set_metrics(net, x, t, batch: int):
+    """Accuracy (None for the identity head) and mean loss of a whole validated set
+    on the device: sums stay on the device, one transfer brings both to the host."""
+    xp = net.xp
+    params = net.params
+    n = x.shape[0]
+    loss_sum, hits_sum = None, None
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        xb, tb = x[start:stop, ...], t[start:stop, ...]
+        part = net._loss(xb, tb, params) * (stop - start)
+        loss_sum = part if loss_sum is None else loss_sum + part
+        if net.head.has_accuracy:
+            hits, _ = net._hits(xb, tb, params)
+            hits = xp.astype(hits, net.dtype)
+            hits_sum = hits if hits_sum is None else hits_sum + hits
+    if hits_sum is None:
+        return None, float(loss_sum) / n
+    hits_total, loss_total = (float(v) for v in to_numpy(xp.stack([hits_sum, loss_sum])))
+    per_sample = 1 if net.output == "softmax" else net.output_size
+    return hits_total / (n * per_sample), loss_total / n
+
+
 def _new_history(config: TrainConfig) -> dict:
     return {
         "config": asdict(config),
@@ -367,11 +395,9 @@ def _train(config, out, resume, progress, log, data) -> dict:
             f"train and test targets have {n_train_out} and {n_test_out} columns; they must match"
         )
     xp, backend = net.xp, net.backend
-    label_dtype = xp.int64 if config.output == "softmax" else net.dtype
-    x_train_d = backend.from_host(x_train, dtype=net.dtype)
-    t_train_d = backend.from_host(t_train, dtype=label_dtype)
-    x_test_d = backend.from_host(x_test, dtype=net.dtype)
-    t_test_d = backend.from_host(t_test, dtype=label_dtype)
+    # validated once, on the way to the device; every step then runs unchecked
+    x_train_d, t_train_d = net._batch(x_train, t_train)
+    x_test_d, t_test_d = net._batch(x_test, t_test)
     optimizer = make_optimizer(config.optimizer, config.lr)
     rng = np.random.default_rng(config.seed)  # host: minibatch indices
     checkpoint = out / CHECKPOINT if out is not None else None
@@ -396,7 +422,7 @@ def _train(config, out, resume, progress, log, data) -> dict:
         history["config"]["iters"] = config.iters
         say(f"resuming from iteration {done} of {config.iters}")
     else:
-        history["initial_loss"] = evaluate_loss(net, x_train_d, t_train_d, config.eval_batch)
+        history["initial_loss"] = _set_metrics(net, x_train_d, t_train_d, config.eval_batch)[1]
     per_epoch = config.iters_per_epoch(len(t_train))
     if progress is None:
         progress = sys.stderr.isatty()
@@ -411,44 +437,69 @@ def _train(config, out, resume, progress, log, data) -> dict:
     started = time.perf_counter() - history["wall_time"]
     saved_at = history["iters_done"] if resume else 0
     i = history["iters_done"]
+    h = resolve_step(None, net.dtype, xp, complex_step=config.method == "complex")
+    method = "structured" if config.method == "auto" else config.method
+    pending = []  # per-step losses, still on the device
+    block, block_start = None, i
+    last = float("nan")
+
+    def flush():
+        """Bring the pending losses to the host in one transfer; check them there."""
+        nonlocal last
+        if not pending:
+            return
+        values = [float(v) for v in to_numpy(xp.stack(pending))]
+        first = history["iters_done"] - len(pending)
+        pending.clear()
+        for k, value in enumerate(values):
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"loss became {value} at iteration {first + k + 1}; the run diverged: "
+                    f"try a smaller learning rate (e.g. --lr {config.lr / 10:g})"
+                )
+        history["loss"].extend(values)
+        last = values[-1]
+
     try:
         for i in range(history["iters_done"], config.iters):
-            index = backend.from_host(rng.choice(len(t_train), config.batch_size), dtype=xp.int64)
+            if block is None or i - block_start == block.shape[0] // config.batch_size:
+                # this epoch's remaining minibatches, drawn step by step on the host
+                # (the same stream as one draw per step) and moved in one transfer
+                stop = min(config.iters, (i // per_epoch + 1) * per_epoch)
+                draws = [rng.choice(len(t_train), config.batch_size) for _ in range(stop - i)]
+                block, block_start = backend.from_host(np.concatenate(draws), dtype=xp.int64), i
+            offset = (i - block_start) * config.batch_size
+            index = block[offset : offset + config.batch_size]
             x_batch = xp.take(x_train_d, index, axis=0)
             t_batch = xp.take(t_train_d, index, axis=0)
             if config.grad == "numerical":
-                grads = net.numerical_gradient(x_batch, t_batch, method=config.method)
+                grads = net._numerical_gradient(x_batch, t_batch, net.params, h=h, method=method)
             else:
-                grads = net.gradient(x_batch, t_batch)
+                grads = net._backprop(x_batch, t_batch, net.params)
             optimizer.update(net.params, grads)
-            loss = float(net.loss(x_batch, t_batch))
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss} at iteration {i + 1}; the run diverged: "
-                    f"try a smaller learning rate (e.g. --lr {config.lr / 10:g})"
-                )
-            history["loss"].append(loss)
+            pending.append(net._loss(x_batch, t_batch, net.params))
             history["iters_done"] = i + 1
             bar.update(1)
-            if (i + 1) % per_epoch == 0 or i + 1 == config.iters:
-                train_loss = evaluate_loss(net, x_train_d, t_train_d, config.eval_batch)
-                test_loss = evaluate_loss(net, x_test_d, t_test_d, config.eval_batch)
+            evaluation = (i + 1) % per_epoch == 0 or i + 1 == config.iters
+            if evaluation or len(pending) == _FLUSH:
+                flush()
+            if evaluation:
+                acc_train, train_loss = _set_metrics(net, x_train_d, t_train_d, config.eval_batch)
+                acc_test, test_loss = _set_metrics(net, x_test_d, t_test_d, config.eval_batch)
                 history["train_loss"].append(train_loss)
                 history["test_loss"].append(test_loss)
                 history["eval_iters"].append(i + 1)
                 epoch = len(history["eval_iters"])
-                if net.head.has_accuracy:
-                    train_acc = evaluate(net, x_train_d, t_train_d, config.eval_batch)
-                    test_acc = evaluate(net, x_test_d, t_test_d, config.eval_batch)
-                    history["train_acc"].append(train_acc)
-                    history["test_acc"].append(test_acc)
-                    line = f"epoch {epoch}, train acc {train_acc:.4f}, test acc {test_acc:.4f}"
+                if acc_train is not None:
+                    history["train_acc"].append(acc_train)
+                    history["test_acc"].append(acc_test)
+                    line = f"epoch {epoch}, train acc {acc_train:.4f}, test acc {acc_test:.4f}"
                     bar.set_postfix(
-                        loss=f"{loss:.4f}", train=f"{train_acc:.4f}", test=f"{test_acc:.4f}"
+                        loss=f"{last:.4f}", train=f"{acc_train:.4f}", test=f"{acc_test:.4f}"
                     )
                 else:
                     line = f"epoch {epoch}, train loss {train_loss:.6g}, test loss {test_loss:.6g}"
-                    bar.set_postfix(loss=f"{loss:.4g}", test=f"{test_loss:.4g}")
+                    bar.set_postfix(loss=f"{last:.4g}", test=f"{test_loss:.4g}")
                 history["wall_time"] = time.perf_counter() - started
                 if log is not None:
                     (bar.write if progress else log)(line)
@@ -461,8 +512,8 @@ def _train(config, out, resume, progress, log, data) -> dict:
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, net, optimizer, rng, history)
                     saved_at = i + 1
-            elif (i + 1) % 10 == 0:
-                bar.set_postfix(loss=f"{loss:.4f}")
+            elif not pending:
+                bar.set_postfix(loss=f"{last:.4f}")
     except KeyboardInterrupt:
         if checkpoint is not None and saved_at:
             hint = (
