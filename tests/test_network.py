@@ -524,3 +524,22 @@ def test_damaged_params_file_is_one_clear_error(tmp_path, content):
     for cls in (xpnet.TwoLayerNet, xpnet.MultiLayerNet):
         with pytest.raises(ValueError, match="params.npz is not an xpnet file or is damaged"):
             cls.load(path)
+
+
+def test_numerical_gradient_runs_one_blas_thread_and_restores_it(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    net = xpnet.TwoLayerNet(4, 3, 2, seed=0)
+    real = net.loss_batched
+
+    def spy(*args, **kwargs):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(net, "loss_batched", spy)
+    with threadpool_limits(limits=2, user_api="blas"):
+        net.numerical_gradient(np.ones((2, 4)), np.array([0, 1]), method="loop")
+        after = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    assert seen and all(s == {1} for s in seen)
+    assert after == {2}

@@ -50,6 +50,7 @@ def test_bench_backends(tmp_path, backend):
     assert imread(tmp_path / "backends.png").shape[0] > 100
 
 
+@pytest.mark.slow  # 28 s: the --quick sweep
 def test_bench_backends_quick_skips_by_prediction(tmp_path):
     """--quick is what CPU users run: it must finish and record skips, not guesses."""
     module = _load("bench_backends")

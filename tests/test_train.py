@@ -37,6 +37,7 @@ def test_training_learns(digits):
     assert h["test_acc"][-1] > 0.8
 
 
+@pytest.mark.slow  # 40 s: 1,000 iterations with the numerical gradient
 def test_default_run_is_the_main_job(digits):
     """What `xpnet train` does with no options: numerical gradient on the digits,
     at least 90% test accuracy (the README's promise)."""
@@ -139,7 +140,7 @@ def test_evaluate_in_batches_equals_whole(digits):
     assert evaluate(net, x, t, batch=100) == pytest.approx(net.accuracy(x, t), abs=1e-12)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 70 s: 300 iterations on real Fashion-MNIST
 @pytest.mark.skipif(
     not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
     reason="apt-get install dataset-fashion-mnist",

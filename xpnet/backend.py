@@ -16,6 +16,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
@@ -243,6 +244,24 @@ def resolve_backend(backend="numpy", device=None, dtype="float64") -> Backend:
                 "or use dtype='float32'"
             )
     return Backend(name, xp, _resolve_device(name, xp, device), getattr(xp, dtype))
+
+
+_BLAS = None  # a threadpoolctl controller, made on first use (after NumPy's BLAS loaded)
+
+
+def single_blas_thread(xp):
+    """Context manager: one BLAS thread while NumPy work runs inside it (restored
+    after). The numerical gradient's products are small: on a busy 2-core machine
+    OpenBLAS's second thread measured 2x slower (docs/benchmarks.md). Other
+    backends manage their own threads: a no-op there."""
+    global _BLAS
+    if not is_numpy(xp):
+        return contextlib.nullcontext()
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def is_numpy(xp) -> bool:

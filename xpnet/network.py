@@ -27,7 +27,7 @@ import numbers
 import numpy as np  # host
 
 from . import functions as F
-from .backend import resolve_backend, to_numpy
+from .backend import resolve_backend, single_blas_thread, to_numpy
 from .checks import check_float_array, check_inputs, check_size
 from .gradient import (
     itemsize,
@@ -456,7 +456,23 @@ class MultiLayerNet:
         self, x, targets, params, *, h, method, chunk_size=None, max_bytes=None, n_threads=None
     ) -> dict:
         """:meth:`numerical_gradient` on validated inputs, parameters, step and
-        method (``"auto"`` already resolved; no checks)."""
+        method (``"auto"`` already resolved; no checks). NumPy's BLAS runs one
+        thread inside it (:func:`xpnet.backend.single_blas_thread`)."""
+        with single_blas_thread(self.xp):
+            return self._numerical_gradient_unlimited(
+                x,
+                targets,
+                params,
+                h=h,
+                method=method,
+                chunk_size=chunk_size,
+                max_bytes=max_bytes,
+                n_threads=n_threads,
+            )
+
+    def _numerical_gradient_unlimited(
+        self, x, targets, params, *, h, method, chunk_size, max_bytes, n_threads
+    ) -> dict:
         xp = self.xp
         if method in ("structured", "complex"):
             pairs = structured_gradient(
