@@ -77,8 +77,17 @@ def test_to_numpy_from_strict_device1():
     assert isinstance(out, np.ndarray) and out[0] == 1.5
 
 
-def test_out_of_memory_errors_include_memoryerror(xp):
-    assert MemoryError in out_of_memory_errors(xp)
+def test_out_of_memory_errors_name_each_library_type(backend, xp):
+    expected = {MemoryError}
+    if backend.name == "torch":
+        import torch
+
+        expected.add(torch.OutOfMemoryError)
+    if backend.name == "cupy":
+        import cupy
+
+        expected.add(cupy.cuda.memory.OutOfMemoryError)
+    assert set(out_of_memory_errors(xp)) == expected
 
 
 def test_torch_meta_device_is_refused_clearly():

@@ -87,7 +87,7 @@ def test_chunking_and_threads_do_not_change_result(backend, xp, method):
         dict(max_bytes=4096),
         dict(max_bytes=1),
         dict(max_bytes=2**30),
-        dict(n_threads=3),
+        dict(n_threads=3, max_bytes=4096),
     ]:
         other = net.numerical_gradient(x, t, method=method, **kwargs)
         for name in base:
@@ -298,3 +298,26 @@ def test_device_to_host_transfers_of_one_gradient(transfers, hidden, activation,
     transfers["n"] = 0
     net._numerical_gradient(x, t, net.params, h=1e-4, method="structured")
     assert transfers["n"] == expected
+
+
+def test_n_threads_really_runs_chunks_on_a_pool(monkeypatch):
+    """On NumPy, n_threads > 1 with several chunks must start a thread pool."""
+    import xpnet.structured as structured
+
+    started = []
+    real = structured.ThreadPoolExecutor
+
+    class Counting(real):
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs.get("max_workers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(structured, "ThreadPoolExecutor", Counting)
+    net = xpnet.TwoLayerNet(30, 7, 4, 0.5, seed=0)
+    x, t = make_batch(9, 30, 4, seed=5)
+    single = net.numerical_gradient(x, t, max_bytes=4096)
+    assert started == []
+    threaded = net.numerical_gradient(x, t, max_bytes=4096, n_threads=3)
+    assert started and set(started) == {3}
+    for name in single:
+        assert rel_error(threaded[name], single[name]) <= 1e-13
