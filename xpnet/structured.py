@@ -29,8 +29,10 @@ Rules of this module:
 * ``mode="central"`` uses steps ``+h`` and ``-h``; ``mode="complex"`` uses one step
   ``i*h`` and ``Im L / h`` (the complex step), in the matching complex dtype.
 * Work is split into chunks whose intermediates fit ``max_bytes``. On the host
-  the default budget keeps them in cache; on a GPU chunks are large. NumPy may
-  run chunks on a thread pool (``n_threads``).
+  the default budget keeps them in cache; on a GPU chunks are large. A chunk that
+  runs out of memory is retried as two halves (only that chunk: the cached
+  forward pass and finished chunks are kept). NumPy may run chunks on a thread
+  pool (``n_threads``).
 * Weight decay is not seen here: its central difference is exact per coordinate
   and is added by the network (:meth:`xpnet.MultiLayerNet.numerical_gradient`).
 """
@@ -83,6 +85,21 @@ class _Context:
     central: bool
     scale: float  # 1 / (2hN) or 1 / (hN)
     skip_still: bool  # an activation that can stay exactly still (ReLU)
+    oom: tuple  # the backend's out-of-memory exception types
+
+    def split_on_oom(self, compute, lo, hi):
+        """``compute(lo, hi)``; a chunk that runs out of memory is computed as its
+        two halves instead (same arithmetic), down to single items. Only the
+        failing chunk is retried: the cached forward pass and the chunks done
+        so far are kept."""
+        try:
+            return compute(lo, hi)
+        except self.oom:
+            if hi - lo <= 1:
+                raise
+            mid = (lo + hi) // 2
+            halves = [self.split_on_oom(compute, lo, mid), self.split_on_oom(compute, mid, hi)]
+            return self.xp.concat(halves, axis=0)
 
     def combine(self, loss):
         """Perturbed losses (S, ...) -> their contribution to the gradient."""
@@ -165,14 +182,7 @@ def structured_gradient(
         raise ValueError(f"n_threads must be a positive int, got {n_threads}")
     if not is_numpy(xp):
         n_threads = 1  # device backends queue work on one stream anyway
-    oom = out_of_memory_errors(xp)
-    while True:
-        try:
-            return _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_threads)
-        except oom:
-            if max_bytes <= 2**16:
-                raise
-            max_bytes //= 2  # same arithmetic, smaller chunks
+    return _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_threads)
 
 
 def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_threads):
@@ -194,7 +204,16 @@ def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_thread
                 f"method='complex' needs complex dtypes on this backend: {exc}"
             ) from exc
         scale = 1.0 / (h * n_samples)
-    ctx = _Context(xp, act, head, steps, mode == "central", scale, activation == "relu")
+    ctx = _Context(
+        xp,
+        act,
+        head,
+        steps,
+        mode == "central",
+        scale,
+        activation == "relu",
+        out_of_memory_errors(xp),
+    )
 
     z, a = [x], []
     for index, (W, b) in enumerate(layers):
@@ -311,11 +330,22 @@ def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
     for j0 in range(0, n_hidden, hidden_block):
         j1 = min(n_hidden, j0 + hidden_block)
         chunks = [
-            (lambda u0=u0, j0=j0, j1=j1: losses(u0, min(n_unique, u0 + unique_chunk), j0, j1))
+            (
+                lambda u0=u0, j0=j0, j1=j1: ctx.split_on_oom(
+                    lambda a, b: losses(a, b, j0, j1), u0, min(n_unique, u0 + unique_chunk)
+                )
+            )
             for u0 in range(0, n_unique, unique_chunk)
         ]
         differences = xp.concat(_run(chunks, n_threads), axis=0)  # (U, J)
-        parts = [(lambda f0=f0, f1=f1, d=differences: sums(f0, f1, d)) for f0, f1 in groups]
+        parts = [
+            (
+                lambda f0=f0, f1=f1, d=differences: ctx.split_on_oom(
+                    lambda a, b: sums(a, b, d), f0, f1
+                )
+            )
+            for f0, f1 in groups
+        ]
         blocks.append(xp.concat(_run(parts, n_threads), axis=0))
     return xp.concat(blocks, axis=1)
 
@@ -439,7 +469,7 @@ def _output_layer(z_aug, cache, budget_items, n_threads, ctx):
         return xp.sum(ctx.combine(ctx.head.column_losses(cache.head, delta)), axis=-1)  # (J, K)
 
     tasks = [
-        (lambda j0=j0: block(j0, min(n_units, j0 + unit_block)))
+        (lambda j0=j0: ctx.split_on_oom(block, j0, min(n_units, j0 + unit_block)))
         for j0 in range(0, n_units, unit_block)
     ]
     return xp.concat(_run(tasks, n_threads), axis=0)
