@@ -94,3 +94,81 @@ def test_torch_meta_device_is_refused_clearly():
     pytest.importorskip("torch")
     with pytest.raises(ValueError, match="device='meta'.*not 'meta'"):
         xpnet.resolve_backend("torch", device="meta")
+
+
+class _FakeDevice:
+    """Stands for cupy.cuda.Device on the CPU: a reusable context manager that
+    records whether it is current."""
+
+    def __init__(self):
+        self.depth, self.entered = 0, 0
+
+    def __enter__(self):
+        self.depth += 1
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+
+
+class _CheckingNamespace:
+    """A namespace proxy that fails any call made outside the fake device."""
+
+    def __init__(self, xp, device):
+        self._xp, self._device = xp, device
+
+    def __getattr__(self, name):
+        real = getattr(self._xp, name)
+        if not callable(real) or isinstance(real, type):
+            return real
+
+        def call(*args, **kwargs):
+            assert self._device.depth > 0, f"xp.{name} called outside the device context"
+            return real(*args, **kwargs)
+
+        return call
+
+
+def test_every_network_computation_runs_in_the_device_context():
+    """The mechanism that keeps CuPy work on the network's GPU, checked on the CPU:
+    a backend whose device must be entered, and a namespace that refuses any call
+    made outside it."""
+    import array_api_compat.numpy as np_xp
+
+    fake = _FakeDevice()
+    checked = _CheckingNamespace(np_xp, fake)
+    backend = xpnet.Backend("numpy", checked, "cpu", np_xp.float64, fake)
+    net = xpnet.TwoLayerNet(6, 4, 3, backend=backend, seed=0)
+    x, t = np.random.default_rng(0).random((5, 6)), np.array([0, 1, 2, 1, 0])
+    assert fake.depth == 0
+    net.predict(x), net.loss(x, t), net.accuracy(x, t), net.gradient(x, t)
+    net.numerical_gradient(x, t)
+    xpnet.gradient_check(net, x, t, verbose=False, directions=2)
+    assert fake.depth == 0 and fake.entered >= 6
+    with pytest.raises(AssertionError, match="outside the device context"):
+        checked.zeros(3)  # the proxy does catch a call made outside
+
+
+def test_synchronize_and_activate_on_host_backends_are_no_ops(backend):
+    with backend.activate():
+        x = backend.from_host(np.ones(3))
+    xpnet.backend.synchronize(backend.xp, backend.device)
+    assert x.device == backend.device
+
+
+def test_a_training_run_steps_in_the_device_context(monkeypatch):
+    import sys
+
+    import array_api_compat.numpy as np_xp
+
+    from xpnet.datasets import load_digits
+    from xpnet.train import TrainConfig, train
+
+    fake = _FakeDevice()
+    backend = xpnet.Backend("numpy", _CheckingNamespace(np_xp, fake), "cpu", np_xp.float64, fake)
+    for module in ("xpnet.network", "xpnet.train"):
+        monkeypatch.setattr(sys.modules[module], "resolve_backend", lambda *a, **k: backend)
+    config = TrainConfig(hidden=8, batch_size=50, iters=30, seed=0)
+    h = train(config, data=load_digits(), log=None, progress=False)
+    assert h["iters_done"] == 30 and fake.depth == 0 and fake.entered >= 1

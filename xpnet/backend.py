@@ -87,14 +87,29 @@ class Backend:
     xp: ModuleType
     device: Any
     dtype: Any
+    #: A reusable context manager that makes ``device`` current (CuPy's
+    #: ``cupy.cuda.Device``), or None where ``device=`` is honoured everywhere.
+    context: Any = None
 
     @property
     def dtype_name(self) -> str:
         return "float64" if self.dtype == self.xp.float64 else "float32"
 
+    def activate(self):
+        """Context manager under which every computation of this backend runs.
+
+        array-api-compat ignores ``device=`` in CuPy's creation functions
+        (array-api-compat issue #337: ``xp.eye(3, device=1)`` lands on GPU 0), and
+        CuPy allocates results on the *current* device: so xpnet enters the
+        device's context around its work (this method is the one place). A no-op
+        for the other backends.
+        """
+        return contextlib.nullcontext() if self.context is None else self.context
+
     def from_host(self, array, dtype=None):
         """Copy a host (NumPy or Python) array onto this backend's device."""
-        return self.xp.asarray(array, dtype=dtype, device=self.device)
+        with self.activate():
+            return self.xp.asarray(array, dtype=dtype, device=self.device)
 
     def asarray(self, array, dtype=None):
         """Bring ``array`` (NumPy, Python or any backend's array) to this backend.
@@ -243,7 +258,9 @@ def resolve_backend(backend="numpy", device=None, dtype="float64") -> Backend:
                 "jax.config.update('jax_enable_x64', True) before creating the network, "
                 "or use dtype='float32'"
             )
-    return Backend(name, xp, _resolve_device(name, xp, device), getattr(xp, dtype))
+    resolved = _resolve_device(name, xp, device)
+    context = resolved if name == "cupy" else None  # cupy.cuda.Device is one
+    return Backend(name, xp, resolved, getattr(xp, dtype), context)
 
 
 _BLAS = None  # a threadpoolctl controller, made on first use (after NumPy's BLAS loaded)
@@ -406,7 +423,9 @@ def synchronize(xp, device=None) -> None:
     if array_api_compat.is_cupy_namespace(xp):
         import cupy
 
-        cupy.cuda.get_current_stream().synchronize()
+        # the stream of *that* device: another GPU may be current
+        with device if isinstance(device, cupy.cuda.Device) else contextlib.nullcontext():
+            cupy.cuda.get_current_stream().synchronize()
     elif array_api_compat.is_torch_namespace(xp):
         import torch
 

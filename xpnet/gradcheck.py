@@ -103,6 +103,11 @@ def gradient_check(
     -------
     GradientCheck
     """
+    with net.backend.activate():
+        return _check(net, x, t, method, h, tolerance, verbose, directions, seed)
+
+
+def _check(net, x, t, method, h, tolerance, verbose, directions, seed):
     xp = net.xp
     analytic = net.gradient(x, t)
     if directions is None:

@@ -21,6 +21,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -115,6 +116,18 @@ def _check_central_step(h: float, dtype_name: str) -> None:
             f"h={h:g} cannot give a {dtype_name} central difference: use {low:g} <= h <= "
             f"{high:g} (default h=None), or method='complex' for tiny steps"
         )
+
+
+def _on_device(method):
+    """Run a public method inside the backend's device context (CuPy: the
+    network's GPU is current, whatever device the caller has current)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class MultiLayerNet:
@@ -311,6 +324,7 @@ class MultiLayerNet:
         return self.xp.sum(terms) / x.shape[0] + self._decay(p)
 
     # -- the book's API ------------------------------------------------------
+    @_on_device
     def predict(self, x):
         """Outputs of the head, shape (N, C), on the network's device: class
         probabilities (softmax), per-output probabilities (sigmoid) or values
@@ -318,11 +332,13 @@ class MultiLayerNet:
         a = self._forward(self._inputs(x), self._layers(self._params()))[0]
         return self.head.output(a[-1])
 
+    @_on_device
     def loss(self, x, t):
         """Mean loss of the head plus weight decay: a 0-d array (``float()`` works)."""
         x, targets = self._batch(x, t)
         return self._loss(x, targets, self._params())
 
+    @_on_device
     def accuracy(self, x, t) -> float:
         """Fraction of correct predictions (Python float).
 
@@ -340,6 +356,7 @@ class MultiLayerNet:
         y = self.head.output(self._forward(x, self._layers(p))[0][-1])
         return self.head.hits(y, targets)
 
+    @_on_device
     def gradient(self, x, t) -> dict:
         """Backpropagation gradient of :meth:`loss` (dict ``W1 b1 ... WL bL``).
 
@@ -405,6 +422,7 @@ class MultiLayerNet:
             losses = losses + 0.5 * self.weight_decay_lambda * (moving + fixed)
         return losses
 
+    @_on_device
     def numerical_gradient(
         self, x, t, *, h=None, method="auto", chunk_size=None, max_bytes=None, n_threads=None
     ) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np  # host
 
-from .backend import to_numpy
+from .backend import resolve_backend, to_numpy
 from .checks import check_size
 from .datasets import DATASETS, load_dataset
 from .gradient import resolve_step
@@ -380,6 +380,13 @@ def train(
 
 
 def _train(config, out, resume, progress, log, data) -> dict:
+    config = config or TrainConfig()
+    backend = resolve_backend(config.backend, config.device, config.dtype)
+    with backend.activate():  # CuPy: every step on the run's GPU
+        return _run(config, out, resume, progress, log, data)
+
+
+def _run(config, out, resume, progress, log, data) -> dict:
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
