@@ -263,3 +263,16 @@ def transfers(monkeypatch):
     for name in ("__bool__", "__int__", "__float__", "__index__", "__complex__", "to_device"):
         counted(name)
     return counter
+
+
+def assert_on_backend(a, backend, *, shape=None, dtype=None):
+    """``a`` is an array of ``backend``'s library (not NumPy or another one), on its
+    device, with its dtype (default: the backend's) and, if given, ``shape``."""
+    import array_api_compat
+
+    namespace = array_api_compat.array_namespace(a)
+    assert xpnet.backend._same_library(namespace, backend.xp), (namespace, backend.xp)
+    assert array_api_compat.device(a) == backend.device, (array_api_compat.device(a), backend)
+    assert a.dtype == (backend.dtype if dtype is None else dtype), a.dtype
+    if shape is not None:
+        assert tuple(a.shape) == tuple(shape), a.shape

@@ -159,3 +159,17 @@ def test_f_that_does_not_return_a_scalar_is_one_clear_error(bad):
 
     with pytest.raises((ValueError, TypeError), match="f must return a scalar"):
         xpnet.numerical_gradient(bad, np.zeros(3))
+
+
+def test_memory_budget_is_capped_at_half_the_free_device_memory(monkeypatch):
+    """The GPU branch of the budget, on the CPU: a fake free-memory report."""
+    import xpnet.gradient as gradient
+
+    xp = xpnet.resolve_backend("numpy").xp
+    monkeypatch.setattr(gradient, "free_memory", lambda xp, device: 3 * 2**20)
+    assert gradient.memory_budget(xp, "cpu") == 3 * 2**19  # default 2 GiB, capped
+    assert gradient.memory_budget(xp, "cpu", 2**20) == 2**20  # below the cap: kept
+    assert gradient.memory_budget(xp, "cpu", 2**30) == 3 * 2**19
+    monkeypatch.setattr(gradient, "free_memory", lambda xp, device: None)
+    assert gradient.memory_budget(xp, "cpu") == gradient.DEFAULT_HOST_BYTES
+    assert gradient.memory_budget(xp, "cpu", host_default=123) == 123

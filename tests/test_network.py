@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 from conftest import (
+    assert_on_backend,
     host_params,
     make_batch,
     make_multi,
@@ -39,10 +40,11 @@ def test_forward_loss_backprop_match_reference(backend, activation):
 def test_results_stay_on_device(backend):
     net = make_net(backend)
     x, t = make_batch(4, 7, 3)
-    assert net.predict(x).device == backend.device
-    assert net.loss(x, t).device == backend.device
-    assert net.loss(x, t).shape == ()
-    assert all(g.device == backend.device for g in net.gradient(x, t).values())
+    assert_on_backend(net.predict(x), backend, shape=(4, 3))
+    assert_on_backend(net.loss(x, t), backend, shape=())
+    for method in ("gradient", "numerical_gradient"):
+        for name, g in getattr(net, method)(x, t).items():
+            assert_on_backend(g, backend, shape=net.params[name].shape)
 
 
 def test_same_seed_same_weights_on_every_backend(backend):

@@ -10,6 +10,7 @@ against the exact gradient it is good to ~1e-14; we require 1e-12.
 import numpy as np
 import pytest
 from conftest import (
+    assert_on_backend,
     host_params,
     make_batch,
     make_multi,
@@ -50,8 +51,7 @@ def test_methods_equal_loop(backend, method, case):
     loop = net.numerical_gradient(x, t, method="loop")
     fast = net.numerical_gradient(x, t, method=method)
     for name in loop:
-        assert fast[name].shape == loop[name].shape
-        assert fast[name].device == backend.device
+        assert_on_backend(fast[name], backend, shape=loop[name].shape)
         assert rel_error(fast[name], loop[name]) <= 1e-7, name
 
 
@@ -243,8 +243,7 @@ def test_any_depth_methods_equal_loop(backend, method, case):
     fast = net.numerical_gradient(x, t, method=method)
     assert list(fast) == list(loop) == list(net.params)
     for name in loop:
-        assert fast[name].shape == loop[name].shape
-        assert fast[name].device == backend.device
+        assert_on_backend(fast[name], backend, shape=loop[name].shape)
         assert rel_error(fast[name], loop[name]) <= 1e-7, name
 
 
