@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet.backend import is_numpy, out_of_memory_errors, resolve_backend, to_numpy
+from xpnet.backend import is_numpy, resolve_backend, to_numpy
+from xpnet.device import out_of_memory_errors, synchronize
 
 
 def test_default_is_numpy_float64_cpu():
@@ -153,7 +154,7 @@ def test_every_network_computation_runs_in_the_device_context():
 def test_synchronize_and_activate_on_host_backends_are_no_ops(backend):
     with backend.activate():
         x = backend.from_host(np.ones(3))
-    xpnet.backend.synchronize(backend.xp, backend.device)
+    synchronize(backend.xp, backend.device)
     assert x.device == backend.device
 
 

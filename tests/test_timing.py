@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet.backend import track_peak_memory
+from xpnet.device import track_peak_memory
 from xpnet.timing import bench_methods, loop_seconds, machine_info, mnist_like_batch, time_call
 
 

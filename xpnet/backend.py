@@ -12,6 +12,8 @@ Rules of this module:
   it is asked for, and then fails with the pip command that installs it.
 * NumPy is used here only on the host: to receive host data (``from_host``) and to
   bring device arrays back (``to_numpy``). Nothing here changes global state.
+* What a device does once resolved (its context, memory, out-of-memory errors,
+  synchronisation, threads) lives in :mod:`xpnet.device`.
 """
 
 from __future__ import annotations
@@ -30,11 +32,6 @@ __all__ = [
     "Backend",
     "resolve_backend",
     "to_numpy",
-    "free_memory",
-    "out_of_memory_errors",
-    "synchronize",
-    "track_peak_memory",
-    "device_name",
     "library_version",
     "is_numpy",
 ]
@@ -263,24 +260,6 @@ def resolve_backend(backend="numpy", device=None, dtype="float64") -> Backend:
     return Backend(name, xp, resolved, getattr(xp, dtype), context)
 
 
-_BLAS = None  # a threadpoolctl controller, made on first use (after NumPy's BLAS loaded)
-
-
-def single_blas_thread(xp):
-    """Context manager: one BLAS thread while NumPy work runs inside it (restored
-    after). The numerical gradient's products are small: on a busy 2-core machine
-    OpenBLAS's second thread measured 2x slower (docs/benchmarks.md). Other
-    backends manage their own threads: a no-op there."""
-    global _BLAS
-    if not is_numpy(xp):
-        return contextlib.nullcontext()
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
 def is_numpy(xp) -> bool:
     """True when ``xp`` is NumPy (host arrays, where Python threads help)."""
     return array_api_compat.is_numpy_namespace(xp)
@@ -302,107 +281,6 @@ def to_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
-def free_memory(xp, device) -> int | None:
-    """Free bytes on ``device`` where the backend exposes it (GPUs), else None."""
-    if array_api_compat.is_cupy_namespace(xp):
-        import cupy
-
-        with cupy.cuda.Device(getattr(device, "id", device)):
-            free, _total = cupy.cuda.runtime.memGetInfo()
-        pool = cupy.get_default_memory_pool()
-        return int(free + pool.free_bytes())
-    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", "") == "cuda":
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return None
-
-
-def out_of_memory_errors(xp) -> tuple[type[BaseException], ...]:
-    """Exception types that mean "this chunk did not fit in memory"."""
-    errors: list[type[BaseException]] = [MemoryError]
-    if array_api_compat.is_cupy_namespace(xp):
-        import cupy
-
-        errors.append(cupy.cuda.memory.OutOfMemoryError)
-    if array_api_compat.is_torch_namespace(xp):
-        import torch
-
-        errors.append(torch.OutOfMemoryError)
-    return tuple(errors)
-
-
-class _CupyPeak:
-    """CuPy memory hook that records the peak of bytes held by the pool."""
-
-    def __init__(self):
-        import cupy
-
-        class Hook(cupy.cuda.MemoryHook):
-            name = "xpnet-peak"
-
-            def __init__(hook):
-                hook.current = hook.peak = 0
-
-            def malloc_postprocess(hook, device_id, size, mem_size, mem_ptr, pmem_id):
-                hook.current += mem_size
-                hook.peak = max(hook.peak, hook.current)
-
-            def free_postprocess(hook, device_id, mem_size, mem_ptr, pmem_id):
-                hook.current -= mem_size
-
-        self.hook = Hook()
-
-
-def track_peak_memory(xp, device, fn):
-    """Run ``fn()``; return ``(result, peak_extra_bytes or None, how)``.
-
-    CuPy: bytes allocated through its memory pool (a memory hook). torch CUDA:
-    ``torch.cuda.max_memory_allocated``. NumPy and array-api-strict: tracemalloc
-    (NumPy reports its buffers to it). Other backends: None.
-    """
-    if xp is None:  # plain host code
-        xp = array_api_compat.array_namespace(np.empty(0))  # host
-    if array_api_compat.is_cupy_namespace(xp):
-        peak = _CupyPeak().hook
-        with peak:
-            result = fn()
-        return result, peak.peak, "cupy memory hook"
-    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", "") == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        result = fn()
-        return result, torch.cuda.max_memory_allocated(device) - base, "torch.cuda"
-    if array_api_compat.is_numpy_namespace(xp) or xp.__name__ == "array_api_strict":
-        import tracemalloc
-
-        tracemalloc.start()
-        try:
-            result = fn()
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        return result, peak, "tracemalloc"
-    return fn(), None, "not measured"
-
-
-def device_name(xp, device) -> str:
-    """Human-readable name of ``device`` (GPU model for CUDA devices)."""
-    if array_api_compat.is_cupy_namespace(xp):
-        import cupy
-
-        dev_id = getattr(device, "id", device) or 0
-        return cupy.cuda.runtime.getDeviceProperties(dev_id)["name"].decode()
-    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", "") == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(device)
-    return "cpu"
-
-
 def library_version(name: str) -> str | None:
     """Installed version of a backend's library, or None."""
     module = {
@@ -416,18 +294,3 @@ def library_version(name: str) -> str | None:
         return importlib.import_module(module).__version__
     except ImportError:
         return None
-
-
-def synchronize(xp, device=None) -> None:
-    """Wait for queued device work to finish (no-op on host backends)."""
-    if array_api_compat.is_cupy_namespace(xp):
-        import cupy
-
-        # the stream of *that* device: another GPU may be current
-        with device if isinstance(device, cupy.cuda.Device) else contextlib.nullcontext():
-            cupy.cuda.get_current_stream().synchronize()
-    elif array_api_compat.is_torch_namespace(xp):
-        import torch
-
-        if torch.cuda.is_available() and (device is None or getattr(device, "type", "") == "cuda"):
-            torch.cuda.synchronize()

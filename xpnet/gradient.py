@@ -25,8 +25,8 @@ import array_api_compat
 import array_api_extra as xpx
 from array_api_compat import array_namespace
 
-from .backend import free_memory, out_of_memory_errors
 from .checks import check_float_array, check_step
+from .device import free_memory, out_of_memory_errors
 
 __all__ = [
     "numerical_gradient",

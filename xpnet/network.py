@@ -28,8 +28,9 @@ import numbers
 import numpy as np  # host
 
 from . import functions as F
-from .backend import resolve_backend, single_blas_thread, to_numpy
+from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
+from .device import single_blas_thread
 from .gradient import (
     itemsize,
     memory_budget,
@@ -475,7 +476,7 @@ class MultiLayerNet:
     ) -> dict:
         """:meth:`numerical_gradient` on validated inputs, parameters, step and
         method (``"auto"`` already resolved; no checks). NumPy's BLAS runs one
-        thread inside it (:func:`xpnet.backend.single_blas_thread`)."""
+        thread inside it (:func:`xpnet.device.single_blas_thread`)."""
         with single_blas_thread(self.xp):
             return self._numerical_gradient_unlimited(
                 x,

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from .backend import is_numpy, out_of_memory_errors, to_numpy
+from .backend import is_numpy, to_numpy
+from .device import out_of_memory_errors
 from .functions import relu, sigmoid
 from .gradient import itemsize
 from .heads import Head, HeadCache, get_head

@@ -3,7 +3,7 @@
 Rules of this module:
 
 * Every timed call is followed by a device synchronisation before the clock is
-  read (:func:`xpnet.backend.synchronize`: CuPy stream, torch CUDA; nothing on the
+  read (:func:`xpnet.device.synchronize`: CuPy stream, torch CUDA; nothing on the
   host), after warm-up calls that are not timed. Results are the median, min and
   max of the repeats.
 * The book's loop is too slow to time in full: it is timed on a sample of
@@ -24,7 +24,7 @@ import time
 
 import numpy as np  # host
 
-from .backend import synchronize, track_peak_memory
+from .device import synchronize, track_peak_memory
 from .gradient import numerical_gradient
 
 __all__ = [
@@ -52,7 +52,8 @@ def _cpu_model() -> str:
 
 def machine_info(backends=()) -> dict:
     """CPU model and core count, GPU names, library versions and the date (UTC)."""
-    from .backend import BACKENDS, device_name, library_version, resolve_backend
+    from .backend import BACKENDS, library_version, resolve_backend
+    from .device import device_name
 
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -99,7 +100,7 @@ def time_call(fn, *, xp=None, device=None, warmup=1, repeats=5, memory=False) ->
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones.
 
     With ``memory=True`` the first warm-up call also measures the peak extra
-    memory (:func:`xpnet.backend.track_peak_memory`).
+    memory (:func:`xpnet.device.track_peak_memory`).
 
     Returns
     -------
