@@ -19,6 +19,7 @@ from conftest import (
 )
 
 import xpnet
+import xpnet.timing
 from xpnet.backend import to_numpy
 
 
@@ -551,3 +552,56 @@ def test_numerical_gradient_runs_one_blas_thread_and_restores_it(monkeypatch):
         after = numpy_blas()
     assert seen and all(s == {1} for s in seen)
     assert after == {2}
+
+
+# ---- memory: the extra memory of a numerical gradient is bounded ----------------
+def _peak_extra_bytes(net, x, t, method, max_bytes):
+    import tracemalloc
+
+    xs, ts = net._batch(x, t)
+    params = net._params()
+    h = 1e-20 if method == "complex" else 1e-4
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        net._numerical_gradient(xs, ts, params, h=h, method=method, max_bytes=max_bytes)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    result = sum(v.nbytes for v in params.values())  # the gradient itself
+    return peak, xs.nbytes, result
+
+
+@pytest.fixture(scope="module")
+def warm():
+    """One call of each method first: NumPy's and the libraries' one-time caches
+    are not the gradient's memory."""
+    x, t = xpnet.timing.mnist_like_batch(20, 36, 10)
+    for method in ("structured", "complex", "batched", "loop"):
+        _peak_extra_bytes(xpnet.MultiLayerNet(36, [6], 10, seed=0), x, t, method, 2**16)
+
+
+@pytest.mark.slow  # 20 s: tracemalloc slows every allocation
+@pytest.mark.parametrize("method", ["structured", "complex"])
+@pytest.mark.parametrize("hidden", [[20], [20, 10]], ids=["2-layer", "3-layer"])
+def test_structured_memory_stays_within_max_bytes_plus_x(warm, method, hidden):
+    """600 MNIST-like images (x: 3.8 MB) with max_bytes=1 MiB: samples are
+    processed in blocks, so the extra memory is max_bytes plus a copy of x at most
+    (it was ~200 MB for 5,000 images before the blocks)."""
+    x, t = xpnet.timing.mnist_like_batch(600, 784, 10)
+    net = xpnet.MultiLayerNet(784, hidden, 10, "relu", 0.1, seed=0)
+    peak, x_bytes, result = _peak_extra_bytes(net, x, t, method, 2**20)
+    assert peak <= 2**20 + x_bytes + result, (peak, x_bytes)
+    assert peak <= 2**20 + x_bytes // 2 + result  # far below a copy
+
+
+@pytest.mark.parametrize("method", ["batched", "loop", "structured"])
+def test_every_method_stays_within_max_bytes_plus_two_copies_of_x(warm, method):
+    """A small net, so the loop and batched are quick; max_bytes=256 KiB is above
+    what one perturbed forward pass of the 200 samples needs (a chunk cannot be
+    smaller than one)."""
+    x, t = xpnet.timing.mnist_like_batch(200, 36, 10)
+    net = xpnet.MultiLayerNet(36, [6, 5], 10, "sigmoid", 0.1, seed=0)
+    peak, x_bytes, result = _peak_extra_bytes(net, x, t, method, 2**18)
+    assert peak <= 2**18 + 2 * x_bytes + result, (peak, x_bytes)

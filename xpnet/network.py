@@ -30,7 +30,7 @@ import numpy as np  # host
 from . import functions as F
 from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
-from .device import single_blas_thread
+from .device import free_memory, single_blas_thread
 from .gradient import (
     itemsize,
     memory_budget,
@@ -40,7 +40,7 @@ from .gradient import (
 )
 from .heads import HEADS, get_head
 from .io import load_npz, npz_shapes, save_npz
-from .structured import ACTIVATIONS, host_bytes, structured_gradient
+from .structured import ACTIVATIONS, HOST_TOTAL_BYTES, host_bytes, structured_gradient
 
 __all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "PARAM_NAMES", "INITS"]
 
@@ -502,9 +502,10 @@ class MultiLayerNet:
                 output=self.output,
                 h=h,
                 mode="central" if method == "structured" else "complex",
-                max_bytes=memory_budget(
-                    xp, self.device, max_bytes, host_default=host_bytes(self.n_layers)
-                ),
+                max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_TOTAL_BYTES),
+                chunk_bytes=host_bytes(self.n_layers)
+                if free_memory(xp, self.device) is None
+                else None,
                 n_threads=n_threads,
             )
             grads = {}

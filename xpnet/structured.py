@@ -51,7 +51,14 @@ from .functions import relu, sigmoid
 from .gradient import itemsize
 from .heads import Head, HeadCache, get_head
 
-__all__ = ["structured_gradient", "ACTIVATIONS", "HOST_BYTES", "DEEP_HOST_BYTES", "host_bytes"]
+__all__ = [
+    "structured_gradient",
+    "ACTIVATIONS",
+    "HOST_BYTES",
+    "DEEP_HOST_BYTES",
+    "HOST_TOTAL_BYTES",
+    "host_bytes",
+]
 
 #: Default chunk budget on host backends: temporaries that stay in L2 cache
 #: (larger host temporaries measured 2-3x slower per element).
@@ -60,6 +67,14 @@ HOST_BYTES = 2**20
 #: layer per (sample, unit), and 1 MiB chunks measured 3x slower (Python overhead
 #: per chunk) than 8 MiB ones on the 784-100-100-10 net.
 DEEP_HOST_BYTES = 8 * 2**20
+
+
+#: Default bound on the extra memory of one structured gradient on the host
+#: (``max_bytes``); chunks stay at the cache-sized budgets above within it. The
+#: Keras net's batch of 128 fits in one block (several measured ~30% slower).
+HOST_TOTAL_BYTES = 256 * 2**20
+# stored loss differences beyond this many chunk budgets measured no faster
+_STORAGE = 64
 
 
 def host_bytes(n_layers: int) -> int:
@@ -71,8 +86,6 @@ ACTIVATIONS = {"sigmoid": sigmoid, "relu": relu}
 
 # live intermediates of a chunk's (steps, pairs, hidden) shape, with slack
 _TEMPORARIES = 6
-# the (distinct pairs x hidden) loss differences may take this many budgets
-_STORAGE = 64
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class _Context:
     scale: float  # 1 / (2hN) or 1 / (hN)
     skip_still: bool  # an activation that can stay exactly still (ReLU)
     oom: tuple  # the backend's out-of-memory exception types
+    storage_items: int  # loss differences a hidden layer may hold at once
 
     def split_on_oom(self, compute, lo, hi):
         """``compute(lo, hi)``; a chunk that runs out of memory is computed as its
@@ -136,8 +150,9 @@ def structured_gradient(
     output="softmax",
     h=1e-4,
     mode="central",
-    max_bytes=HOST_BYTES,
+    max_bytes=HOST_TOTAL_BYTES,
     n_threads=None,
+    chunk_bytes=None,
 ):
     """Numerical gradient of the mean loss of a dense network, by structure.
 
@@ -156,7 +171,13 @@ def structured_gradient(
         Step: central differences use ``+-h``, the complex step ``i*h``.
     mode : {"central", "complex"}
     max_bytes : int
-        Budget for one chunk's largest intermediates.
+        Bound on the extra memory of the whole gradient, beyond ``x`` and one
+        copy of it: samples are processed in blocks whose index arrays, stored
+        loss differences, cached forward pass and chunks fit in it (the loss is
+        a mean, so block gradients add).
+    chunk_bytes : int, optional
+        Budget of one chunk's intermediates; default ``max_bytes // 8``, at most
+        ``max_bytes // 2``.
     n_threads : int, optional
         Chunks evaluated at once on NumPy (default 1: on the 2-core machine of
         ``docs/benchmarks.md`` threads measured slower, as each chunk's small
@@ -183,10 +204,70 @@ def structured_gradient(
         raise ValueError(f"n_threads must be a positive int, got {n_threads}")
     if not is_numpy(xp):
         n_threads = 1  # device backends queue work on one stream anyway
-    return _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_threads)
+    chunk_bytes = max_bytes // 8 if chunk_bytes is None else min(chunk_bytes, max_bytes // 2)
+    chunk_bytes = max(1, chunk_bytes)
+    block_bytes = max(1, max_bytes - chunk_bytes)
+    sizes = [layers[0][0].shape[0], *(W.shape[1] for W, _ in layers)]
+    total = None
+    for start, stop, storage in _sample_blocks(xp, x, sizes, block_bytes):
+        part = _gradient(
+            x[start:stop, ...],
+            targets[start:stop, ...],
+            layers,
+            activation,
+            head,
+            h,
+            mode,
+            chunk_bytes,
+            n_threads,
+            x.shape[0],
+            storage,
+        )
+        if total is None:
+            total = part
+        else:  # the loss is a mean over samples: block contributions add
+            total = [
+                (dW + dW_b, db + db_b) for (dW, db), (dW_b, db_b) in zip(total, part, strict=True)
+            ]
+    return total
 
 
-def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_threads):
+# bytes per (input, sample) pair while a layer is planned: its feature, sample,
+# value and group indices and the sorts that find distinct pairs
+_PAIR_BYTES = 80
+
+
+def _sample_blocks(xp, x, sizes, block_bytes):
+    """Consecutive sample ranges ``(start, stop, storage_items)`` whose planning
+    structures (pairs, stored loss differences, cached forward pass, a copy of
+    their inputs) fit ``block_bytes``: one transfer of the per-sample counts of
+    non-zero inputs. Hidden layers above the first are counted dense."""
+    n = x.shape[0]
+    nonzero = to_numpy(xp.count_nonzero(x, axis=1)).astype(float)  # host
+    item = 8 if x.dtype == xp.float64 else 4
+    # per sample: a layer's pairs (non-zero inputs + the bias's) and their stored
+    # differences (one per unit of the next layer), the largest layer counting
+    widths = [nonzero + 1.0] + [float(h + 1) for h in sizes[1:-1]]
+    planning = nonzero * 0.0  # host
+    for pairs, width in zip(widths, sizes[1:], strict=True):
+        planning = planning.clip(min=pairs * (_PAIR_BYTES + item * width))  # host: a max
+    per_sample = planning + item * (4 * sum(sizes[1:]) + sizes[0] + 1)
+    cumulative = per_sample.cumsum()  # host
+    blocks, start = [], 0
+    while start < n:
+        base = cumulative[start - 1] if start else 0.0
+        # cumulative is non-decreasing: every sample before start counts too
+        stop = int((cumulative - base <= block_bytes).sum())
+        stop = max(stop, start + 1)
+        storage = max(1, int(block_bytes // item))
+        blocks.append((start, stop, storage))
+        start = stop
+    return blocks
+
+
+def _gradient(
+    x, targets, layers, activation, head, h, mode, max_bytes, n_threads, n_total, storage_items
+):
     xp = array_namespace(x)
     act = ACTIVATIONS[activation]
     real = x.dtype
@@ -195,7 +276,7 @@ def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_thread
     if mode == "central":
         steps = xp.asarray([h, -h], dtype=real, device=dev)
         work = real
-        scale = 1.0 / (2 * h * n_samples)
+        scale = 1.0 / (2 * h * n_total)
     else:
         work = xp.complex128 if real == xp.float64 else xp.complex64
         try:
@@ -204,7 +285,7 @@ def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_thread
             raise TypeError(
                 f"method='complex' needs complex dtypes on this backend: {exc}"
             ) from exc
-        scale = 1.0 / (h * n_samples)
+        scale = 1.0 / (h * n_total)
     ctx = _Context(
         xp,
         act,
@@ -214,6 +295,7 @@ def _gradient(x, targets, layers, activation, head, h, mode, max_bytes, n_thread
         scale,
         activation == "relu",
         out_of_memory_errors(xp),
+        storage_items,
     )
 
     z, a = [x], []
@@ -286,7 +368,7 @@ def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
     nonzero = x_t != 0
     feature, sample = xp.nonzero(nonzero)
     value = xp.take(xp.reshape(x_t, (-1,)), feature * n_samples + sample)
-    counts = [int(c) for c in to_numpy(xp.sum(xp.astype(nonzero, xp.int64), axis=1))]
+    counts = [int(c) for c in to_numpy(xp.count_nonzero(x_t, axis=1))]
     group, u_sample, u_value = _distinct(xp, sample, value, dev)
     n_unique = u_sample.shape[0]
 
@@ -299,7 +381,8 @@ def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
     # plan: hidden blocks whose (distinct pairs x hidden) losses fit in storage;
     # chunks of distinct pairs within the budget; blocks of whole features (each
     # gradient row is summed in one block) whose pairs and 0/1 matrix fit too
-    hidden_block = min(n_hidden, max(1, _STORAGE * budget_items // max(n_unique, 1)))
+    storage = min(ctx.storage_items, _STORAGE * budget_items)
+    hidden_block = min(n_hidden, max(1, storage // max(n_unique, 1)))
     unique_chunk = max(1, budget_items // (n_steps * hidden_block * width))
     widest = max(counts)
     pair_target = max(widest, budget_items // hidden_block)
