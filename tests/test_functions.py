@@ -86,3 +86,15 @@ def test_cross_entropy_single_sample_and_stacks(backend, xp):
     labels = backend.from_host(np.array([1, 1]), dtype=xp.int64)
     got = to_numpy(F.cross_entropy_error(_host(backend, stack), labels))
     np.testing.assert_allclose(got, [-np.log(0.7 + 1e-7), -np.log(0.7 + 1e-7)], rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "relu"])
+def test_activation_registry_derivatives_are_the_functions_slopes(backend, xp, name):
+    activation = F.ACTIVATIONS[name]
+    a = _host(backend, np.linspace(-3, 3, 13) + 0.05)  # off ReLU's kink
+    z = activation.function(a)
+    slope = (activation.function(a + 1e-6) - activation.function(a - 1e-6)) / 2e-6
+    np.testing.assert_allclose(
+        to_numpy(activation.derivative(a, z)), to_numpy(slope), rtol=1e-8, atol=1e-10
+    )
+    assert repr(activation) == f"Activation({name!r})"

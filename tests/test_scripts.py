@@ -125,3 +125,14 @@ def test_regression_demo(tmp_path, capsys):
     assert all(v > 0 for v in summary["test_loss"].values())
     assert imread(tmp_path / "regression-loss.png").shape[0] > 100
     assert "test loss" in capsys.readouterr().out
+
+
+def test_bench_before_after_against_this_checkout(tmp_path, capsys):
+    """Both sides may be the same code: the script's mechanics are what is tested."""
+    out = tmp_path / "ab.json"
+    root = str(SCRIPTS.parent)
+    args = ["--baseline-src", root, "--rounds", "1", "--repeats", "1", "--out", str(out)]
+    assert _load("bench_before_after").main(args) == 0
+    rows = {r["side"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"before", "now"} and all(r["n"] == 1 for r in rows.values())
+    assert _load("bench_before_after").main(["--baseline-src", str(tmp_path)]) == 2

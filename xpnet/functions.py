@@ -18,6 +18,8 @@ from __future__ import annotations
 from array_api_compat import array_namespace
 
 __all__ = [
+    "ACTIVATIONS",
+    "Activation",
     "sigmoid",
     "sigmoid_grad",
     "relu",
@@ -140,3 +142,24 @@ def cross_entropy_error(y, t, *, reduce=True):
     if not reduce:
         return terms
     return xp.sum(terms, axis=-1) / terms.shape[-1]
+
+
+class Activation:
+    """One entry of :data:`ACTIVATIONS`: the function and its derivative.
+
+    ``derivative(a, z)`` takes the pre-activation ``a`` and the activation
+    ``z = function(a)`` (sigmoid's derivative needs only ``z``).
+    """
+
+    def __init__(self, name, function, derivative):
+        self.name, self.function, self.derivative = name, function, derivative
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+
+#: The one registry of hidden activations: name -> :class:`Activation`.
+ACTIVATIONS = {
+    "sigmoid": Activation("sigmoid", sigmoid, lambda a, z: z * (1.0 - z)),
+    "relu": Activation("relu", relu, lambda a, z: relu_grad(a)),
+}

@@ -27,10 +27,10 @@ import numbers
 
 import numpy as np  # host
 
-from . import functions as F
 from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
 from .device import free_memory, single_blas_thread
+from .functions import ACTIVATIONS
 from .gradient import (
     itemsize,
     memory_budget,
@@ -40,7 +40,7 @@ from .gradient import (
 )
 from .heads import HEADS, get_head
 from .io import load_npz, npz_shapes, save_npz
-from .structured import ACTIVATIONS, HOST_TOTAL_BYTES, host_bytes, structured_gradient
+from .structured import HOST_TOTAL_BYTES, host_bytes, structured_gradient
 
 __all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "PARAM_NAMES", "INITS"]
 
@@ -49,11 +49,6 @@ PARAM_NAMES = ("W1", "b1", "W2", "b2")
 METHODS = ("auto", "structured", "complex", "batched", "loop")
 #: Named weight scales (the book's): He for ReLU, Xavier for sigmoid.
 INITS = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
-# d act / d a, from the pre-activation a and the activation z = act(a)
-_DERIVATIVES = {
-    "sigmoid": lambda a, z: z * (1.0 - z),
-    "relu": lambda a, z: F.relu_grad(a),
-}
 
 
 def _check_hidden(hidden_size_list) -> list[int]:
@@ -302,7 +297,7 @@ class MultiLayerNet:
     # -- forward and loss (unchecked internals) --------------------------------
     def _forward(self, x, layers):
         """Pre-activations ``a`` and activations ``z`` of every layer (z[0] = x)."""
-        act = ACTIVATIONS[self.activation]
+        act = ACTIVATIONS[self.activation].function
         z, a = [x], []
         for index, (W, b) in enumerate(layers):
             a.append(z[-1] @ W + b)
@@ -373,7 +368,7 @@ class MultiLayerNet:
         xp = self.xp
         layers = self._layers(p)
         a, z = self._forward(x, layers)
-        derivative = _DERIVATIVES[self.activation]
+        derivative = ACTIVATIONS[self.activation].derivative
         da = self.head.delta(self.head.output(a[-1]), targets) / x.shape[0]
         grads = {}
         for k in range(self.n_layers, 0, -1):

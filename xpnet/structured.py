@@ -47,13 +47,12 @@ from array_api_compat import device as device_of
 
 from .backend import is_numpy, to_numpy
 from .device import out_of_memory_errors
-from .functions import relu, sigmoid
+from .functions import ACTIVATIONS
 from .gradient import itemsize
 from .heads import Head, HeadCache, get_head
 
 __all__ = [
     "structured_gradient",
-    "ACTIVATIONS",
     "HOST_BYTES",
     "DEEP_HOST_BYTES",
     "HOST_TOTAL_BYTES",
@@ -81,8 +80,6 @@ def host_bytes(n_layers: int) -> int:
     """Default host chunk budget for a network of ``n_layers`` affine layers."""
     return HOST_BYTES if n_layers <= 2 else DEEP_HOST_BYTES
 
-
-ACTIVATIONS = {"sigmoid": sigmoid, "relu": relu}
 
 # live intermediates of a chunk's (steps, pairs, hidden) shape, with slack
 _TEMPORARIES = 6
@@ -269,7 +266,7 @@ def _gradient(
     x, targets, layers, activation, head, h, mode, max_bytes, n_threads, n_total, storage_items
 ):
     xp = array_namespace(x)
-    act = ACTIVATIONS[activation]
+    act = ACTIVATIONS[activation].function
     real = x.dtype
     dev = device_of(x)
     n_samples = x.shape[0]
