@@ -40,15 +40,21 @@ def _skip_reason(name: str) -> str | None:
     return None
 
 
+# The default tier runs NumPy, array-api-strict on its non-default device (the
+# strictest stand-in for a GPU) and CuPy where there is a GPU; the slow tier adds
+# array-api-strict's default device, torch and JAX (CI runs both tiers).
+SLOW_BACKENDS = {"strict", "torch", "jax"}
+
+
+def _marks(backend_id, name):
+    marks = [pytest.mark.skipif(bool(_skip_reason(name)), reason=str(_skip_reason(name)))]
+    if backend_id in SLOW_BACKENDS:
+        marks.append(pytest.mark.slow)
+    return marks
+
+
 @pytest.fixture(
-    params=[
-        pytest.param(
-            (b, d),
-            id=i,
-            marks=pytest.mark.skipif(bool(_skip_reason(b)), reason=str(_skip_reason(b))),
-        )
-        for i, b, d in BACKEND_PARAMS
-    ]
+    params=[pytest.param((b, d), id=i, marks=_marks(i, b)) for i, b, d in BACKEND_PARAMS]
 )
 def backend(request) -> xpnet.Backend:
     """A resolved float64 backend (namespace, device, dtype)."""
