@@ -204,9 +204,9 @@ def targets_for(output: str, t):
     t = np.asarray(t)  # host
     if output == "softmax":
         return t, int(t.max()) + 1
-    if t.ndim == 1 and np.issubdtype(t.dtype, np.integer):
+    if t.ndim == 1 and np.issubdtype(t.dtype, np.integer):  # host
         if output == "sigmoid" and t.min() >= 0 and t.max() <= 1:
-            return t[:, None].astype(np.float64), 1
+            return t[:, None].astype(np.float64), 1  # host
         return np.eye(int(t.max()) + 1)[t], int(t.max()) + 1  # host
     t = t.reshape(len(t), -1)
     return t, t.shape[1]
@@ -474,7 +474,8 @@ def _run(config, out, resume, progress, log, data) -> dict:
                 # (the same stream as one draw per step) and moved in one transfer
                 stop = min(config.iters, (i // per_epoch + 1) * per_epoch)
                 draws = [rng.choice(len(t_train), config.batch_size) for _ in range(stop - i)]
-                block, block_start = backend.from_host(np.concatenate(draws), dtype=xp.int64), i
+                drawn = np.concatenate(draws)  # host
+                block, block_start = backend.from_host(drawn, dtype=xp.int64), i
             offset = (i - block_start) * config.batch_size
             index = block[offset : offset + config.batch_size]
             x_batch = xp.take(x_train_d, index, axis=0)
