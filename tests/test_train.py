@@ -3,7 +3,7 @@ import pytest
 
 import xpnet
 from xpnet.datasets import load_digits
-from xpnet.train import CHECKPOINT, TrainConfig, TrainingDiverged, evaluate, train
+from xpnet.train import CHECKPOINT, TrainConfig, TrainingDiverged, evaluate, evaluate_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +272,17 @@ def test_counting_wrapper_sees_transfers(transfers):
     bool(xp.all(a > 0))
     xpnet.to_numpy(a)
     assert transfers["n"] == 3
+
+
+def test_evaluate_loss_in_batches_equals_whole(digits):
+    (x, t), _ = digits
+    net = xpnet.TwoLayerNet(64, 10, 10, 1.0, seed=0)
+    whole = float(net.loss(x, t))
+    assert evaluate_loss(net, x, t, batch=100) == pytest.approx(whole, rel=1e-12)
+
+
+def test_evaluate_counts_outputs_for_the_sigmoid_head(digits):
+    (x, labels), _ = digits
+    t = np.eye(10)[labels]  # 0/1 targets, ten outputs per sample
+    net = xpnet.MultiLayerNet(64, [8], 10, "sigmoid", 1.0, output="sigmoid", seed=0)
+    assert evaluate(net, x, t, batch=97) == pytest.approx(net.accuracy(x, t), abs=1e-12)

@@ -250,13 +250,13 @@ def _sample_blocks(xp, x, sizes, block_bytes):
         planning = planning.clip(min=pairs * (_PAIR_BYTES + item * width))  # host: a max
     per_sample = planning + item * (4 * sum(sizes[1:]) + sizes[0] + 1)
     cumulative = per_sample.cumsum()  # host
+    storage = max(1, int(block_bytes // item))  # each block may hold this many differences
     blocks, start = [], 0
     while start < n:
         base = cumulative[start - 1] if start else 0.0
         # cumulative is non-decreasing: every sample before start counts too
         stop = int((cumulative - base <= block_bytes).sum())
         stop = max(stop, start + 1)
-        storage = max(1, int(block_bytes // item))
         blocks.append((start, stop, storage))
         start = stop
     return blocks

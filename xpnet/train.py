@@ -173,23 +173,17 @@ class TrainConfig:
 
 
 def evaluate(net, x, t, batch: int = 10_000) -> float:
-    """Accuracy over a whole data set already on the device, in batches."""
-    n = x.shape[0]
-    hits = 0.0
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
-        hits += net.accuracy(x[start:stop, ...], t[start:stop]) * (stop - start)
-    return hits / n
+    """Accuracy over a whole data set, validated once, in batches on the device."""
+    if not net.head.has_accuracy:
+        net.head.hits(None, None)  # raises the head's message
+    x, t = net._batch(x, t)
+    return _set_metrics(net, x, t, batch, net._params())[0]
 
 
 def evaluate_loss(net, x, t, batch: int = 10_000) -> float:
-    """Mean loss (with weight decay) over a whole data set on the device, in batches."""
-    n = x.shape[0]
-    total = 0.0
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
-        total += float(net.loss(x[start:stop, ...], t[start:stop])) * (stop - start)
-    return total / n
+    """Mean loss (with weight decay) over a whole data set, validated once, in batches."""
+    x, t = net._batch(x, t)
+    return _set_metrics(net, x, t, batch, net._params())[1]
 
 
 def targets_for(output: str, t):
@@ -216,27 +210,28 @@ def targets_for(output: str, t):
 _FLUSH = 50
 
 
-def _set_metrics(net, x, t, batch: int):
+def _set_metrics(net, x, t, batch: int, params=None):
     """Accuracy (None for the identity head) and mean loss of a whole validated set
-    on the device: sums stay on the device, one transfer brings both to the host."""
+    on the device (``params``: default ``net.params``, unchecked): sums stay on the
+    device, one transfer brings both to the host."""
     xp = net.xp
-    params = net.params
+    params = net.params if params is None else params
     n = x.shape[0]
-    loss_sum, hits_sum = None, None
+    loss_sum, hits_sum, judged = None, None, 0
     for start in range(0, n, batch):
         stop = min(n, start + batch)
         xb, tb = x[start:stop, ...], t[start:stop, ...]
         part = net._loss(xb, tb, params) * (stop - start)
         loss_sum = part if loss_sum is None else loss_sum + part
         if net.head.has_accuracy:
-            hits, _ = net._hits(xb, tb, params)
+            hits, total = net._hits(xb, tb, params)
             hits = xp.astype(hits, net.dtype)
             hits_sum = hits if hits_sum is None else hits_sum + hits
+            judged += total
     if hits_sum is None:
         return None, float(loss_sum) / n
     hits_total, loss_total = (float(v) for v in to_numpy(xp.stack([hits_sum, loss_sum])))
-    per_sample = 1 if net.output == "softmax" else net.output_size
-    return hits_total / (n * per_sample), loss_total / n
+    return hits_total / judged, loss_total / n
 
 
 def _new_history(config: TrainConfig) -> dict:
