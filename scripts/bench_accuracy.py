@@ -19,10 +19,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from harness import machine_info  # scripts/harness.py
 
 import xpnet
+from xpnet.bench import mnist_like_batch
 from xpnet.io import save_json
-from xpnet.timing import machine_info, mnist_like_batch
 
 CASES = [  # (method, dtype, h): h=None is the dtype's default
     ("structured", "float64", None),

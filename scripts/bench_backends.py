@@ -19,11 +19,13 @@ import json
 import sys
 from pathlib import Path
 
+from harness import machine_info, parse_backends  # scripts/harness.py
 from tqdm.auto import tqdm
 
 from xpnet import TwoLayerNet
+from xpnet.bench import loop_seconds, mnist_like_batch
 from xpnet.io import atomic_write_bytes, save_json
-from xpnet.timing import loop_seconds, machine_info, mnist_like_batch, parse_backends, time_call
+from xpnet.timing import time_call
 
 METHODS = ("forward", "backprop", "torch-autograd", "structured", "complex", "batched", "loop")
 # one colour per method in every panel (matplotlib's default cycle)

@@ -17,21 +17,23 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
+from harness import machine_info  # scripts/harness.py
+
+import xpnet
+from xpnet.bench import mnist_like_batch
 from xpnet.io import save_json
-from xpnet.timing import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = """
 import json, sys, time
-import xpnet
-try:
-    (x, t), _ = xpnet.load_fashion_mnist()
-    x, t = x[:100].astype("float64"), t[:100]
-except xpnet.datasets.DataNotFoundError:
-    x, t = xpnet.timing.mnist_like_batch(100, 784, 10)
+import numpy as np, xpnet
+batch = np.load(sys.argv[3])
+x, t = batch["x"], batch["t"]
 net = xpnet.TwoLayerNet(784, 50, 10, seed=int(sys.argv[2]))
 net.numerical_gradient(x, t)
 times = []
@@ -55,10 +57,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _child(source: str, repeats: int, seed: int) -> list[float]:
+def _batch(path: Path) -> Path:
+    """The 100-image batch both sides time, written once for the children (the
+    baseline has no say in the data)."""
+    try:
+        (x, t), _ = xpnet.load_fashion_mnist()
+        x, t = x[:100].astype("float64"), t[:100]
+    except xpnet.datasets.DataNotFoundError:
+        x, t = mnist_like_batch(100, 784, 10)
+    np.savez(path, x=x, t=t)
+    return path
+
+
+def _child(source: str, repeats: int, seed: int, batch: Path) -> list[float]:
     env = dict(os.environ, PYTHONPATH=source)
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(repeats), str(seed)],
+        [sys.executable, "-c", _CHILD, str(repeats), str(seed), str(batch)],
         env=env,
         capture_output=True,
         text=True,
@@ -74,9 +88,11 @@ def main(argv=None) -> int:
         return 2
     sides = {"before": args.baseline_src, "now": str(ROOT)}
     times = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, source in sides.items():
-            times[name] += _child(source, args.repeats, args.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        batch = _batch(Path(scratch) / "batch.npz")
+        for _ in range(args.rounds):
+            for name, source in sides.items():
+                times[name] += _child(source, args.repeats, args.seed, batch)
     rows = []
     for name, values in times.items():
         row = {

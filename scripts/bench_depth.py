@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import machine_info  # scripts/harness.py
 from tqdm.auto import tqdm
 
 import xpnet
+import xpnet.bench
 from xpnet.io import save_json
-from xpnet.timing import machine_info
 
 NETS = {
     # name: (sizes, activation, batch)
@@ -75,7 +76,7 @@ def _data(batch, d, dry):
             return x[:batch].astype("float64"), t[:batch], "fashion-mnist"
         except xpnet.datasets.DataNotFoundError:
             pass
-    x, t = xpnet.timing.mnist_like_batch(batch, d, 10, seed=0)
+    x, t = xpnet.bench.mnist_like_batch(batch, d, 10, seed=0)
     return x, t, "synthetic (MNIST-like)"
 
 

@@ -16,11 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+from harness import machine_info, parse_backends  # scripts/harness.py
 from tqdm.auto import tqdm
 
 import xpnet
+import xpnet.bench
+from xpnet.bench import bench_methods, format_rows
 from xpnet.io import save_json
-from xpnet.timing import bench_methods, format_rows, machine_info, parse_backends
 
 
 def parse_args(argv=None):
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
     host = (
         data
         if data is not None
-        else xpnet.timing.mnist_like_batch(args.batch_size, sizes[0], sizes[2], seed=args.seed)
+        else xpnet.bench.mnist_like_batch(args.batch_size, sizes[0], sizes[2], seed=args.seed)
     )
     book_s, book_n = book_loop_seconds(sizes, host, args.seed, sample)
     rows = []

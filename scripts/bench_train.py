@@ -15,10 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from harness import machine_info, parse_backends  # scripts/harness.py
+
 import xpnet
 from xpnet.io import save_json
 from xpnet.plots import save_accuracy_plot
-from xpnet.timing import machine_info, parse_backends
 
 
 def parse_args(argv=None):

@@ -3,6 +3,7 @@ NumPy reference of the book's network that tests compare against."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 
 import numpy as np
@@ -125,6 +126,39 @@ def ref_gradient(params, x, labels, activation="sigmoid", *, log_eps=0.0):
 
 def host_params(net):
     return {k: xpnet.to_numpy(v) for k, v in net.params.items()}
+
+
+_LOOP_CACHE: dict = {}
+
+
+def host_loop_gradient(net, x, t):
+    """The book's one-weight loop on a NumPy copy of ``net`` (same weights, head,
+    activation and decay): the independent reference the fast methods of every
+    backend are compared with, computed once per case (the loop on the other
+    backends is tested against the book's own loop in test_gradient.py)."""
+    params = host_params(net)
+    x, t = np.asarray(x), np.asarray(t)
+    key = hashlib.sha256()
+    for part in (repr((net.sizes, net.activation, net.output, net.weight_decay_lambda)),):
+        key.update(part.encode())
+    for array in (*params.values(), x, t):
+        key.update(repr((array.shape, str(array.dtype))).encode())
+        key.update(np.ascontiguousarray(array).tobytes())
+    digest = key.hexdigest()
+    if digest not in _LOOP_CACHE:
+        clone = xpnet.MultiLayerNet(
+            net.sizes[0],
+            list(net.sizes[1:-1]),
+            net.sizes[-1],
+            net.activation,
+            0.0,
+            net.weight_decay_lambda,
+            output=net.output,
+            dtype=str(params["W1"].dtype),
+        )
+        clone.params = {k: v.copy() for k, v in params.items()}
+        _LOOP_CACHE[digest] = clone.numerical_gradient(x, t, method="loop")
+    return _LOOP_CACHE[digest]
 
 
 def rel_error(a, b):

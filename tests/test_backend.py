@@ -91,6 +91,7 @@ def test_out_of_memory_errors_name_each_library_type(backend, xp):
     assert set(out_of_memory_errors(xp)) == expected
 
 
+@pytest.mark.slow  # importing torch takes ~2 s
 def test_torch_meta_device_is_refused_clearly():
     pytest.importorskip("torch")
     with pytest.raises(ValueError, match="device='meta'.*not 'meta'"):

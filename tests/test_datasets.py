@@ -100,7 +100,7 @@ def server(tmp_path):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a, **k: None
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=lambda: httpd.serve_forever(poll_interval=0.01), daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
@@ -240,7 +240,7 @@ class _Cut(http.server.BaseHTTPRequestHandler):
 
 def test_a_download_cut_short_is_one_clear_error(tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Cut)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=lambda: httpd.serve_forever(poll_interval=0.01), daemon=True)
     thread.start()
     try:
         with pytest.raises(DataNotFoundError, match="connection closed after 10 of 1000 bytes"):

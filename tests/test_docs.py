@@ -57,7 +57,17 @@ def test_printout_comparison_can_fail():
         _same_printout("loss 2.2977\nNO", "loss 2.2977\nok", rel=2e-3)
 
 
-@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+# index.md trains for 200 numerical-gradient steps (~7 s): the slow tier runs it
+_SLOW_DOCS = {"index.md"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.name in _SLOW_DOCS else [])
+        for p in DOCS
+    ],
+)
 def test_doc_code_blocks_run(path):
     for code in _blocks(path.read_text(), "python"):
         _run(code)

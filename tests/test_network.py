@@ -19,7 +19,7 @@ from conftest import (
 )
 
 import xpnet
-import xpnet.timing
+import xpnet.bench
 from xpnet.backend import to_numpy
 
 
@@ -328,10 +328,10 @@ def test_online_learning_one_sample_per_step(backend):
     x = rng.uniform(-1, 1, (200, 2))
     t = (x[:, 0] * x[:, 1])[:, None]
     before = float(net.loss(x, t))
-    for i in range(200):
+    for i in range(100):
         grads = net.numerical_gradient(x[i : i + 1], t[i : i + 1])
         for name in net.params:
-            net.params[name] = net.params[name] - 0.2 * grads[name]
+            net.params[name] = net.params[name] - 0.3 * grads[name]
     assert float(net.loss(x, t)) < 0.8 * before
 
 
@@ -577,7 +577,7 @@ def _peak_extra_bytes(net, x, t, method, max_bytes):
 def warm():
     """One call of each method first: NumPy's and the libraries' one-time caches
     are not the gradient's memory."""
-    x, t = xpnet.timing.mnist_like_batch(20, 36, 10)
+    x, t = xpnet.bench.mnist_like_batch(20, 36, 10)
     for method in ("structured", "complex", "batched", "loop"):
         _peak_extra_bytes(xpnet.MultiLayerNet(36, [6], 10, seed=0), x, t, method, 2**16)
 
@@ -589,7 +589,7 @@ def test_structured_memory_stays_within_max_bytes_plus_x(warm, method, hidden):
     """600 MNIST-like images (x: 3.8 MB) with max_bytes=1 MiB: samples are
     processed in blocks, so the extra memory is max_bytes plus a copy of x at most
     (it was ~200 MB for 5,000 images before the blocks)."""
-    x, t = xpnet.timing.mnist_like_batch(600, 784, 10)
+    x, t = xpnet.bench.mnist_like_batch(600, 784, 10)
     net = xpnet.MultiLayerNet(784, hidden, 10, "relu", 0.1, seed=0)
     peak, x_bytes, result = _peak_extra_bytes(net, x, t, method, 2**20)
     assert peak <= 2**20 + x_bytes + result, (peak, x_bytes)
@@ -601,7 +601,7 @@ def test_every_method_stays_within_max_bytes_plus_two_copies_of_x(warm, method):
     """A small net, so the loop and batched are quick; max_bytes=256 KiB is above
     what one perturbed forward pass of the 200 samples needs (a chunk cannot be
     smaller than one)."""
-    x, t = xpnet.timing.mnist_like_batch(200, 36, 10)
+    x, t = xpnet.bench.mnist_like_batch(200, 36, 10)
     net = xpnet.MultiLayerNet(36, [6, 5], 10, "sigmoid", 0.1, seed=0)
     peak, x_bytes, result = _peak_extra_bytes(net, x, t, method, 2**18)
     assert peak <= 2**18 + 2 * x_bytes + result, (peak, x_bytes)

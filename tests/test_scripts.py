@@ -9,7 +9,17 @@ import pytest
 from matplotlib.image import imread
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-HOST_BACKENDS = ["numpy", "array_api_strict:device1"]
+# the scripts on array-api-strict's non-default device run in the slow tier
+HOST_BACKENDS = [
+    "numpy",
+    pytest.param("array_api_strict:device1", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(autouse=True)
+def _scripts_on_path(monkeypatch):
+    """As ``python scripts/NAME.py`` does: the scripts' folder (harness.py) on sys.path."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
 
 
 def _load(name):
@@ -127,6 +137,7 @@ def test_regression_demo(tmp_path, capsys):
     assert "test loss" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two child processes importing xpnet
 def test_bench_before_after_against_this_checkout(tmp_path, capsys):
     """Both sides may be the same code: the script's mechanics are what is tested."""
     out = tmp_path / "ab.json"
@@ -136,3 +147,14 @@ def test_bench_before_after_against_this_checkout(tmp_path, capsys):
     rows = {r["side"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"before", "now"} and all(r["n"] == 1 for r in rows.values())
     assert _load("bench_before_after").main(["--baseline-src", str(tmp_path)]) == 2
+
+
+def test_machine_info():
+    info = _load("harness").machine_info([("numpy", None)])
+    assert info["cpu"] and info["cpu_count"] >= 1 and "numpy" in info["versions"]
+    assert info["devices"] == {"numpy:default": "cpu"}
+
+
+@pytest.mark.parametrize("name", ["numpy", "array_api_strict"])
+def test_available_backends_includes_host(name):
+    assert (name, None) in _load("harness").available_backends(("numpy", "array_api_strict"))

@@ -19,7 +19,10 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import importlib.metadata
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -282,7 +285,9 @@ def to_numpy(array) -> np.ndarray:
 
 
 def library_version(name: str) -> str | None:
-    """Installed version of a backend's library, or None."""
+    """Installed version of a backend's library, or None; read from the installed
+    distribution's metadata unless the library is imported already (importing
+    torch only to name its version would take seconds)."""
     module = {
         "numpy": "numpy",
         "cupy": "cupy",
@@ -290,7 +295,19 @@ def library_version(name: str) -> str | None:
         "jax": "jax",
         "array_api_strict": "array_api_strict",
     }.get(name, name)
-    try:
-        return importlib.import_module(module).__version__
-    except ImportError:
-        return None
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        return getattr(loaded, "__version__", None)
+    for distribution in _distributions().get(module, ()):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict:
+    """Top-level module name -> the distributions that install it (cupy ships as
+    cupy-cuda12x and others)."""
+    return importlib.metadata.packages_distributions()

@@ -371,8 +371,9 @@ def _gradcheck(args) -> int:
 
 def _bench(args) -> int:
     from .backend import resolve_backend
+    from .bench import bench_methods, format_rows
     from .network import METHODS
-    from .timing import bench_methods, blas_threads, format_rows
+    from .timing import blas_threads
 
     backend = resolve_backend(args.backend, args.device, args.dtype)
     on_gpu = backend.name == "cupy" or "cuda" in str(backend.device)
