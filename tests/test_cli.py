@@ -380,3 +380,23 @@ def test_a_params_file_with_sizes_of_the_wrong_length_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="missing 'W3'"):
         xpnet.MultiLayerNet.load(path)
+
+
+def test_train_and_gradcheck_flags_are_generated_from_train_config():
+    """Every TrainConfig field with flag metadata is an option of the commands it
+    names, and the flags' defaults give TrainConfig's defaults."""
+    from dataclasses import fields
+
+    from xpnet.cli import _config, parse_args
+    from xpnet.train import TrainConfig
+
+    for command in ("train", "gradcheck"):
+        args = parse_args([command])
+        offered = {f.name for f in fields(TrainConfig) if command in f.metadata["commands"]}
+        assert offered <= set(vars(args))
+        config = _config(args)
+        for f in fields(TrainConfig):
+            assert getattr(config, f.name) == f.default, (command, f.name)
+    assert not {"grad", "optimizer", "lr", "iters", "epochs"} & set(vars(parse_args(["gradcheck"])))
+    config = _config(parse_args(["train", "--init", "he", "--eval-batch", "7", "--hidden", "4,3"]))
+    assert (config.weight_init_std, config.eval_batch, config.hidden) == ("he", 7, [4, 3])

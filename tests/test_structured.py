@@ -111,8 +111,8 @@ def _structured(net, x, t, method, **kwargs):
 
 @pytest.mark.parametrize("method", ["structured", "complex"])
 def test_chunking_and_threads_do_not_change_result(backend, xp, method):
-    net = make_net(backend, (12, 5, 4))
-    x, t = make_batch(5, 12, 4, seed=5, sparsity=0.5)
+    net = make_net(backend, (8, 5, 4))
+    x, t = make_batch(4, 8, 4, seed=5, sparsity=0.5)
     base = net.numerical_gradient(x, t, method=method)
     for kwargs, bound in [
         (dict(max_bytes=2**30), 1e-13),
@@ -304,8 +304,8 @@ def test_any_depth_structured_equals_exact_gradient_within_central_difference_er
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_any_depth_chunking_does_not_change_result(backend, activation):
-    net = make_multi(backend, (10, 5, 4, 3, 3), activation=activation, decay=0.1)
-    x, t = make_batch(5, 10, 3, seed=5, sparsity=0.5)
+    net = make_multi(backend, (8, 4, 4, 3, 3), activation=activation, decay=0.1)
+    x, t = make_batch(4, 8, 3, seed=5, sparsity=0.5)
     base = net.numerical_gradient(x, t)
     for max_bytes, bound in ((2**30, 1e-13), (4096, _BLOCKS), (1, _BLOCKS)):
         got = net.numerical_gradient(x, t, max_bytes=max_bytes)

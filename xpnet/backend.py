@@ -30,6 +30,9 @@ from typing import Any
 import array_api_compat
 import numpy as np  # host
 
+from .dtypes import DTYPES as _DTYPE_RECORDS
+from .dtypes import dtype_info
+
 __all__ = [
     "BACKENDS",
     "Backend",
@@ -64,7 +67,8 @@ _MODULE_NAMES = {
     "jax": "jax",
 }
 
-DTYPES = ("float64", "float32")
+#: Names of the supported floating dtypes (their numbers: :mod:`xpnet.dtypes`)
+DTYPES = tuple(_DTYPE_RECORDS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,7 +97,7 @@ class Backend:
 
     @property
     def dtype_name(self) -> str:
-        return "float64" if self.dtype == self.xp.float64 else "float32"
+        return dtype_info(self.xp, self.dtype).name
 
     def activate(self):
         """Context manager under which every computation of this backend runs.

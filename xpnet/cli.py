@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from .datasets import DATASETS
-from .heads import HEADS
+from .dtypes import DTYPES
 from .network import INITS, METHODS
-from .optimizers import OPTIMIZERS
 
 __all__ = ["main", "parse_args"]
 
@@ -92,60 +90,40 @@ def _init(text: str):
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="digits",
-        help="data set; digits is embedded (scikit-learn), no download",
-    )
-    p.add_argument(
-        "--data-dir", default=None, help="directory with the four IDX files (mnist, fashion-mnist)"
-    )
-    p.add_argument(
-        "--backend",
-        default="numpy",
-        help="numpy, cupy, torch, array_api_strict or jax (pip install 'xpnet[jax]')",
-    )
-    p.add_argument("--device", default=None, help="backend device, e.g. cuda:0 (torch), 0 (cupy)")
-    p.add_argument(
-        "--dtype", choices=("float64", "float32"), default="float64", help="floating dtype"
-    )
-    p.add_argument(
-        "--method",
-        choices=METHODS,
-        default="auto",
-        help="numerical-gradient method (auto = structured); used with --grad numerical "
-        "(train) and by gradcheck, ignored by --grad backprop",
-    )
-    p.add_argument(
-        "--hidden",
-        type=_hidden,
-        default=[50],
-        help="hidden units, one number per hidden layer, e.g. 100,100 (default: 50)",
-    )
-    p.add_argument(
-        "--activation", choices=("sigmoid", "relu"), default="sigmoid", help="hidden activation"
-    )
-    p.add_argument(
-        "--output",
-        choices=sorted(HEADS),
-        default="softmax",
-        help="head: softmax (labels), sigmoid (0/1 outputs), identity (regression)",
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=_non_negative_float,
-        default=0.0,
-        help="lambda of the decay term 0.5*lambda*sum ||W||^2",
-    )
-    p.add_argument(
-        "--init",
-        type=_init,
-        default=0.01,
-        help="initial weight std, or he/relu (sqrt(2/n)) or xavier/sigmoid (sqrt(1/n))",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and minibatches")
+# how the text of a TrainConfig flag is parsed (its metadata's "kind")
+_KINDS = {
+    "str": str,
+    "int": int,
+    "positive_int": _positive_int,
+    "positive_float": _positive_float,
+    "non_negative_float": _non_negative_float,
+    "sizes": _hidden,
+    "init": _init,
+}
+
+
+def _config_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """One option per TrainConfig field that offers itself to ``command``."""
+    from .train import TrainConfig
+
+    exclusive = {}
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if not meta or command not in meta["commands"]:
+            continue
+        group = p
+        if meta.get("exclusive"):
+            if meta["exclusive"] not in exclusive:
+                exclusive[meta["exclusive"]] = p.add_mutually_exclusive_group()
+            group = exclusive[meta["exclusive"]]
+        options = {"dest": f.name, "default": f.default, "help": meta["help"]}
+        options["type"] = _KINDS[meta["kind"]]
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        if meta["choices"] is not None:
+            options["choices"] = tuple(meta["choices"])
+        else:
+            options["metavar"] = flag[2:].upper().replace("-", "_")
+        group.add_argument(flag, **options)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -163,40 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = sub.add_parser(
         "train", help="train and write history, plots and parameters", formatter_class=fmt
     )
-    _common(t)
-    t.add_argument(
-        "--grad",
-        choices=("numerical", "backprop"),
-        default="numerical",
-        help="gradient used for the updates",
-    )
-    t.add_argument(
-        "--optimizer",
-        choices=sorted(OPTIMIZERS),
-        default="sgd",
-        help="the book's chapter 6 optimizers",
-    )
-    t.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=None,
-        help="learning rate (default: 0.1, the book's, for SGD; 0.5 on digits; "
-        "the book's defaults for the other optimizers)",
-    )
-    t.add_argument("--batch-size", type=_positive_int, default=100, help="minibatch size")
-    length = t.add_mutually_exclusive_group()
-    length.add_argument(
-        "--iters",
-        type=_positive_int,
-        default=None,
-        help="iterations (default: 1000 on digits, 10000 otherwise)",
-    )
-    length.add_argument(
-        "--epochs",
-        type=_positive_int,
-        default=None,
-        help="epochs of ceil(N / batch-size) iterations",
-    )
+    _config_flags(t, "train")
     t.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument(
@@ -214,13 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = sub.add_parser(
         "gradcheck", help="numerical vs backprop gradient, per parameter", formatter_class=fmt
     )
-    _common(g)
-    g.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=100,
-        help="first samples of the training set to check on",
-    )
+    _config_flags(g, "gradcheck")
     g.add_argument("--h", type=_positive_float, default=None, help="step (default: from dtype)")
     g.add_argument(
         "--directions",
@@ -238,9 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="numpy, cupy, torch, array_api_strict or jax (pip install 'xpnet[jax]')",
     )
     b.add_argument("--device", default=None, help="backend device")
-    b.add_argument(
-        "--dtype", choices=("float64", "float32"), default="float64", help="floating dtype"
-    )
+    b.add_argument("--dtype", choices=tuple(DTYPES), default="float64", help="floating dtype")
     b.add_argument("--input", type=_positive_int, default=784, help="input size")
     b.add_argument("--hidden", type=_positive_int, default=50, help="hidden units")
     b.add_argument("--batch-size", type=_positive_int, default=100, help="samples")
@@ -262,28 +199,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _config(args):
-    """The TrainConfig of the flags ``train`` and ``gradcheck`` share (and train's own)."""
+    """The TrainConfig of the flags a command generated from it (:func:`_config_flags`)."""
     from .train import TrainConfig
 
-    own = {
-        name: getattr(args, name, None)
-        for name in ("grad", "optimizer", "lr", "batch_size", "iters", "epochs")
-    }
-    return TrainConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        method=args.method,
-        hidden=args.hidden if len(args.hidden) > 1 else args.hidden[0],
-        activation=args.activation,
-        output=args.output,
-        weight_decay=args.weight_decay,
-        weight_init_std=args.init,
-        seed=args.seed,
-        **{k: v for k, v in own.items() if v is not None},
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if isinstance(given.get("hidden"), list) and len(given["hidden"]) == 1:
+        given["hidden"] = given["hidden"][0]  # one hidden layer: TwoLayerNet's int
+    return TrainConfig(**given)
 
 
 def _train(args) -> int:
@@ -372,7 +294,6 @@ def _gradcheck(args) -> int:
 def _bench(args) -> int:
     from .backend import resolve_backend
     from .bench import bench_methods, format_rows
-    from .network import METHODS
     from .timing import blas_threads
 
     backend = resolve_backend(args.backend, args.device, args.dtype)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np  # host: random directions
 
+from .dtypes import DTYPES
 from .gradient import resolve_step
 
 __all__ = ["gradient_check", "GradientCheck", "default_tolerance"]
@@ -31,9 +32,8 @@ __all__ = ["gradient_check", "GradientCheck", "default_tolerance"]
 
 def default_tolerance(net, method="auto") -> float:
     """Normwise relative tolerance for ``method`` at the network's dtype."""
-    if net.backend.dtype_name == "float64":
-        return 1e-5
-    return 1e-4 if method == "complex" else 5e-2
+    info = DTYPES[net.backend.dtype_name]
+    return info.complex_tolerance if method == "complex" else info.tolerance
 
 
 @dataclass(frozen=True)

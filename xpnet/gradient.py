@@ -27,6 +27,7 @@ from array_api_compat import array_namespace
 
 from .checks import check_float_array, check_step
 from .device import free_memory, out_of_memory_errors
+from .dtypes import dtype_info
 
 __all__ = [
     "numerical_gradient",
@@ -46,19 +47,10 @@ DEFAULT_DEVICE_BYTES = 2 * 2**30
 
 
 def default_step(dtype, xp) -> float:
-    """Default central-difference step for a real floating dtype.
-
-    float64: the book's ``1e-4`` (about ``16 * cbrt(eps)``; the step's scale comes
-    from the loss's curvature, not from the parameters' size). float32:
-    ``4 * cbrt(eps) ~ 2e-2``; smaller steps drown in rounding error.
-    """
-    if _is_float32(dtype, xp):
-        return 4 * (2.0**-23) ** (1 / 3)
-    return 1e-4
-
-
-def _is_float32(dtype, xp) -> bool:
-    return dtype == xp.float32 or dtype == xp.complex64
+    """Default central-difference step for a floating dtype of ``xp``:
+    :attr:`xpnet.dtypes.DType.central_step` (float64: the book's ``1e-4``;
+    float32: ``4 * cbrt(eps) ~ 2e-2``)."""
+    return dtype_info(xp, dtype).central_step
 
 
 def resolve_step(h, dtype, xp, *, complex_step=False) -> float:
@@ -66,13 +58,14 @@ def resolve_step(h, dtype, xp, *, complex_step=False) -> float:
 
     ``h=None`` gives :func:`default_step` (or ``1e-20`` for the complex step).
     """
+    info = dtype_info(xp, dtype)
     if h is None:
-        return 1e-20 if complex_step else default_step(dtype, xp)
+        return info.complex_step if complex_step else info.central_step
     h = check_step(h)
-    if not complex_step and _is_float32(dtype, xp) and h < 1e-3:
+    if not complex_step and h < info.warn_below:
         warnings.warn(
-            f"h={h:g} in float32: rounding error (~eps/h = {2.0**-23 / h:.0e}) swamps the "
-            f"gradient; use the default h=None ({default_step(dtype, xp):.2g}), "
+            f"h={h:g} in {info.name}: rounding error (~eps/h = {info.eps / h:.0e}) swamps the "
+            f"gradient; use the default h=None ({info.central_step:.2g}), "
             "float64, or method='complex'",
             UserWarning,
             stacklevel=3,
@@ -96,11 +89,8 @@ def memory_budget(xp, device, max_bytes=None, *, host_default=DEFAULT_HOST_BYTES
 
 def itemsize(xp, dtype) -> int:
     """Bytes per element of a floating or complex dtype of ``xp``."""
-    sizes = [(xp.float32, 4), (xp.float64, 8), (xp.complex64, 8), (xp.complex128, 16)]
-    for known, size in sizes:
-        if dtype == known:
-            return size
-    raise TypeError(f"expected a floating dtype, got {dtype}")
+    info = dtype_info(xp, dtype)
+    return info.itemsize if dtype == info.real(xp) else 2 * info.itemsize
 
 
 def _scalar(value, xp, like):

@@ -30,6 +30,7 @@ import numpy as np  # host
 from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
 from .device import free_memory, single_blas_thread
+from .dtypes import DTYPES
 from .functions import ACTIVATIONS
 from .gradient import (
     itemsize,
@@ -99,14 +100,9 @@ def _check_decay(value) -> float:
     return float(value)
 
 
-# central differences: below this step ``w + h == w`` for weights of order 1 and
-# the gradient is rounding noise; above the largest, it measures no derivative
-# (and exp() of the perturbed scores overflows in some methods, not in others)
-_CENTRAL_STEPS = {"float64": (1e-12, 1.0), "float32": (1e-5, 1.0)}
-
-
 def _check_central_step(h: float, dtype_name: str) -> None:
-    low, high = _CENTRAL_STEPS[dtype_name]
+    """``h`` within the dtype's :attr:`~xpnet.dtypes.DType.step_range`."""
+    low, high = DTYPES[dtype_name].step_range
     if not low <= h <= high:
         raise ValueError(
             f"h={h:g} cannot give a {dtype_name} central difference: use {low:g} <= h <= "

@@ -47,6 +47,7 @@ from array_api_compat import device as device_of
 
 from .backend import is_numpy, to_numpy
 from .device import out_of_memory_errors
+from .dtypes import dtype_info
 from .functions import ACTIVATIONS
 from .gradient import itemsize
 from .heads import Head, HeadCache, get_head
@@ -241,7 +242,7 @@ def _sample_blocks(xp, x, sizes, block_bytes):
     non-zero inputs. Hidden layers above the first are counted dense."""
     n = x.shape[0]
     nonzero = to_numpy(xp.count_nonzero(x, axis=1)).astype(float)  # host
-    item = 8 if x.dtype == xp.float64 else 4
+    item = dtype_info(xp, x.dtype).itemsize
     # per sample: a layer's pairs (non-zero inputs + the bias's) and their stored
     # differences (one per unit of the next layer), the largest layer counting
     widths = [nonzero + 1.0] + [float(h + 1) for h in sizes[1:-1]]
@@ -275,8 +276,10 @@ def _gradient(
         work = real
         scale = 1.0 / (2 * h * n_total)
     else:
-        work = xp.complex128 if real == xp.float64 else xp.complex64
+        work = dtype_info(xp, real).complex(xp)
         try:
+            if work is None:
+                raise TypeError(f"{dtype_info(xp, real).complex_name} is missing")
             steps = xp.asarray([1j * h], dtype=work, device=dev)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
