@@ -416,7 +416,18 @@ class MultiLayerNet:
 
     @_on_device
     def numerical_gradient(
-        self, x, t, *, h=None, method="auto", chunk_size=None, max_bytes=None, n_threads=None
+        self,
+        x,
+        t,
+        *,
+        h=None,
+        method="auto",
+        chunk_size=None,
+        max_bytes=None,
+        n_threads=None,
+        client=None,
+        shards=None,
+        param_blocks=None,
     ) -> dict:
         """Central-difference gradient of :meth:`loss` (dict ``W1 b1 ... WL bL``).
 
@@ -437,6 +448,13 @@ class MultiLayerNet:
             Chunking of ``batched`` (``max_bytes`` also bounds ``structured``).
         n_threads : int, optional
             Threads for ``structured``/``complex`` on NumPy (default 1).
+        client : distributed.Client, optional
+            Compute on a Dask cluster (:mod:`xpnet.distributed`): the batch is
+            split into sample shards (and parameter blocks), each a task on a
+            worker's own device; the result equals one process's to rounding.
+        shards, param_blocks : int, optional
+            With ``client``: sample shards and parameter blocks (default: two
+            tasks per worker thread, from sample shards first).
         """
         if method not in METHODS:
             raise ValueError(f"method={method!r} is not known; expected one of {METHODS}")
@@ -451,6 +469,22 @@ class MultiLayerNet:
         ):
             raise TypeError(f"n_threads must be a positive int, got {n_threads!r}")
         x, targets = self._batch(x, t)
+        if client is not None:
+            from .distributed import sharded_gradient
+
+            return sharded_gradient(
+                self,
+                x,
+                targets,
+                client,
+                h=h,
+                method=method,
+                max_bytes=max_bytes,
+                shards=shards,
+                param_blocks=param_blocks,
+            )
+        if shards is not None or param_blocks is not None:
+            raise ValueError("shards and param_blocks split work for a client: give client=")
         return self._numerical_gradient(
             x,
             targets,

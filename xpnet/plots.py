@@ -9,11 +9,12 @@ windows) is never used.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 from .io import atomic_write_bytes
 
-__all__ = ["save_accuracy_plot", "save_loss_plot"]
+__all__ = ["save_accuracy_plot", "save_loss_plot", "save_sweep_plot"]
 
 
 def _figure():
@@ -80,3 +81,54 @@ def _title(history: dict) -> str:
         f"{c.get('dataset', '')}: {c.get('grad', '')} gradient{method}, {c.get('backend', '')}, "
         f"{c.get('optimizer', '')} lr {c.get('lr', '')}"
     )
+
+
+def save_sweep_plot(record: dict, path, best: int = 5) -> Path:
+    """A hyperparameter sweep (the book's figure 6-24): validation accuracy of
+    every trial against its learning rate and weight decay, and the per-epoch
+    accuracy of the ``best`` trials (validation solid, training dashed)."""
+    from matplotlib.figure import Figure
+
+    trials = record["trials"]
+    scored = [r for r in trials if r.get("val_acc") is not None]
+    fig = Figure(figsize=(11, 4.2), dpi=100)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88, wspace=0.28)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    if scored:
+        points = left.scatter(
+            [r["lr"] for r in scored],
+            [r["val_acc"] for r in scored],
+            c=[math.log10(r["weight_decay"]) for r in scored],
+            cmap="viridis",
+            s=28,
+        )
+        fig.colorbar(points, ax=left, label="log10 weight decay")
+    diverged = [r for r in trials if r.get("val_acc") is None]
+    if diverged:
+        left.scatter(
+            [r["lr"] for r in diverged],
+            [0.0] * len(diverged),
+            marker="x",
+            color="C3",
+            label=f"diverged ({len(diverged)})",
+        )
+        left.legend(loc="upper left")
+    left.set(xscale="log", xlabel="learning rate", ylabel="validation accuracy", ylim=(0, 1.0))
+    left.set_title(f"{len(trials)} trials", fontsize=9)
+    ranked = sorted(scored, key=lambda r: r["val_acc"], reverse=True)[:best]
+    for k, r in enumerate(ranked):
+        epochs = range(1, len(r["val_acc_curve"]) + 1)
+        label = f"#{r['trial']} lr {r['lr']:.2g}, wd {r['weight_decay']:.2g}: {r['val_acc']:.3f}"
+        right.plot(epochs, r["val_acc_curve"], color=f"C{k}", label=label)
+        right.plot(epochs, r["train_acc_curve"], color=f"C{k}", linestyle="--", linewidth=0.8)
+    right.set(xlabel="epochs", ylabel="accuracy (val solid, train dashed)", ylim=(0, 1.0))
+    if ranked:
+        right.legend(loc="lower right", fontsize=7)
+    right.set_title(f"best {len(ranked)} by validation accuracy", fontsize=9)
+    c = record.get("settings", {}).get("train", {})
+    fig.suptitle(
+        f"{c.get('dataset', '')}: random search of lr and weight decay, {c.get('grad', '')} "
+        f"gradient, {c.get('optimizer', '')}",
+        fontsize=10,
+    )
+    return _save(fig, path)

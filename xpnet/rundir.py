@@ -52,10 +52,13 @@ class RunDirectory:
         The run continues the one in ``path`` (its outputs are expected).
     force : bool
         The run may replace an earlier run's outputs.
+    outputs : tuple of str
+        The files that make a run (default: a training run's :data:`OUTPUTS`).
     """
 
-    def __init__(self, path, *, resume=False, force=False):
+    def __init__(self, path, *, resume=False, force=False, outputs=OUTPUTS):
         self.path = Path(path)
+        self.outputs = tuple(outputs)
         self.resume = resume
         self.force = force
         self._lock = self.path / LOCK
@@ -74,7 +77,7 @@ class RunDirectory:
             ) from None
         self._take_lock()
         try:
-            earlier = [name for name in OUTPUTS if (path / name).exists()]
+            earlier = [name for name in self.outputs if (path / name).exists()]
             if earlier and not self._nested and not self.resume:
                 if not self.force:
                     raise RunDirectoryError(

@@ -151,6 +151,7 @@ def structured_gradient(
     max_bytes=HOST_TOTAL_BYTES,
     n_threads=None,
     chunk_bytes=None,
+    rows=None,
 ):
     """Numerical gradient of the mean loss of a dense network, by structure.
 
@@ -180,11 +181,17 @@ def structured_gradient(
         Chunks evaluated at once on NumPy (default 1: on the 2-core machine of
         ``docs/benchmarks.md`` threads measured slower, as each chunk's small
         ufunc calls contend for the GIL). Ignored on other backends.
+    rows : list, optional
+        A block of parameters only (what one task of a sharded gradient computes):
+        per layer ``None`` (skip it) or ``(r0, r1)``, rows of the stacked
+        ``[W_l; b_l]`` (``b_l`` is row ``H_{l-1}``). The perturbations of
+        different rows are independent, so blocks computed apart equal the whole.
 
     Returns
     -------
     list of (dW, db)
-        Same shapes, dtype and device as ``layers``.
+        Same shapes, dtype and device as ``layers``. With ``rows``: per layer
+        ``None`` or the ``(r1 - r0, H_l)`` block of ``[dW_l; db_l]``.
 
     Raises
     ------
@@ -220,14 +227,20 @@ def structured_gradient(
             n_threads,
             x.shape[0],
             storage,
+            rows,
         )
-        if total is None:
-            total = part
-        else:  # the loss is a mean over samples: block contributions add
-            total = [
-                (dW + dW_b, db + db_b) for (dW, db), (dW_b, db_b) in zip(total, part, strict=True)
-            ]
+        # the loss is a mean over samples: block contributions add
+        total = part if total is None else _add(total, part)
     return total
+
+
+def _add(a, b):
+    """Sum of two gradients of the same structure (pairs, arrays or None)."""
+    if a is None:
+        return None
+    if isinstance(a, (list, tuple)):
+        return type(a)(_add(u, v) for u, v in zip(a, b, strict=True))
+    return a + b
 
 
 # bytes per (input, sample) pair while a layer is planned: its feature, sample,
@@ -264,7 +277,18 @@ def _sample_blocks(xp, x, sizes, block_bytes):
 
 
 def _gradient(
-    x, targets, layers, activation, head, h, mode, max_bytes, n_threads, n_total, storage_items
+    x,
+    targets,
+    layers,
+    activation,
+    head,
+    h,
+    mode,
+    max_bytes,
+    n_threads,
+    n_total,
+    storage_items,
+    rows=None,
 ):
     xp = array_namespace(x)
     act = ACTIVATIONS[activation].function
@@ -328,12 +352,19 @@ def _gradient(
     ones = xp.ones((n_samples, 1), dtype=real, device=dev)
     grads = []
     for index in range(len(layers)):
+        span = None if rows is None else rows[index]
+        if rows is not None and span is None:
+            grads.append(None)
+            continue
         z_aug = xp.concat([z[index], ones], axis=1)
+        if span is not None:
+            # a column of z_aug perturbs one row of [W; b], independently of the rest
+            z_aug = z_aug[:, span[0] : span[1]]
         if index == len(layers) - 1:
-            rows = _output_layer(z_aug, cache, budget_items, n_threads, ctx)
+            block = _output_layer(z_aug, cache, budget_items, n_threads, ctx)
         else:
-            rows = _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx)
-        grads.append((rows[:-1, :], rows[-1, :]))
+            block = _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx)
+        grads.append(block if rows is not None else (block[:-1, :], block[-1, :]))
     return grads
 
 

@@ -88,10 +88,13 @@ def _diverged(history: dict, head: str, n_outputs: int) -> str | None:
 
 
 GRADS = ("numerical", "backprop")
-_TRAIN = ("train",)
+# the commands a flag belongs to: all three; training only (train and the sweep's
+# trials); and the two the sweep draws instead of taking
+_ALL = ("train", "gradcheck", "sweep")
+_TRAIN = ("train", "sweep")
 
 
-def _flag(help_text, choices=None, *, kind="str", commands=("train", "gradcheck"), **more):
+def _flag(help_text, choices=None, *, kind="str", commands=_ALL, **more):
     """Metadata of a TrainConfig field that the command line offers as a flag.
 
     ``kind`` names how the text of the flag is parsed (``xpnet.cli`` holds the
@@ -164,7 +167,9 @@ class TrainConfig:
     weight_decay: float = field(
         default=0.0,
         metadata=_flag(
-            "lambda of the decay term 0.5*lambda*sum ||W||^2", kind="non_negative_float"
+            "lambda of the decay term 0.5*lambda*sum ||W||^2",
+            kind="non_negative_float",
+            commands=("train", "gradcheck"),
         ),
     )
     optimizer: str = field(
@@ -179,7 +184,7 @@ class TrainConfig:
             "learning rate (default: 0.1, the book's, for SGD; 0.5 on digits; "
             "the book's defaults for the other optimizers)",
             kind="positive_float",
-            commands=_TRAIN,
+            commands=("train",),
         ),
     )
     batch_size: int = field(

@@ -1,0 +1,417 @@
+"""The numerical gradient sharded over a dask.distributed cluster.
+
+Rules of this module:
+
+* ``dask.distributed`` is imported here only, when a cluster is used; without it
+  the error names the extra to install (``pip install "xpnet[dask]"``).
+* Work is split two ways. By samples: the loss is a mean over samples, so the
+  gradient of the whole batch is the sum of the shards' gradients weighted by
+  ``n_shard / N`` (the decay term, in every shard's gradient, gets weight 1 in
+  all). By parameter blocks: rows of ``[W_l; b_l]`` (one row of inputs is
+  perturbed at a time, independently of the others); the loop and batched
+  methods take whole layers. A task is one (sample shard, parameter block).
+* Data goes to the cluster once: each sample shard is scattered to one worker,
+  the parameters to every worker; tasks refer to them. Results come back as
+  host arrays and are added on the client in the plan's order, not in the
+  order tasks finish, so the result does not depend on scheduling.
+* A worker rebuilds the network from its configuration on its own device (with
+  dask-cuda, the worker's GPU) and runs the same unchecked internals as one
+  process: the data was validated once, on the client.
+* Faults: a task whose worker dies is run again by Dask; a shard whose data died
+  with its worker is scattered again and its tasks resubmitted (``retries``
+  times). A cluster that cannot be reached, has no workers or loses its
+  scheduler is one :class:`ClusterError`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+
+import numpy as np  # host: results are combined on the host
+
+from .backend import to_numpy
+
+__all__ = ["ClusterError", "NetSpec", "sharded_gradient", "require_distributed", "connect"]
+
+
+class ClusterError(RuntimeError):
+    """The Dask cluster cannot be reached, has no workers, or was lost."""
+
+
+def require_distributed():
+    """The ``distributed`` module, or an ImportError that says how to get it."""
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(
+            'a Dask cluster needs dask.distributed: pip install "xpnet[dask]"'
+        ) from None
+    return distributed
+
+
+def connect(scheduler=None, *, workers=2, timeout=30.0, cuda=False):
+    """A ``distributed.Client``: to ``scheduler`` (an address) or to a new
+    LocalCluster of ``workers`` processes bound to 127.0.0.1 (one thread each;
+    dask-cuda's LocalCUDACluster, one worker per GPU, when ``cuda``).
+
+    The caller closes the client (and, for a local cluster, ``client.cluster``).
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached in ``timeout`` seconds, or the local
+        cluster cannot start.
+    """
+    distributed = require_distributed()
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s: {exc}"
+            ) from None
+        return client
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    try:
+        if cuda:
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError:
+                raise ImportError(
+                    'one worker per GPU needs dask-cuda: pip install "xpnet[dask-cuda]"'
+                ) from None
+            cluster = LocalCUDACluster(n_workers=workers, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+        else:
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+            )
+    except (OSError, TimeoutError, RuntimeError) as exc:
+        raise ClusterError(
+            f"cannot start a local Dask cluster of {workers} workers: {exc}"
+        ) from None
+    return distributed.Client(cluster, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What a worker needs to rebuild a network (its parameters travel apart)."""
+
+    sizes: tuple
+    activation: str
+    output: str
+    weight_decay_lambda: float
+    backend: str
+    device: object
+    dtype: str
+
+    @classmethod
+    def of(cls, net) -> NetSpec:
+        backend = net.backend
+        device = backend.device
+        if backend.name == "cupy" or "cuda" in str(device):
+            # each worker computes on its own GPU (dask-cuda pins one per worker)
+            device = None if backend.name == "cupy" else "cuda"
+        elif backend.name in ("numpy", "torch", "jax"):
+            device = None if backend.name != "torch" else "cpu"
+        return cls(
+            tuple(net.sizes),
+            net.activation,
+            net.output,
+            float(net.weight_decay_lambda),
+            backend.name,
+            device,
+            backend.dtype_name,
+        )
+
+
+# one network per worker process and spec: rebuilding costs a random init
+_NETS: dict = {}
+
+
+def _worker_net(spec: NetSpec):
+    net = _NETS.get(spec)
+    if net is None:
+        from .network import MultiLayerNet
+
+        net = MultiLayerNet(
+            spec.sizes[0],
+            list(spec.sizes[1:-1]),
+            spec.sizes[-1],
+            spec.activation,
+            0.0,
+            spec.weight_decay_lambda,
+            output=spec.output,
+            backend=spec.backend,
+            device=spec.device,
+            dtype=spec.dtype,
+        )
+        _NETS.clear()  # one at a time: a worker serves one network's gradients
+        _NETS[spec] = net
+    return net
+
+
+def _shard_task(spec, host_params, shard, rows, method, h, max_bytes):
+    """On a worker: the block ``rows`` of the mean gradient over one shard, as
+    host arrays, one per layer (``None`` where the block has no rows)."""
+    from .device import single_blas_thread
+    from .structured import structured_gradient
+
+    net = _worker_net(spec)
+    backend = net.backend
+    x_host, t_host = shard
+    with backend.activate():
+        params = {k: backend.from_host(v, dtype=net.dtype) for k, v in host_params.items()}
+        x = backend.from_host(x_host, dtype=net.dtype)
+        t = backend.from_host(t_host)
+        if method in ("structured", "complex"):
+            with single_blas_thread(net.xp):
+                blocks = structured_gradient(
+                    x,
+                    t,
+                    net._layers(params),
+                    activation=net.activation,
+                    output=net.output,
+                    h=h,
+                    mode="central" if method == "structured" else "complex",
+                    max_bytes=max_bytes,
+                    rows=rows,
+                )
+            out = []
+            for k, (block, span) in enumerate(zip(blocks, rows, strict=True), 1):
+                if block is None:
+                    out.append(None)
+                    continue
+                block = to_numpy(block)
+                if net.weight_decay_lambda:
+                    # the decay's central difference is exact: lambda * W, W rows only
+                    n_in = spec.sizes[k - 1]
+                    stop = min(span[1], n_in)
+                    if span[0] < stop:
+                        block = block.copy()
+                        decay = net.weight_decay_lambda * to_numpy(params[f"W{k}"])
+                        block[: stop - span[0]] += decay[span[0] : stop]
+                out.append(block)
+            return out
+        wanted = {f"{p}{k}" for k, span in enumerate(rows, 1) if span is not None for p in "Wb"}
+        grads = net._numerical_gradient(x, t, params, h=h, method=method, max_bytes=max_bytes)
+        out = []
+        for k, span in enumerate(rows, 1):
+            if span is None or f"W{k}" not in wanted:
+                out.append(None)
+                continue
+            stacked = np.concatenate(  # host
+                [to_numpy(grads[f"W{k}"]), to_numpy(grads[f"b{k}"])[None, :]]
+            )
+            out.append(stacked[span[0] : span[1]])
+        return out
+
+
+def plan(n_samples, sizes, n_slots, method, *, shards=None, param_blocks=None):
+    """The sample shards ``[(start, stop)]`` and parameter blocks (per block, per
+    layer ``None`` or a row range of ``[W_l; b_l]``) of a sharded gradient.
+
+    Defaults: two tasks per worker thread, from sample shards first (every shard
+    holds all parameters: no work is repeated), then parameter blocks when there
+    are fewer samples than that.
+    """
+    for name, value in (("shards", shards), ("param_blocks", param_blocks)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    target = 2 * max(int(n_slots), 1)
+    shards = min(n_samples, target if shards is None else shards)
+    if param_blocks is None:
+        param_blocks = max(1, math.ceil(target / shards))
+    edges = np.linspace(0, n_samples, shards + 1).round().astype(int)  # host
+    sample_ranges = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    n_layers = len(sizes) - 1
+    layer_rows = [sizes[k] + 1 for k in range(n_layers)]
+    blocks = []
+    if method in ("structured", "complex"):
+        total = sum(layer_rows)
+        for k, n_rows in enumerate(layer_rows):
+            pieces = min(n_rows, max(1, round(param_blocks * n_rows / total)))
+            cuts = np.linspace(0, n_rows, pieces + 1).round().astype(int)  # host
+            for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
+                block = [None] * n_layers
+                block[k] = (int(r0), int(r1))
+                blocks.append(block)
+    else:  # whole layers
+        groups = np.array_split(np.arange(n_layers), min(param_blocks, n_layers))  # host
+        for group in groups:
+            block = [None] * n_layers
+            for k in group:
+                block[int(k)] = (0, layer_rows[int(k)])
+            blocks.append(block)
+    return sample_ranges, blocks
+
+
+def sharded_gradient(
+    net,
+    x,
+    targets,
+    client,
+    *,
+    h,
+    method,
+    max_bytes=None,
+    shards=None,
+    param_blocks=None,
+    retries=3,
+) -> dict:
+    """The numerical gradient of ``net`` over validated ``x``/``targets``, as tasks
+    on ``client``'s cluster; the same dict of device arrays as one process gives."""
+    distributed = require_distributed()
+    if not isinstance(client, distributed.Client):
+        raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
+    if client.status != "running":
+        raise ClusterError(f"the Dask client is {client.status!r}, not running")
+    try:
+        workers = client.scheduler_info()["workers"]
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"lost the Dask scheduler: {exc}") from None
+    if not workers:
+        raise ClusterError("the Dask cluster has no workers")
+    slots = sum(w.get("nthreads", 1) for w in workers.values())
+    x_host, t_host = to_numpy(x), to_numpy(targets)
+    n = x_host.shape[0]
+    samples, blocks = plan(n, net.sizes, slots, method, shards=shards, param_blocks=param_blocks)
+    spec = NetSpec.of(net)
+    host_params = {k: to_numpy(v) for k, v in net._params().items()}
+    if max_bytes is None:
+        from .structured import HOST_TOTAL_BYTES
+
+        max_bytes = HOST_TOTAL_BYTES
+    try:
+        results = _run_tasks(
+            distributed,
+            client,
+            spec,
+            host_params,
+            [(x_host[a:b], t_host[a:b]) for a, b in samples],
+            blocks,
+            method,
+            h,
+            max_bytes,
+            retries,
+        )
+    except (OSError, TimeoutError, distributed.client.FutureCancelledError) as exc:
+        raise ClusterError(f"lost the Dask cluster during the gradient: {exc}") from None
+    # combine on the host, in plan order: weights n_shard / N
+    stacked = [np.zeros((net.sizes[k] + 1, net.sizes[k + 1])) for k in range(len(net.sizes) - 1)]
+    for s, (a, b) in enumerate(samples):
+        weight = (b - a) / n
+        for j, block in enumerate(blocks):
+            for k, span in enumerate(block):
+                if span is not None:
+                    stacked[k][span[0] : span[1]] += weight * results[s, j][k]
+    grads = {}
+    for k, rows in enumerate(stacked, 1):
+        grads[f"W{k}"] = net.backend.from_host(rows[:-1], dtype=net.dtype)
+        grads[f"b{k}"] = net.backend.from_host(rows[-1], dtype=net.dtype)
+    return grads
+
+
+def _run_tasks(
+    distributed, client, spec, host_params, shards, blocks, method, h, max_bytes, retries
+):
+    """Results ``{(shard, block): [host arrays]}``: every task run to the end once,
+    its result fetched as soon as it is done (a result left on a worker dies with
+    it); data lost with a worker is scattered again and its tasks resubmitted."""
+    params = None
+    data = {}
+    results = {}
+    todo = [(s, j) for s in range(len(shards)) for j in range(len(blocks))]
+    for _ in range(retries + 1):
+        if params is None or params.status != "finished":
+            params = client.scatter([host_params], broadcast=True, hash=False)[0]
+        for s in sorted({s for s, _ in todo}):
+            if s not in data or data[s].status != "finished":
+                data[s] = client.scatter([shards[s]], hash=False)[0]
+        futures = {
+            key: client.submit(
+                _shard_task,
+                spec,
+                params,
+                data[key[0]],
+                blocks[key[1]],
+                method,
+                h,
+                max_bytes,
+                pure=False,
+            )
+            for key in todo
+        }
+        todo = sorted(_collect(distributed, client, futures, data, results))
+        if not todo:
+            return results
+    raise ClusterError(
+        f"{len(todo)} gradient tasks were lost with their workers {retries + 1} times; "
+        "the cluster is losing workers faster than it can compute"
+    )
+
+
+def _collect(distributed, client, futures, data, results, poll=0.1) -> set:
+    """Fetch every task's result into ``results`` as it finishes; return the keys
+    of tasks lost with a worker (cancelled, killed, or their data gone).
+
+    Raises
+    ------
+    ClusterError
+        The client stayed disconnected from its scheduler for longer than Dask's
+        connect timeout (``distributed.comm.timeouts.connect``, 30 s by default).
+    Exception
+        What a task raised (a bug or a bad input, not a lost worker).
+    """
+    import dask
+
+    grace = dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+    retryable = (distributed.scheduler.KilledWorker, CancelledError)
+    pending = dict(futures)
+    lost = set()
+    disconnected = None
+    while pending:
+        try:
+            distributed.wait(list(pending.values()), timeout=poll, return_when="FIRST_COMPLETED")
+        except (TimeoutError, CancelledError):
+            pass  # the statuses below say what happened
+        if client.status != "running":
+            disconnected = disconnected or time.monotonic()
+            if time.monotonic() - disconnected > grace:
+                raise ClusterError(
+                    f"lost the Dask scheduler during the gradient (client {client.status!r} "
+                    f"for {grace:g} s)"
+                )
+            continue
+        disconnected = None
+        dead = {s for s, future in data.items() if future.status not in ("finished", "pending")}
+        for key, future in list(pending.items()):
+            status = future.status
+            if status == "finished":
+                try:
+                    results[key] = future.result()
+                except retryable:
+                    lost.add(key)
+            elif status == "error":
+                exc = future.exception()
+                if not isinstance(exc, retryable):
+                    raise exc
+                lost.add(key)
+            elif status in ("cancelled", "lost"):
+                lost.add(key)
+            elif key[0] in dead:
+                future.cancel()
+                lost.add(key)
+            else:
+                continue
+            del pending[key]
+    return lost
