@@ -52,12 +52,13 @@ def require_distributed():
     return distributed
 
 
-def connect(scheduler=None, *, workers=2, timeout=30.0, cuda=False):
+def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
     """A ``distributed.Client``: to ``scheduler`` (an address) or to a new
     LocalCluster of ``workers`` processes bound to 127.0.0.1 (one thread each;
     dask-cuda's LocalCUDACluster, one worker per GPU, when ``cuda``).
 
     The caller closes the client (and, for a local cluster, ``client.cluster``).
+    ``timeout``: seconds; default Dask's ``distributed.comm.timeouts.connect``.
 
     Raises
     ------
@@ -66,6 +67,10 @@ def connect(scheduler=None, *, workers=2, timeout=30.0, cuda=False):
         cluster cannot start.
     """
     distributed = require_distributed()
+    if timeout is None:
+        import dask
+
+        timeout = dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
     if scheduler is not None:
         try:
             client = distributed.Client(scheduler, timeout=timeout)
@@ -84,7 +89,9 @@ def connect(scheduler=None, *, workers=2, timeout=30.0, cuda=False):
                 raise ImportError(
                     'one worker per GPU needs dask-cuda: pip install "xpnet[dask-cuda]"'
                 ) from None
-            cluster = LocalCUDACluster(n_workers=workers, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+            cluster = LocalCUDACluster(
+                n_workers=workers, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+            )
         else:
             cluster = distributed.LocalCluster(
                 n_workers=workers,
