@@ -198,7 +198,20 @@ def _err_line(capsys):
 
 
 def _quick(out, *extra):
-    return ["train", "--iters", "15", "--hidden", "8", "--out", str(out), "--no-progress", *extra]
+    # batch 20: the CLI's behaviour is under test, not the gradient of 100 samples
+    return [
+        "train",
+        "--iters",
+        "15",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "20",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_a_diverging_run_fails_with_a_sensible_hint(tmp_path, capsys):
@@ -270,7 +283,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
         return real(self, params, grads)
 
     monkeypatch.setattr(xpnet.optimizers.SGD, "update", interrupted)
-    assert main(_quick(tmp_path / "c", "--iters", "40")) == 130
+    # batch 100: epochs of 15 iterations, a checkpoint before the interruption
+    assert main(_quick(tmp_path / "c", "--iters", "40", "--batch-size", "100")) == 130
     err = capsys.readouterr().err
     assert "interrupted at iteration 19" in err and "iteration 15" in err and "--resume" in err
     assert not (tmp_path / "c" / ".xpnet.lock").exists()
