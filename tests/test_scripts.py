@@ -158,3 +158,14 @@ def test_machine_info():
 @pytest.mark.parametrize("name", ["numpy", "array_api_strict"])
 def test_available_backends_includes_host(name):
     assert (name, None) in _load("harness").available_backends(("numpy", "array_api_strict"))
+
+
+@pytest.mark.slow  # starts two local clusters
+def test_bench_dask(tmp_path, capsys):
+    out = tmp_path / "dask.json"
+    assert _load("bench_dask").main(["--dry-run", "--out", str(out), "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["full_batch"]) == {"this process", "1 worker", "2 workers"}
+    assert data["worst_relative_difference"] < 1e-9
+    assert data["sweep"]["same_val_acc"] is True
+    assert "per task" in capsys.readouterr().out

@@ -376,3 +376,18 @@ def test_n_threads_really_runs_chunks_on_a_pool(monkeypatch):
     assert started and set(started) == {3}
     for name in single:
         assert rel_error(threaded[name], single[name]) <= 1e-13
+
+
+def test_a_block_of_rows_that_are_zero_for_every_sample_is_zero(backend):
+    """A sharded gradient may ask for rows of W1 whose inputs are all 0 (and not
+    the bias row): nothing to perturb, exact zeros, no error."""
+    net = make_multi(backend, (6, 4, 3), activation="relu")
+    x, t = make_batch(5, 6, 3, seed=1)
+    x[:, 1:4] = 0.0
+    xs, ts = net._batch(x, t)
+    for mode, h in (("central", 1e-4), ("complex", 1e-20)):
+        rows = structured_gradient(
+            xs, ts, net._layers(net.params), activation="relu", h=h, mode=mode, rows=[(1, 4), None]
+        )
+        assert rows[1] is None
+        assert rows[0].shape == (3, 4) and np.all(to_numpy(rows[0]) == 0.0)

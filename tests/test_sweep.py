@@ -6,6 +6,7 @@ tier runs ``xpnet sweep --workers 2`` end to end with worker processes on
 """
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -76,7 +77,8 @@ def test_a_sweep_scores_on_a_validation_split_and_never_reads_the_test_set(
     (x, t), _ = xpnet.load_digits()
     poisoned = (np.full((5, 3), np.nan), np.zeros(5))  # any use of the test set fails
 
-    monkeypatch.setattr("xpnet.sweep.load_dataset", lambda name, path=None: ((x, t), poisoned))
+    module = sys.modules["xpnet.sweep"]  # (xpnet.sweep is the function)
+    monkeypatch.setattr(module, "load_dataset", lambda name, path=None: ((x, t), poisoned))
     result = sweep(_small(), client=client, out=tmp_path, log=None, progress=False)
     trials = result["trials"]
     assert [r["trial"] for r in trials] == [0, 1, 2]

@@ -1,22 +1,26 @@
-"""xpnet: the two-layer network of *Deep Learning from Scratch* with a fast
-numerical gradient, written once against the Python Array API (NumPy, CuPy,
-PyTorch, array-api-strict, JAX)."""
+"""xpnet: the networks of *Deep Learning from Scratch* with a fast numerical
+gradient, written once against the Python Array API (NumPy, CuPy, PyTorch,
+array-api-strict, JAX), on one device or sharded over a Dask cluster."""
 
 from . import datasets, optimizers
 from .backend import Backend, resolve_backend, to_numpy
 from .datasets import load_digits, load_fashion_mnist, load_mnist
+from .distributed import ClusterError
 from .gradcheck import GradientCheck, gradient_check
 from .gradient import default_step, numerical_gradient, numerical_gradient_batched
 from .network import METHODS, MultiLayerNet, TwoLayerNet
+from .sweep import SweepConfig, sweep
 from .train import TrainConfig, TrainingDiverged, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "ClusterError",
     "GradientCheck",
     "METHODS",
     "MultiLayerNet",
+    "SweepConfig",
     "TrainConfig",
     "TrainingDiverged",
     "TwoLayerNet",
@@ -30,6 +34,7 @@ __all__ = [
     "numerical_gradient_batched",
     "optimizers",
     "resolve_backend",
+    "sweep",
     "to_numpy",
     "train",
     "__version__",

@@ -400,6 +400,10 @@ def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
     feature, sample = xp.nonzero(nonzero)
     value = xp.take(xp.reshape(x_t, (-1,)), feature * n_samples + sample)
     counts = [int(c) for c in to_numpy(xp.count_nonzero(x_t, axis=1))]
+    if not sum(counts):
+        # only inputs that are 0 for every sample (a block of rows without the
+        # bias's, as a sharded gradient asks for): no perturbation moves the loss
+        return xp.zeros((n_features, n_hidden), dtype=cache.a[index].dtype, device=dev)
     group, u_sample, u_value = _distinct(xp, sample, value, dev)
     n_unique = u_sample.shape[0]
 
