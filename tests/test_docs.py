@@ -19,7 +19,9 @@ def _blocks(text, lang):
 def _run(code):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, "<doc>", "exec"), {"__name__": "__doc__"})  # noqa: S102
+        # run as a script would be (blocks that start worker processes keep the
+        # `if __name__ == "__main__":` guard they need)
+        exec(compile(code, "<doc>", "exec"), {"__name__": "__main__"})  # noqa: S102
     return out.getvalue()
 
 
@@ -57,8 +59,9 @@ def test_printout_comparison_can_fail():
         _same_printout("loss 2.2977\nNO", "loss 2.2977\nok", rel=2e-3)
 
 
-# index.md trains for 200 numerical-gradient steps (~7 s): the slow tier runs it
-_SLOW_DOCS = {"index.md"}
+# index.md trains for 200 numerical-gradient steps (~7 s), distributed.md starts
+# Dask clusters: the slow tier runs them
+_SLOW_DOCS = {"index.md", "distributed.md"}
 
 
 @pytest.mark.parametrize(
@@ -84,6 +87,7 @@ def test_docs_exist_and_are_linked_from_readme():
         "benchmarks.md",
         "design.md",
         "networks.md",
+        "distributed.md",
     }
     assert required <= names
     for name in required:

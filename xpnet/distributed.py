@@ -34,7 +34,15 @@ import numpy as np  # host: results are combined on the host
 
 from .backend import to_numpy
 
-__all__ = ["ClusterError", "NetSpec", "sharded_gradient", "require_distributed", "connect"]
+__all__ = [
+    "ClusterError",
+    "NetSpec",
+    "connect",
+    "plan",
+    "require_distributed",
+    "sharded_gradient",
+    "worker_address",
+]
 
 
 class ClusterError(RuntimeError):
@@ -107,6 +115,16 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
     return distributed.Client(cluster, timeout=timeout)
 
 
+def worker_address() -> str:
+    """The address of the Dask worker running the caller, or ``"local"``."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):  # not inside a worker task
+        return "local"
+
+
 @dataclass(frozen=True)
 class NetSpec:
     """What a worker needs to rebuild a network (its parameters travel apart)."""
@@ -122,12 +140,15 @@ class NetSpec:
     @classmethod
     def of(cls, net) -> NetSpec:
         backend = net.backend
-        device = backend.device
-        if backend.name == "cupy" or "cuda" in str(device):
-            # each worker computes on its own GPU (dask-cuda pins one per worker)
-            device = None if backend.name == "cupy" else "cuda"
-        elif backend.name in ("numpy", "torch", "jax"):
-            device = None if backend.name != "torch" else "cpu"
+        device = backend.device  # array_api_strict: its named device, as given
+        if backend.name == "cupy":
+            device = None  # the worker's current GPU (dask-cuda: one per worker)
+        elif "cuda" in str(device):
+            device = "cuda"  # torch: the worker's current GPU
+        elif backend.name == "torch":
+            device = "cpu"
+        elif backend.name in ("numpy", "jax"):
+            device = None
         return cls(
             tuple(net.sizes),
             net.activation,
@@ -168,8 +189,9 @@ def _worker_net(spec: NetSpec):
 def _shard_task(spec, host_params, shard, rows, method, h, max_bytes):
     """On a worker: the block ``rows`` of the mean gradient over one shard, as
     host arrays, one per layer (``None`` where the block has no rows)."""
-    from .device import single_blas_thread
-    from .structured import structured_gradient
+    from .device import free_memory, single_blas_thread
+    from .gradient import memory_budget
+    from .structured import HOST_TOTAL_BYTES, host_bytes, structured_gradient
 
     net = _worker_net(spec)
     backend = net.backend
@@ -179,6 +201,9 @@ def _shard_task(spec, host_params, shard, rows, method, h, max_bytes):
         x = backend.from_host(x_host, dtype=net.dtype)
         t = backend.from_host(t_host)
         if method in ("structured", "complex"):
+            # the budgets one process would use on this worker's device
+            budget = memory_budget(net.xp, net.device, max_bytes, host_default=HOST_TOTAL_BYTES)
+            on_host = free_memory(net.xp, net.device) is None
             with single_blas_thread(net.xp):
                 blocks = structured_gradient(
                     x,
@@ -188,7 +213,8 @@ def _shard_task(spec, host_params, shard, rows, method, h, max_bytes):
                     output=net.output,
                     h=h,
                     mode="central" if method == "structured" else "complex",
-                    max_bytes=max_bytes,
+                    max_bytes=budget,
+                    chunk_bytes=host_bytes(net.n_layers) if on_host else None,
                     rows=rows,
                 )
             out = []
@@ -294,10 +320,6 @@ def sharded_gradient(
     samples, blocks = plan(n, net.sizes, slots, method, shards=shards, param_blocks=param_blocks)
     spec = NetSpec.of(net)
     host_params = {k: to_numpy(v) for k, v in net._params().items()}
-    if max_bytes is None:
-        from .structured import HOST_TOTAL_BYTES
-
-        max_bytes = HOST_TOTAL_BYTES
     try:
         results = _run_tasks(
             distributed,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np  # host: draws, splits and records
 
 from .datasets import load_dataset
-from .distributed import ClusterError, connect, require_distributed
+from .distributed import ClusterError, connect, require_distributed, worker_address
 from .heads import get_head
 from .io import save_json
 from .rundir import RunDirectory, RunDirectoryError
@@ -152,12 +152,7 @@ def _split(config: SweepConfig):
 
 def _trial(train_settings: dict, data, trial: int, lr: float, weight_decay: float) -> dict:
     """On a worker: one training run, scored on the validation split."""
-    from distributed import get_worker
-
-    try:
-        worker = get_worker().address
-    except ValueError:  # run outside a worker (tests)
-        worker = "local"
+    worker = worker_address()
     config = TrainConfig(**{**train_settings, "lr": lr, "weight_decay": weight_decay})
     record = {"trial": trial, "lr": lr, "weight_decay": weight_decay}
     start = time.perf_counter()
