@@ -412,5 +412,13 @@ def test_train_and_gradcheck_flags_are_generated_from_train_config():
         for f in fields(TrainConfig):
             assert getattr(config, f.name) == f.default, (command, f.name)
     assert not {"grad", "optimizer", "lr", "iters", "epochs"} & set(vars(parse_args(["gradcheck"])))
+    sweep = parse_args(["sweep"])
+    assert {"lr", "weight_decay"}.isdisjoint(vars(sweep))  # what a sweep draws is no flag
+    swept = _config(sweep)
+    from xpnet.sweep import BOOK_SEARCH
+
+    for f in fields(TrainConfig):  # the book's search, else TrainConfig's defaults
+        if f.name not in ("lr", "weight_decay"):
+            assert getattr(swept, f.name) == BOOK_SEARCH.get(f.name, f.default), f.name
     config = _config(parse_args(["train", "--init", "he", "--eval-batch", "7", "--hidden", "4,3"]))
     assert (config.weight_init_std, config.eval_batch, config.hidden) == ("he", 7, [4, 3])

@@ -267,3 +267,32 @@ def test_a_local_cluster_listens_on_127_0_0_1_only():
         client.cluster.close()
     assert opened, "the cluster opened no socket"
     assert all(address.startswith("0100007F:") for address in opened), opened
+
+
+@pytest.mark.slow
+def test_workers_start_without_dasks_malloc_trim_threshold_and_others_are_warned_about():
+    """Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536, which made the structured
+    gradient 3x slower (docs/benchmarks.md): xpnet's clusters unset it; a cluster
+    started with Dask's defaults gets one warning per client."""
+    from xpnet.distributed import _trim_threshold
+
+    ours = connect(workers=1)
+    try:
+        assert set(ours.run(_trim_threshold).values()) == {None}
+    finally:
+        ours.close()
+        ours.cluster.close()
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    )
+    client = distributed.Client(cluster)
+    try:
+        assert set(client.run(_trim_threshold).values()) == {"65536"}
+        net = xpnet.TwoLayerNet(4, 3, 2, seed=0)
+        x, t = np.ones((4, 4)), np.array([0, 1, 0, 1])
+        with pytest.warns(RuntimeWarning, match="MALLOC_TRIM_THRESHOLD_=65536"):
+            net.numerical_gradient(x, t, client=client)
+        net.numerical_gradient(x, t, client=client)  # once per client: no second warning
+    finally:
+        client.close()
+        cluster.close()

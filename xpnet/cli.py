@@ -199,6 +199,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     _config_flags(w, "sweep")
     # the book's search (chapter 6): 6 x 100 ReLU, He init, backprop, 500 samples
     w.set_defaults(**BOOK_SEARCH)
+    for flag, text in {
+        "--hidden": "hidden units per hidden layer (default: 6 layers of 100, the book's search)",
+        "--epochs": "epochs of each trial (default: 50, the book's)",
+        "--iters": "iterations of each trial, instead of --epochs",
+        "--seed": "seed of the trials' draws, the validation split, weights and minibatches",
+    }.items():
+        w._option_string_actions[flag].help = text
     w.add_argument("--trials", type=_positive_int, default=20, help="trials")
     w.add_argument(
         "--lr-range",
@@ -224,7 +231,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--train-size",
         type=_positive_int,
         default=500,
-        help="first samples of the training set only, before the validation split (the book's 500)",
+        help="first samples of the training set only, before the validation split",
     )
     where = w.add_mutually_exclusive_group()
     where.add_argument(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
@@ -43,6 +44,16 @@ __all__ = [
     "sharded_gradient",
     "worker_address",
 ]
+
+
+#: Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand
+#: memory back to the OS sooner); glibc then maps and unmaps every chunk of the
+#: numerical gradient anew, and the structured gradient ran 3.2x slower (measured,
+#: docs/benchmarks.md). xpnet's local clusters start workers without it.
+_TRIM = "MALLOC_TRIM_THRESHOLD_"
+#: below this trim threshold, sharded_gradient warns (once per client)
+_TRIM_WARN_BELOW = 2**20
+_WARNED: set = set()
 
 
 class ClusterError(RuntimeError):
@@ -89,6 +100,31 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
         return client
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    import dask
+
+    import os
+
+    # a nanny started earlier in this process may have exported it to our environ
+    inherited = os.environ.pop(_TRIM, None)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ()}):
+            return _local_cluster(distributed, workers, timeout, cuda)
+    finally:
+        if inherited is not None:
+            os.environ[_TRIM] = inherited
+
+
+def _pre_spawn_environ() -> dict:
+    """Dask's environment for new worker processes, less ``MALLOC_TRIM_THRESHOLD_``
+    (see :data:`_TRIM`)."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    environ[_TRIM] = None  # Dask: None unsets a variable
+    return environ
+
+
+def _local_cluster(distributed, workers, timeout, cuda):
     try:
         if cuda:
             try:
@@ -269,7 +305,9 @@ def plan(n_samples, sizes, n_slots, method, *, shards=None, param_blocks=None):
     n_layers = len(sizes) - 1
     layer_rows = [sizes[k] + 1 for k in range(n_layers)]
     blocks = []
-    if method in ("structured", "complex"):
+    if param_blocks == 1:  # every layer in one block: one forward pass per shard
+        blocks.append([(0, rows) for rows in layer_rows])
+    elif method in ("structured", "complex"):
         total = sum(layer_rows)
         for k, n_rows in enumerate(layer_rows):
             pieces = min(n_rows, max(1, round(param_blocks * n_rows / total)))
@@ -315,6 +353,7 @@ def sharded_gradient(
     if not workers:
         raise ClusterError("the Dask cluster has no workers")
     slots = sum(w.get("nthreads", 1) for w in workers.values())
+    _warn_about_malloc_trim(client)
     x_host, t_host = to_numpy(x), to_numpy(targets)
     n = x_host.shape[0]
     samples, blocks = plan(n, net.sizes, slots, method, shards=shards, param_blocks=param_blocks)
@@ -348,6 +387,30 @@ def sharded_gradient(
         grads[f"W{k}"] = net.backend.from_host(rows[:-1], dtype=net.dtype)
         grads[f"b{k}"] = net.backend.from_host(rows[-1], dtype=net.dtype)
     return grads
+
+
+def _trim_threshold():
+    """On a worker: its ``MALLOC_TRIM_THRESHOLD_`` (None where unset)."""
+    import os
+
+    return os.environ.get(_TRIM)
+
+
+def _warn_about_malloc_trim(client) -> None:
+    """Warn once per client when workers run with a small malloc trim threshold."""
+    if client.id in _WARNED:
+        return
+    _WARNED.add(client.id)
+    values = client.run(_trim_threshold).values()
+    small = [v for v in values if v is not None and v.isdigit() and int(v) < _TRIM_WARN_BELOW]
+    if small:
+        warnings.warn(
+            f"{len(small)} Dask worker(s) run with {_TRIM}={small[0]} (Dask's default), "
+            "which made the numerical gradient about 3x slower (glibc maps and unmaps "
+            "every chunk); start workers without it (docs/distributed.md)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _run_tasks(
