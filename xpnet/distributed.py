@@ -26,6 +26,7 @@ Rules of this module:
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from concurrent.futures import CancelledError
@@ -101,8 +102,6 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     import dask
-
-    import os
 
     # a nanny started earlier in this process may have exported it to our environ
     inherited = os.environ.pop(_TRIM, None)
@@ -391,8 +390,6 @@ def sharded_gradient(
 
 def _trim_threshold():
     """On a worker: its ``MALLOC_TRIM_THRESHOLD_`` (None where unset)."""
-    import os
-
     return os.environ.get(_TRIM)
 
 
