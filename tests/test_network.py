@@ -344,7 +344,10 @@ def test_weight_decay_adds_to_loss_and_gradients(backend):
     assert float(decayed.loss(x, t)) == pytest.approx(
         float(plain.loss(x, t)) + 0.25 * squares, rel=1e-13
     )
-    for method in ("structured", "complex", "loop"):
+    # the loop differences the whole loss, decay included, the same way on every
+    # backend (test_gradient.py); on array-api-strict it costs 1 s, so NumPy runs it
+    methods = ("structured", "complex") + (("loop",) if backend.name == "numpy" else ())
+    for method in methods:
         diff = {
             k: to_numpy(decayed.numerical_gradient(x, t, method=method)[k])
             - to_numpy(plain.numerical_gradient(x, t, method=method)[k])
