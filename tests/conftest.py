@@ -146,14 +146,11 @@ def host_loop_gradient(net, x, t):
         key.update(np.ascontiguousarray(array).tobytes())
     digest = key.hexdigest()
     if digest not in _LOOP_CACHE:
-        clone = xpnet.MultiLayerNet(
-            net.sizes[0],
-            list(net.sizes[1:-1]),
-            net.sizes[-1],
+        clone = xpnet.MultiLayerNet.shaped(
+            net.sizes,
             net.activation,
-            0.0,
+            net.output,
             net.weight_decay_lambda,
-            output=net.output,
             dtype=str(params["W1"].dtype),
         )
         clone.params = {k: v.copy() for k, v in params.items()}
@@ -316,3 +313,17 @@ def assert_on_backend(a, backend, *, shape=None, dtype=None):
     assert a.dtype == (backend.dtype if dtype is None else dtype), a.dtype
     if shape is not None:
         assert tuple(a.shape) == tuple(shape), a.shape
+
+
+@pytest.fixture(scope="session")
+def inproc_client():
+    """A Dask cluster of two one-thread workers inside this process (no worker
+    processes; its HTTP endpoint on 127.0.0.1), shared by the tests that need one."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()

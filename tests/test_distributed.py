@@ -36,17 +36,6 @@ METHODS = ["structured", "complex", "loop", "batched"]
 
 
 @pytest.fixture(scope="module")
-def inproc_client():
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
-    )
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
 def process_client():
     client = connect(workers=2)
     assert all(a.startswith("tcp://127.0.0.1:") for a in client.scheduler_info()["workers"])

@@ -204,14 +204,11 @@ def _worker_net(spec: NetSpec):
     if net is None:
         from .network import MultiLayerNet
 
-        net = MultiLayerNet(
-            spec.sizes[0],
-            list(spec.sizes[1:-1]),
-            spec.sizes[-1],
+        net = MultiLayerNet.shaped(
+            spec.sizes,
             spec.activation,
-            0.0,
+            spec.output,
             spec.weight_decay_lambda,
-            output=spec.output,
             backend=spec.backend,
             device=spec.device,
             dtype=spec.dtype,

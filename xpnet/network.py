@@ -632,20 +632,33 @@ class MultiLayerNet:
         arrays, sizes, config = cls._read(path)
         if config["output"] not in HEADS:
             raise ValueError(f"{path}: unknown output {config['output']!r}")
-        net = MultiLayerNet(
-            sizes[0],
-            list(sizes[1:-1]),
-            sizes[-1],
+        net = MultiLayerNet.shaped(
+            sizes,
             config["activation"],
-            0.0,
+            config["output"],
             config["weight_decay_lambda"],
-            output=config["output"],
             backend=backend,
             device=device,
             dtype=dtype,
         )
         net._set_host_params(arrays)
         return net
+
+    @staticmethod
+    def shaped(sizes, activation, output, weight_decay_lambda=0.0, **where) -> MultiLayerNet:
+        """A network of ``sizes`` ``(D, H1, ..., C)`` with zero weights, to be
+        given its parameters (what :meth:`load` and Dask workers rebuild);
+        ``where``: ``backend``, ``device``, ``dtype``."""
+        return MultiLayerNet(
+            sizes[0],
+            list(sizes[1:-1]),
+            sizes[-1],
+            activation,
+            0.0,
+            weight_decay_lambda,
+            output=output,
+            **where,
+        )
 
 
 class TwoLayerNet(MultiLayerNet):
