@@ -164,3 +164,56 @@ def test_cli_sweep_with_two_worker_processes_end_to_end_and_resumed(tmp_path, ca
     again = json.loads((tmp_path / SWEEP_JSON).read_text())
     assert [r["trial"] for r in again["trials"]] == list(range(6))
     assert again["trials"][:4] == record["trials"]
+
+
+@pytest.mark.parametrize(
+    "backend, has_dask_cuda, cuda",
+    [
+        ("numpy", True, False),
+        ("cupy", False, False),
+        ("cupy", True, True),
+    ],
+)
+def test_local_cluster_kind_follows_the_backend_and_dask_cuda(
+    monkeypatch, backend, has_dask_cuda, cuda
+):
+    """--workers starts dask-cuda's LocalCUDACluster (one worker per GPU) for the
+    cupy backend when dask-cuda is installed, a LocalCluster otherwise (the GPU
+    path itself needs a GPU; here only the choice is checked)."""
+    import importlib.util
+
+    module = sys.modules["xpnet.sweep"]
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_connect(scheduler, *, workers, cuda):
+        calls.append((scheduler, workers, cuda))
+        raise Stop
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(module, "connect", fake_connect)
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (object() if has_dask_cuda else None)
+            if name == "dask_cuda"
+            else real_find_spec(name, *a)
+        ),
+    )
+    config = _small(backend=backend)
+    # validation resolves the backend first: skip it (no GPU here), keep the choice
+    monkeypatch.setattr(TrainConfig, "resolved", lambda self, n: self)
+    with pytest.raises(Stop):
+        sweep(config, workers=3, log=None, progress=False)
+    assert calls == [(None, 3, cuda)]
+
+
+def test_one_worker_per_gpu_needs_dask_cuda(monkeypatch):
+    from xpnet.distributed import connect
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)
+    with pytest.raises(ImportError, match=r'pip install "xpnet\[dask-cuda\]"'):
+        connect(workers=1, cuda=True)
