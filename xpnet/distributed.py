@@ -371,7 +371,10 @@ def sharded_gradient(
     except (OSError, TimeoutError, distributed.client.FutureCancelledError) as exc:
         raise ClusterError(f"lost the Dask cluster during the gradient: {exc}") from None
     # combine on the host, in plan order: weights n_shard / N
-    stacked = [np.zeros((net.sizes[k] + 1, net.sizes[k + 1])) for k in range(len(net.sizes) - 1)]
+    stacked = [
+        np.zeros((net.sizes[k] + 1, net.sizes[k + 1]))  # host
+        for k in range(len(net.sizes) - 1)
+    ]
     for s, (a, b) in enumerate(samples):
         weight = (b - a) / n
         for j, block in enumerate(blocks):

@@ -132,8 +132,8 @@ def json_safe(value):
 def trial_values(config: SweepConfig, trial: int) -> tuple[float, float]:
     """``(lr, weight_decay)`` of trial ``trial`` (0-based)."""
     rng = np.random.default_rng([config.train.seed, trial])  # host
-    lr = 10 ** rng.uniform(*np.log10(config.lr_range))
-    decay = 10 ** rng.uniform(*np.log10(config.weight_decay_range))
+    lr = 10 ** rng.uniform(*np.log10(config.lr_range))  # host
+    decay = 10 ** rng.uniform(*np.log10(config.weight_decay_range))  # host
     return float(lr), float(decay)
 
 
