@@ -217,3 +217,27 @@ def test_one_worker_per_gpu_needs_dask_cuda(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_cuda", None)
     with pytest.raises(ImportError, match=r'pip install "xpnet\[dask-cuda\]"'):
         connect(workers=1, cuda=True)
+
+
+def test_an_interrupted_sweep_keeps_its_finished_trials_and_says_how_to_resume(
+    client, tmp_path, monkeypatch
+):
+    module = sys.modules["xpnet.sweep"]
+    real = module.save_json
+    saved = []
+
+    def save_then_interrupt(path, record):
+        real(path, record)
+        saved.append(len(record["trials"]))
+        if len(saved) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_json", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt, match=r"1 of 3 trials finished; --resume continues"):
+        sweep(_small(), client=client, out=tmp_path, log=None, progress=False)
+    monkeypatch.setattr(module, "save_json", real)
+    kept = json.loads((tmp_path / SWEEP_JSON).read_text())["trials"]
+    assert len(kept) == 1
+    resumed = sweep(_small(), client=client, out=tmp_path, resume=True, log=None, progress=False)
+    assert [r["trial"] for r in resumed["trials"]] == [0, 1, 2]
+    assert resumed["trials"][kept[0]["trial"]] == kept[0]

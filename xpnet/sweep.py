@@ -268,11 +268,11 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
             client = connect(
                 scheduler, workers=workers if workers is not None else 2, cuda=bool(cuda)
             )
+        futures = {}
         try:
             data = _split(config)
             shared = client.scatter([data], broadcast=True, hash=False)[0]
             settings = asdict(config.train)
-            futures = {}
             for i in todo:
                 lr, decay = trial_values(config, i)
                 futures[client.submit(_trial, settings, shared, i, lr, decay, pure=False)] = i
@@ -298,9 +298,16 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
                         say(_line(result))
         except OSError as exc:
             raise ClusterError(f"lost the Dask cluster during the sweep: {exc}") from None
+        except KeyboardInterrupt:
+            where = f"; --resume continues the sweep in {out}" if out is not None else ""
+            raise KeyboardInterrupt(
+                f"{len(results)} of {config.trials} trials finished{where}"
+            ) from None
         finally:
             if own:
                 _close(client)
+            elif futures:  # a cluster the caller keeps: stop what this sweep left running
+                client.cancel([f for f in futures if not f.done()])
     record["trials"] = [results[k] for k in sorted(results)]
     if out is not None:
         save_json(out / SWEEP_JSON, record)
