@@ -440,7 +440,12 @@ def _run_tasks(
             )
             for key in todo
         }
-        todo = sorted(_collect(distributed, client, futures, data, results))
+        try:
+            todo = sorted(_collect(distributed, client, futures, data, results))
+        except BaseException:
+            # an error or an interrupt: nothing of this gradient keeps running
+            client.cancel([f for f in futures.values() if not f.done()])
+            raise
         if not todo:
             return results
     raise ClusterError(
