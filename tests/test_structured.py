@@ -391,3 +391,41 @@ def test_a_block_of_rows_that_are_zero_for_every_sample_is_zero(backend):
         )
         assert rows[1] is None
         assert rows[0].shape == (3, 4) and np.all(to_numpy(rows[0]) == 0.0)
+
+
+@pytest.mark.parametrize("mode", ["structured", "complex"])
+def test_sigmoids_above_by_series_equal_them_by_exp(backend, monkeypatch, mode):
+    """Deep sigmoid nets take the layer above a perturbed unit as
+    1 / (1 + exp(m) * series(t)) when every move t is provably tiny: the same
+    gradient as with exp (to rounding), and the series is really used."""
+    import xpnet.structured as structured
+
+    net = make_multi(backend, (8, 6, 5, 4, 3), activation="sigmoid", decay=0.01)
+    x, _ = make_batch(5, 8, 3, seed=8)
+    t = make_targets("softmax", 5, 3, seed=8)
+    calls = []
+    real = structured._exp_series
+    monkeypatch.setattr(structured, "_exp_series", lambda v: calls.append(1) or real(v))
+    by_series = net.numerical_gradient(x, t, method=mode)
+    assert calls, "the series was not used"
+    monkeypatch.setattr(structured, "_series_bound", lambda xp, dtype: 0.0)
+    calls.clear()
+    by_exp = net.numerical_gradient(x, t, method=mode)
+    assert not calls
+    bound = 1e-9 if mode == "structured" else 1e-13  # central: eps * L / h; complex: eps
+    for name in by_exp:
+        assert rel_error(by_series[name], by_exp[name]) <= bound, name
+
+
+def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
+    """A step and weights so large that |dz * W| could pass the bound (here
+    1e-3 * 1 * ~4 / 4 against ~1e-4): exp is used, and the gradient is the loop's."""
+    import xpnet.structured as structured
+
+    net = make_multi(backend, (6, 5, 4, 3), activation="sigmoid", std=2.0)
+    x, t = make_batch(4, 6, 3, seed=9)
+    monkeypatch.setattr(structured, "_exp_series", lambda v: pytest.fail("series used"))
+    loop = net.numerical_gradient(x, t, method="loop", h=1e-3)
+    fast = net.numerical_gradient(x, t, h=1e-3)
+    for name in loop:
+        assert rel_error(fast[name], loop[name]) <= 1e-7, name

@@ -399,7 +399,24 @@ def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
     nonzero = x_t != 0
     feature, sample = xp.nonzero(nonzero)
     value = xp.take(xp.reshape(x_t, (-1,)), feature * n_samples + sample)
-    counts = [int(c) for c in to_numpy(xp.count_nonzero(x_t, axis=1))]
+    count = xp.count_nonzero(x_t, axis=1)
+    deep = index < len(cache.a) - 2
+    series = False
+    if deep and cache.activate is _sigmoid_of_negative:
+        # in the plan's one transfer: a bound on the moves of the layer above,
+        # |dz * W| <= |step| * max|input| * max|W| / 4 (sigmoid' <= 1/4), which
+        # decides whether its exp may be taken by series (_deep_losses)
+        bound = (
+            xp.max(xp.abs(ctx.steps))
+            * xp.max(xp.abs(z_aug))
+            * xp.max(xp.abs(cache.weights[index + 1]))
+            / 4.0
+        )
+        both = to_numpy(xp.concat([xp.astype(count, bound.dtype), xp.reshape(bound, (1,))]))
+        counts = [int(c) for c in both[:-1]]
+        series = bool(both[-1] <= _series_bound(xp, z_aug.dtype))
+    else:
+        counts = [int(c) for c in to_numpy(count)]
     if not sum(counts):
         # only inputs that are 0 for every sample (a block of rows without the
         # bias's, as a sharded gradient asks for): no perturbation moves the loss
@@ -407,10 +424,10 @@ def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
     group, u_sample, u_value = _distinct(xp, sample, value, dev)
     n_unique = u_sample.shape[0]
 
-    if index == len(cache.a) - 2:
+    if not deep:
         losses, width = _row_losses(index, cache, u_sample, u_value, ctx), 1
     else:
-        losses = _deep_losses(index, cache, u_sample, u_value, ctx)
+        losses = _deep_losses(index, cache, u_sample, u_value, ctx, series)
         width = max(a.shape[1] for a in cache.a[index + 1 :])
 
     # plan: hidden blocks whose (distinct pairs x hidden) losses fit in storage;
@@ -511,24 +528,65 @@ def _row_losses(index, cache, u_sample, u_value, ctx):
     return losses
 
 
-def _deep_losses(index, cache, u_sample, u_value, ctx):
+def _series_bound(xp, dtype) -> float:
+    """Largest ``|t|`` for which ``1 + t + t^2/2 + t^3/6 + t^4/24`` is ``exp(t)`` to
+    rounding: the first term left out, ``t^5/120``, stays below ``eps/16``; a
+    further factor 10 of margin on the bound it is compared with."""
+    eps = dtype_info(xp, dtype).eps
+    return (120.0 * eps / 16.0) ** 0.2 / 10.0
+
+
+def _exp_series(t):
+    """``exp(t)`` for ``|t|`` within :func:`_series_bound`, by Horner (one new
+    array, the rest in place): a few multiply-adds per element instead of an
+    ``exp`` (unvectorised for float64 on AVX2 builds of NumPy)."""
+    p = t * (1.0 / 24.0)
+    p += 1.0 / 6.0
+    p *= t
+    p += 0.5
+    p *= t
+    p += 1.0
+    p *= t
+    p += 1.0
+    return p
+
+
+def _deep_losses(index, cache, u_sample, u_value, ctx, series=False):
     """``losses(u0, u1, j0, j1)`` for a layer with hidden layers above it: each
-    moved unit's change goes through every layer above, for its sample only."""
+    moved unit's change goes through every layer above, for its sample only.
+
+    ``series`` (sigmoid, with every move ``t = dz * W`` of the layer above provably
+    tiny): that layer's sigmoids are ``1 / (1 + exp(m) * exp(t))`` with ``exp(m)``
+    of the cached forward pass and ``exp(t)`` by its series, exact to rounding
+    (the series' first omitted term is below ``eps / 16``): every perturbed loss
+    is still the network's, evaluated without one ``exp`` per element."""
     xp = ctx.xp
     n_layers = len(cache.a)
 
     W_last_t = _contiguous(xp, xp.permute_dims(cache.work_weights[-1], (1, 0)))  # (C, H)
+    exp_carried = xp.exp(cache.carried[index + 1]) if series else None
 
-    def propagate(a, n):
-        """Loss terms, shape ``a.shape[:-1]``, for moved rows ``a`` of layer
-        ``index + 1`` of samples ``n`` (an index array broadcasting to them)."""
-        for above in range(index + 1, n_layers - 1):
+    def first_layer(t, n):
+        """Activations of layer ``index + 1`` moved by ``t`` (carried weights
+        times unit changes) for samples ``n``."""
+        if series:
+            p = _exp_series(t)
+            p *= _rows(xp, exp_carried, n)
+            p += 1.0
+            return 1.0 / p
+        t += _rows(xp, cache.carried[index + 1], n)
+        return cache.activate(t)
+
+    def propagate(z_moved, n):
+        """Loss terms, shape ``z_moved.shape[:-1]``, for moved activations
+        ``z_moved`` (a new array) of layer ``index + 1``, rows of samples ``n`` (an
+        index array broadcasting to them)."""
+        dz_above = z_moved
+        dz_above -= _rows(xp, cache.z[index + 2], n)
+        for above in range(index + 2, n_layers - 1):
+            a = _rows(xp, cache.carried[above], n) + dz_above @ cache.carried_weights[above]
             dz_above = cache.activate(a)
             dz_above -= _rows(xp, cache.z[above + 1], n)
-            if above + 1 < n_layers - 1:
-                a = _rows(xp, cache.carried[above + 1], n) + (
-                    dz_above @ cache.carried_weights[above + 1]
-                )
         # the scores, class-major (C, M), so the head sums over classes on rows
         shape = dz_above.shape[:-1]
         flat = xp.reshape(dz_above, (-1, dz_above.shape[-1]))  # (M, H)
@@ -541,13 +599,10 @@ def _deep_losses(index, cache, u_sample, u_value, ctx):
     def losses(u0, u1, j0, j1):
         n_idx, dz = _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1)
         w = cache.carried_weights[index + 1][j0:j1, :]  # (J, H)
-        carried = cache.carried[index + 1]
         if not ctx.skip_still:
             # (S, U, J, H) by broadcasting: sample rows (U, 1, H), unit rows (J, H)
             n = n_idx[:, None]
-            a = dz[..., None] * w
-            a += _rows(xp, carried, n)
-            return ctx.combine(propagate(a, n))
+            return ctx.combine(propagate(first_layer(dz[..., None] * w, n), n))
         # a unit that does not move at all leaves the sample's loss bit-identical:
         # only the moved (sample, unit) pairs are propagated
         n_steps, n_u, n_j = dz.shape
@@ -556,8 +611,8 @@ def _deep_losses(index, cache, u_sample, u_value, ctx):
         (pair,) = xp.nonzero(moved)
         flat = xp.take(flat, pair, axis=1)
         n = xp.take(n_idx, pair // n_j)
-        a = _rows(xp, carried, n) + flat[..., None] * xp.take(w, pair % n_j, axis=0)
-        combined = ctx.combine(propagate(a, n))  # (K,)
+        moves = flat[..., None] * xp.take(w, pair % n_j, axis=0)
+        combined = ctx.combine(propagate(first_layer(moves, n), n))  # (K,)
         # back to (U * J) by gathering: the pairs that stayed still get 0
         position = xp.cumulative_sum(xp.astype(moved, xp.int64)) - 1
         padded = xp.concat([combined, xp.zeros(1, dtype=combined.dtype, device=device_of(dz))])
