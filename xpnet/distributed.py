@@ -246,7 +246,7 @@ def _shard_task(spec, host_params, shard, rows, method, h, max_bytes):
                     h=h,
                     mode="central" if method == "structured" else "complex",
                     max_bytes=budget,
-                    chunk_bytes=host_bytes(net.n_layers) if on_host else None,
+                    chunk_bytes=host_bytes(net.n_layers, net.activation) if on_host else None,
                     rows=rows,
                 )
             out = []

@@ -528,7 +528,7 @@ class MultiLayerNet:
                 h=h,
                 mode="central" if method == "structured" else "complex",
                 max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_TOTAL_BYTES),
-                chunk_bytes=host_bytes(self.n_layers)
+                chunk_bytes=host_bytes(self.n_layers, self.activation)
                 if free_memory(xp, self.device) is None
                 else None,
                 n_threads=n_threads,

@@ -65,8 +65,10 @@ __all__ = [
 HOST_BYTES = 2**20
 #: The same for networks with two hidden layers or more: their chunks carry a whole
 #: layer per (sample, unit), and 1 MiB chunks measured 3x slower (Python overhead
-#: per chunk) than 8 MiB ones on the 784-100-100-10 net.
-DEEP_HOST_BYTES = 8 * 2**20
+#: per chunk) than 8 MiB ones on the 784-100-100-10 net. Sigmoid nets: 8 MiB
+#: (16 MiB measured 10% slower); ReLU nets, whose chunks shrink to the units
+#: that move: 16 MiB (8 MiB measured 15-35% slower; docs/benchmarks.md).
+DEEP_HOST_BYTES = {"sigmoid": 8 * 2**20, "relu": 16 * 2**20}
 
 
 #: Default bound on the extra memory of one structured gradient on the host
@@ -77,9 +79,9 @@ HOST_TOTAL_BYTES = 256 * 2**20
 _STORAGE = 64
 
 
-def host_bytes(n_layers: int) -> int:
+def host_bytes(n_layers: int, activation: str) -> int:
     """Default host chunk budget for a network of ``n_layers`` affine layers."""
-    return HOST_BYTES if n_layers <= 2 else DEEP_HOST_BYTES
+    return HOST_BYTES if n_layers <= 2 else DEEP_HOST_BYTES[activation]
 
 
 # live intermediates of a chunk's (steps, pairs, hidden) shape, with slack
