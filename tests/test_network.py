@@ -599,6 +599,7 @@ def test_structured_memory_stays_within_max_bytes_plus_x(warm, method, hidden):
     assert peak <= 2**20 + x_bytes // 2 + result  # far below a copy
 
 
+@pytest.mark.slow  # tracemalloc, as every memory test
 @pytest.mark.parametrize("method", ["batched", "loop", "structured"])
 def test_every_method_stays_within_max_bytes_plus_two_copies_of_x(warm, method):
     """A small net, so the loop and batched are quick; max_bytes=256 KiB is above
