@@ -88,9 +88,7 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
     """
     distributed = require_distributed()
     if timeout is None:
-        import dask
-
-        timeout = dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+        timeout = _connect_timeout()
     if scheduler is not None:
         try:
             client = distributed.Client(scheduler, timeout=timeout)
@@ -111,6 +109,13 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
     finally:
         if inherited is not None:
             os.environ[_TRIM] = inherited
+
+
+def _connect_timeout() -> float:
+    """Seconds of Dask's ``distributed.comm.timeouts.connect`` (30 by default)."""
+    import dask
+
+    return dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
 
 
 def _pre_spawn_environ() -> dict:
@@ -221,9 +226,7 @@ def _worker_net(spec: NetSpec):
 def _shard_task(spec, host_params, shard, rows, method, h, max_bytes):
     """On a worker: the block ``rows`` of the mean gradient over one shard, as
     host arrays, one per layer (``None`` where the block has no rows)."""
-    from .device import free_memory, single_blas_thread
-    from .gradient import memory_budget
-    from .structured import HOST_TOTAL_BYTES, host_bytes, structured_gradient
+    from .device import single_blas_thread
 
     net = _worker_net(spec)
     backend = net.backend
@@ -233,38 +236,13 @@ def _shard_task(spec, host_params, shard, rows, method, h, max_bytes):
         x = backend.from_host(x_host, dtype=net.dtype)
         t = backend.from_host(t_host)
         if method in ("structured", "complex"):
-            # the budgets one process would use on this worker's device
-            budget = memory_budget(net.xp, net.device, max_bytes, host_default=HOST_TOTAL_BYTES)
-            on_host = free_memory(net.xp, net.device) is None
+            # what one process computes (its budgets on this worker's device, the
+            # decay), for these rows only
             with single_blas_thread(net.xp):
-                blocks = structured_gradient(
-                    x,
-                    t,
-                    net._layers(params),
-                    activation=net.activation,
-                    output=net.output,
-                    h=h,
-                    mode="central" if method == "structured" else "complex",
-                    max_bytes=budget,
-                    chunk_bytes=host_bytes(net.n_layers, net.activation) if on_host else None,
-                    rows=rows,
+                blocks = net._structured_rows(
+                    x, t, params, h=h, method=method, max_bytes=max_bytes, rows=rows
                 )
-            out = []
-            for k, (block, span) in enumerate(zip(blocks, rows, strict=True), 1):
-                if block is None:
-                    out.append(None)
-                    continue
-                block = to_numpy(block)
-                if net.weight_decay_lambda:
-                    # the decay's central difference is exact: lambda * W, W rows only
-                    n_in = spec.sizes[k - 1]
-                    stop = min(span[1], n_in)
-                    if span[0] < stop:
-                        block = block.copy()
-                        decay = net.weight_decay_lambda * to_numpy(params[f"W{k}"])
-                        block[: stop - span[0]] += decay[span[0] : stop]
-                out.append(block)
-            return out
+            return [None if block is None else to_numpy(block) for block in blocks]
         wanted = {f"{p}{k}" for k, span in enumerate(rows, 1) if span is not None for p in "Wb"}
         grads = net._numerical_gradient(x, t, params, h=h, method=method, max_bytes=max_bytes)
         out = []
@@ -466,9 +444,7 @@ def _collect(distributed, client, futures, data, results, poll=0.1) -> set:
     Exception
         What a task raised (a bug or a bad input, not a lost worker).
     """
-    import dask
-
-    grace = dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+    grace = _connect_timeout()
     retryable = (distributed.scheduler.KilledWorker, CancelledError)
     pending = dict(futures)
     lost = set()

@@ -519,26 +519,12 @@ class MultiLayerNet:
     ) -> dict:
         xp = self.xp
         if method in ("structured", "complex"):
-            pairs = structured_gradient(
-                x,
-                targets,
-                self._layers(params),
-                activation=self.activation,
-                output=self.output,
-                h=h,
-                mode="central" if method == "structured" else "complex",
-                max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_TOTAL_BYTES),
-                chunk_bytes=host_bytes(self.n_layers, self.activation)
-                if free_memory(xp, self.device) is None
-                else None,
-                n_threads=n_threads,
+            blocks = self._structured_rows(
+                x, targets, params, h=h, method=method, max_bytes=max_bytes, n_threads=n_threads
             )
             grads = {}
-            for k, (dW, db) in enumerate(pairs, 1):
-                if self.weight_decay_lambda:
-                    # the decay's central difference (and complex step) is exact
-                    dW = dW + self.weight_decay_lambda * params[f"W{k}"]
-                grads[f"W{k}"], grads[f"b{k}"] = dW, db
+            for k, block in enumerate(blocks, 1):
+                grads[f"W{k}"], grads[f"b{k}"] = block[:-1, :], block[-1, :]
             return grads
         grads = {}
         for name, value in params.items():
@@ -564,6 +550,43 @@ class MultiLayerNet:
                     item_bytes=work * itemsize(xp, self.dtype),
                 )
         return grads
+
+    def _structured_rows(
+        self, x, targets, params, *, h, method, max_bytes, n_threads=None, rows=None
+    ) -> list:
+        """The structured gradient (``method`` ``"structured"`` or ``"complex"``) with
+        this network's budgets and its decay, per layer the stacked ``[dW; db]``
+        ``(H_{l-1} + 1, H_l)``; with ``rows`` (per layer ``None`` or ``(r0, r1)``,
+        what one task of a sharded gradient computes) only those rows, ``None``
+        for layers without any."""
+        xp = self.xp
+        spans = rows if rows is not None else [(0, n + 1) for n in self.sizes[:-1]]
+        blocks = structured_gradient(
+            x,
+            targets,
+            self._layers(params),
+            activation=self.activation,
+            output=self.output,
+            h=h,
+            mode="central" if method == "structured" else "complex",
+            max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_TOTAL_BYTES),
+            chunk_bytes=host_bytes(self.n_layers, self.activation)
+            if free_memory(xp, self.device) is None
+            else None,
+            n_threads=n_threads,
+            rows=spans,
+        )
+        decay = self.weight_decay_lambda
+        out = []
+        for k, (block, span) in enumerate(zip(blocks, spans, strict=True), 1):
+            n_decayed = min(span[1], self.sizes[k - 1]) - span[0] if block is not None else 0
+            if decay and n_decayed > 0:
+                # the decay's central difference (and complex step) is exact: lambda * W
+                # on the rows of W (the last row of [W; b] is b's)
+                W = params[f"W{k}"][span[0] : span[0] + n_decayed, :]
+                block = xp.concat([block[:n_decayed, :] + decay * W, block[n_decayed:, :]], axis=0)
+            out.append(block)
+        return out
 
     # -- persistence ---------------------------------------------------------
     def _config_arrays(self) -> dict:

@@ -237,11 +237,10 @@ def _finished(out: Path, config: SweepConfig) -> dict:
         settings, trials = earlier["settings"], earlier["trials"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RunDirectoryError(f"--resume: {path} is damaged ({exc})") from None
-    if settings != config.record():
+    expected = config.record()
+    if settings != expected:
         changed = sorted(
-            k
-            for k in set(settings) | set(config.record())
-            if settings.get(k) != config.record().get(k)
+            k for k in set(settings) | set(expected) if settings.get(k) != expected.get(k)
         )
         raise RunDirectoryError(
             f"--resume: {path} was made with other settings ({', '.join(changed)} differ); "
