@@ -208,7 +208,9 @@ def test_local_cluster_kind_follows_the_backend_and_dask_cuda(
     monkeypatch.setattr(TrainConfig, "resolved", lambda self, n: self)
     with pytest.raises(Stop):
         sweep(config, workers=3, log=None, progress=False)
-    assert calls == [(None, 3, cuda)]
+    with pytest.raises(Stop):  # the default: 2 local workers, or one per GPU
+        sweep(config, log=None, progress=False)
+    assert calls == [(None, 3, cuda), (None, None if cuda else 2, cuda)]
 
 
 def test_one_worker_per_gpu_needs_dask_cuda(monkeypatch):

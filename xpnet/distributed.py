@@ -75,7 +75,8 @@ def require_distributed():
 def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
     """A ``distributed.Client``: to ``scheduler`` (an address) or to a new
     LocalCluster of ``workers`` processes bound to 127.0.0.1 (one thread each;
-    dask-cuda's LocalCUDACluster, one worker per GPU, when ``cuda``).
+    dask-cuda's LocalCUDACluster when ``cuda``, one worker per GPU with
+    ``workers=None``), returned once its workers have registered.
 
     The caller closes the client (and, for a local cluster, ``client.cluster``).
     ``timeout``: seconds; default Dask's ``distributed.comm.timeouts.connect``.
@@ -97,7 +98,9 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
                 f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s: {exc}"
             ) from None
         return client
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not (workers is None and cuda) and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     import dask
 
@@ -152,7 +155,17 @@ def _local_cluster(distributed, workers, timeout, cuda):
         raise ClusterError(
             f"cannot start a local Dask cluster of {workers} workers: {exc}"
         ) from None
-    return distributed.Client(cluster, timeout=timeout)
+    client = distributed.Client(cluster, timeout=timeout)
+    expected = workers if workers is not None else len(cluster.workers)  # cuda: every GPU
+    try:  # a busy machine may register the workers after the cluster is up
+        client.wait_for_workers(expected, timeout=timeout)
+    except TimeoutError:
+        client.close()
+        cluster.close()
+        raise ClusterError(
+            f"the local Dask cluster's {expected} workers did not start within {timeout:g} s"
+        ) from None
+    return client
 
 
 def worker_address() -> str:
@@ -325,7 +338,11 @@ def sharded_gradient(
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"lost the Dask scheduler: {exc}") from None
     if not workers:
-        raise ClusterError("the Dask cluster has no workers")
+        try:  # a cluster just started may register its workers a moment later
+            client.wait_for_workers(1, timeout=_connect_timeout())
+            workers = client.scheduler_info()["workers"]
+        except (OSError, TimeoutError):
+            raise ClusterError("the Dask cluster has no workers") from None
     slots = sum(w.get("nthreads", 1) for w in workers.values())
     _warn_about_malloc_trim(client)
     x_host, t_host = to_numpy(x), to_numpy(targets)

@@ -265,7 +265,10 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
 
             cuda = config.train.backend == "cupy" and importlib.util.find_spec("dask_cuda")
             client = connect(
-                scheduler, workers=workers if workers is not None else 2, cuda=bool(cuda)
+                scheduler,
+                # default: 2 local workers; with dask-cuda, one per GPU
+                workers=workers if workers is not None else (None if cuda else 2),
+                cuda=bool(cuda),
             )
         futures = {}
         try:
