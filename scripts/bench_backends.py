@@ -23,7 +23,9 @@ from harness import machine_info, parse_backends  # scripts/harness.py
 from tqdm.auto import tqdm
 
 from xpnet import TwoLayerNet
-from xpnet.bench import loop_seconds, mnist_like_batch
+from xpnet import book
+from xpnet.backend import to_numpy
+from xpnet.bench import mnist_like_batch
 from xpnet.io import atomic_write_bytes, save_json
 from xpnet.timing import time_call
 
@@ -101,13 +103,19 @@ def _torch_autograd(net, x, labels):
 def measure(net, method, x, labels, repeats, loop_sample):
     xp = net.xp
     if method == "loop":
-        seconds, timed = loop_seconds(net, x, labels, loop_sample)
+        # the book's loop in plain NumPy on the host, one BLAS thread (the same
+        # for every backend: it is the baseline, not a backend's method)
+        params = {k: to_numpy(v) for k, v in net.params.items()}
+        seconds, timed = book.loop_seconds(
+            params, net.activation, to_numpy(x), to_numpy(labels), loop_sample
+        )
         return {
             "median_s": seconds,
             "min_s": seconds,
             "max_s": seconds,
             "peak_bytes": None,
-            "note": f"extrapolated from {timed} timed coordinates",
+            "note": f"the book's loop (plain NumPy, 1 BLAS thread), extrapolated from "
+            f"{timed} timed coordinates",
         }
     if method == "forward":
         fn = lambda: net.predict(x)  # noqa: E731
@@ -137,7 +145,8 @@ def run_sweep(args):
     for (name, device), dtype, h, n in tqdm(configs, desc="sweep", disable=not sys.stderr.isatty()):
         net = TwoLayerNet(d, h, 10, backend=name, device=device, dtype=dtype, seed=args.seed)
         x_host, t_host = mnist_like_batch(n, d, seed=args.seed)
-        x, labels = net._batch(x_host, t_host)
+        batch = net.batch(x_host, t_host)
+        x, labels = batch.x, batch.t
         nnz = int((x_host != 0).sum())
         params = d * h + h + h * 10 + 10
         for method in methods:

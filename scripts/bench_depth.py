@@ -1,12 +1,13 @@
-"""Numerical gradient of networks of any depth: structured vs the one-weight loop.
+"""Numerical gradient of networks of any depth: xpnet against the book's loop.
 
-For each network, in one run: xpnet's loop (``method="loop"``, timed on a sample
-of coordinates and extrapolated: every coordinate costs two whole forward
-passes), then the default numerical gradient (``structured``), the complex step
-and backprop, repeated and interleaved across networks so machine load hits
-them alike. With ``--baseline-src DIR`` (an older checkout of xpnet) the
-two-layer net's default gradient is also timed with that code, in a child
-process, interleaved with this code's: the before/after comparison.
+For each network, in one run, interleaved round by round so that machine load
+hits them alike: the book's loop as the book writes it (plain NumPy, one BLAS
+thread; :mod:`xpnet.book`, timed on a sample of ``W1`` coordinates and
+extrapolated: every coordinate costs the same two forward passes), xpnet's
+default numerical gradient on one thread and on every core, the complex step
+and backprop. Each round also measures the machine's parallel ceiling (N
+processes of a fixed NumPy kernel at once vs one), which the threads' speed-up
+is reported against.
 
     python scripts/bench_depth.py --out bench-out/depth.json
 """
@@ -15,40 +16,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from harness import machine_info  # scripts/harness.py
+from harness import machine_info, parallel_ceiling  # scripts/harness.py
 from tqdm.auto import tqdm
 
 import xpnet
 import xpnet.bench
+from xpnet import book
+from xpnet.device import host_threads
 from xpnet.io import save_json
+from xpnet.timing import blas_threads
 
 NETS = {
     # name: (sizes, activation, batch)
+    "784-50-10 sigmoid (book)": ((784, 50, 10), "sigmoid", 100),
     "784-100-100-10 relu": ((784, 100, 100, 10), "relu", 100),
     "784-100-100-10 sigmoid": ((784, 100, 100, 10), "sigmoid", 100),
     "784-512-10 relu (Keras)": ((784, 512, 10), "relu", 128),
-    "784-50-10 sigmoid (book)": ((784, 50, 10), "sigmoid", 100),
 }
-
-_CHILD = """
-import json, sys, time
-import numpy as np, xpnet
-x = np.load(sys.argv[1]); t = np.load(sys.argv[2])
-net = xpnet.TwoLayerNet(784, 50, 10, seed=int(sys.argv[4]))
-net.numerical_gradient(x, t)
-times = []
-for _ in range(int(sys.argv[3])):
-    s = time.perf_counter(); net.numerical_gradient(x, t); times.append(time.perf_counter() - s)
-print(json.dumps({"times": times, "file": xpnet.__file__}))
-"""
 
 
 def parse_args(argv=None):
@@ -58,10 +48,14 @@ def parse_args(argv=None):
     p.add_argument("--nets", default=",".join(NETS), help="networks to time (comma-separated)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over them)")
     p.add_argument(
-        "--loop-sample", type=int, default=200, help="loop coordinates timed per network"
+        "--loop-sample", type=int, default=100, help="book-loop coordinates timed per round"
     )
-    p.add_argument("--methods", default="structured,complex,backprop", help="methods to time")
-    p.add_argument("--baseline-src", default=None, help="older xpnet checkout for before/after")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of the all-cores rows (default: the cores this process may use)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of weights")
     p.add_argument("--out", default="bench-out/depth.json", help="JSON output")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, one round")
@@ -80,30 +74,98 @@ def _data(batch, d, dry):
     return x, t, "synthetic (MNIST-like)"
 
 
-def _loop_seconds(net, x, t, sample):
-    """Seconds of the whole loop, extrapolated from ``sample`` coordinates of b1."""
-    xs, ts = net._batch(x, t)
-    params = net._params()
-    b1 = net.xp.asarray(params["b1"], copy=True)
-
-    def f(w):
-        return net.loss_batched(xs, ts, "b1", w[None, ...], params=params)[0]
-
-    done, start = 0, time.perf_counter()
-    while done < sample:
-        xpnet.numerical_gradient(f, b1)
-        done += b1.shape[0]
-    per = (time.perf_counter() - start) / done
-    return per * sum(int(np.prod(v.shape)) for v in params.values()), done
+def _setups(names, args):
+    setups = {}
+    for name in names:
+        sizes, activation, batch = NETS[name]
+        if args.dry_run:
+            sizes, batch = (36, *(max(3, s // 20) for s in sizes[1:-1]), 10), 8
+        x, t, data_name = _data(batch, sizes[0], args.dry_run)
+        net = xpnet.MultiLayerNet(
+            sizes[0], list(sizes[1:-1]), sizes[-1], activation, 0.01, seed=args.seed
+        )
+        setups[name] = (net, x[:, : sizes[0]], t, data_name)
+    return setups
 
 
-def _blas_threads():
-    try:
-        from threadpoolctl import threadpool_info
+def _methods(threads):
+    """(row label, call) of every timed xpnet method."""
+    return [
+        ("structured, 1 thread", lambda n, x, t: n.numerical_gradient(x, t, n_threads=1)),
+        (
+            f"structured, {threads} threads",
+            lambda n, x, t: n.numerical_gradient(x, t, n_threads=threads),
+        ),
+        (
+            f"complex, {threads} threads",
+            lambda n, x, t: n.numerical_gradient(x, t, method="complex", n_threads=threads),
+        ),
+        ("backprop", lambda n, x, t: n.gradient(x, t)),
+    ]
 
-        return [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return "unknown"
+
+def _rows(names, setups, loops, times, labels, ceilings, threads):
+    rows = []
+    ceiling = statistics.median(c["processes"] for c in ceilings)
+    for name in names:
+        net = setups[name][0]
+        loop = statistics.median(s for s, _ in loops[name])
+        rows.append(
+            {
+                "net": name,
+                "method": "book loop (plain NumPy, 1 BLAS thread)",
+                "median_s": loop,
+                "min_s": min(s for s, _ in loops[name]),
+                "max_s": max(s for s, _ in loops[name]),
+                "note": f"extrapolated from {loops[name][0][1]} W1 coordinates per round",
+                "parameters": sum(int(np.prod(v.shape)) for v in net.params.values()),
+            }
+        )
+        for label in labels:
+            ts = times[(name, label)]
+            rows.append(
+                {
+                    "net": name,
+                    "method": label,
+                    "median_s": statistics.median(ts),
+                    "min_s": min(ts),
+                    "max_s": max(ts),
+                    "vs_loop": loop / statistics.median(ts),
+                }
+            )
+        one = statistics.median(times[(name, labels[0])])
+        many = statistics.median(times[(name, labels[1])])
+        rows.append(
+            {
+                "net": name,
+                "method": f"threads speed-up ({threads} vs 1)",
+                "speedup": one / many,
+                "ceiling": ceiling,
+                "share_of_ceiling": (one / many) / ceiling,
+            }
+        )
+    return rows
+
+
+def _print(rows, ceilings):
+    print(f"{'net':<26} {'method':<40} {'median':>10} {'min-max':>22} {'vs loop':>8}")
+    for r in rows:
+        if "speedup" in r:
+            ceiling = f"ceiling {r['ceiling']:.2f}x"
+            print(
+                f"{r['net']:<26} {r['method']:<40} {r['speedup']:>9.2f}x "
+                f"{ceiling:>22} {r['share_of_ceiling']:>7.0%}"
+            )
+            continue
+        span = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f} ms"
+        ratio = f"{r['vs_loop']:,.0f}x" if "vs_loop" in r else "1x"
+        print(
+            f"{r['net']:<26} {r['method']:<40} {r['median_s'] * 1e3:>8.1f}ms {span:>22} {ratio:>8}"
+        )
+    print(
+        "parallel ceiling per round (processes / threads of a fixed NumPy kernel): "
+        + ", ".join(f"{c['processes']:.2f}x/{c['threads']:.2f}x" for c in ceilings)
+    )
 
 
 def main(argv=None) -> int:
@@ -113,124 +175,41 @@ def main(argv=None) -> int:
     if unknown:
         print(f"bench_depth: unknown nets {sorted(unknown)}; known: {list(NETS)}", file=sys.stderr)
         return 2
-    methods = args.methods.split(",")
     rounds, sample = (1, 4) if args.dry_run else (args.rounds, args.loop_sample)
-    setups = {}
-    for name in names:
-        sizes, activation, batch = NETS[name]
-        if args.dry_run:
-            sizes, batch = (36, *(max(3, s // 20) for s in sizes[1:-1]), 10), 8
-        x, t, data_name = _data(batch, sizes[0], args.dry_run)
-        if len(sizes) == 3 and activation == "sigmoid":
-            net = xpnet.TwoLayerNet(sizes[0], sizes[1], sizes[2], seed=args.seed)
-        else:
-            net = xpnet.MultiLayerNet(
-                sizes[0], list(sizes[1:-1]), sizes[-1], activation, 0.01, seed=args.seed
-            )
-        setups[name] = (net, x[:, : sizes[0]], t, data_name)
-
+    threads = host_threads(args.threads)
+    setups = _setups(names, args)
+    methods = _methods(threads)
+    labels = [label for label, _ in methods]
     progress = not args.no_progress and sys.stderr.isatty()
-    loops = {}
-    for name in tqdm(names, desc="loops", disable=not progress):
-        net, x, t, _ = setups[name]
-        loops[name] = _loop_seconds(net, x, t, sample)
-
-    def call(net, x, t, method):
-        if method == "backprop":
-            return net.gradient(x, t)
-        return net.numerical_gradient(x, t, method=method)
-
-    times = {(n, m): [] for n in names for m in methods}
-    baseline = []
-    child_inputs = None
-    if args.baseline_src and "784-50-10 sigmoid (book)" in names:
-        import tempfile
-
-        tmp = Path(tempfile.mkdtemp())
-        _, x, t, _ = setups["784-50-10 sigmoid (book)"]
-        np.save(tmp / "x.npy", x)
-        np.save(tmp / "t.npy", t)
-        child_inputs = (str(tmp / "x.npy"), str(tmp / "t.npy"))
     for name in names:  # warm-up
         net, x, t, _ = setups[name]
-        for method in methods:
-            call(net, x, t, method)
+        for _, call in methods:
+            call(net, x, t)
+    loops = {name: [] for name in names}
+    times = {(n, label): [] for n in names for label in labels}
+    ceilings = []
     for _ in tqdm(range(rounds), desc="rounds", disable=not progress):
+        ceilings.append(parallel_ceiling(threads, repeats=20 if args.dry_run else 200))
         for name in names:
             net, x, t, _ = setups[name]
-            for method in methods:
+            params = {k: xpnet.to_numpy(v) for k, v in net.params.items()}
+            loops[name].append(book.loop_seconds(params, net.activation, x, t, sample))
+            for label, call in methods:
                 start = time.perf_counter()
-                call(net, x, t, method)
-                times[(name, method)].append(time.perf_counter() - start)
-        if child_inputs is not None:
-            env = dict(os.environ, PYTHONPATH=args.baseline_src)
-            result = subprocess.run(
-                [sys.executable, "-c", _CHILD, *child_inputs, "1", str(args.seed)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            baseline += json.loads(result.stdout)["times"]
-
-    rows = []
-    for name in names:
-        loop_s, timed = loops[name]
-        rows.append(
-            {
-                "net": name,
-                "method": "loop",
-                "median_s": loop_s,
-                "note": f"extrapolated from {timed} coordinates",
-            }
-        )
-        for method in methods:
-            ts = times[(name, method)]
-            median = statistics.median(ts)
-            rows.append(
-                {
-                    "net": name,
-                    "method": method,
-                    "median_s": median,
-                    "min_s": min(ts),
-                    "max_s": max(ts),
-                    "vs_loop": loop_s / median,
-                }
-            )
-    if baseline:
-        rows.append(
-            {
-                "net": "784-50-10 sigmoid (book)",
-                "method": "structured, before (baseline-src)",
-                "median_s": statistics.median(baseline),
-                "min_s": min(baseline),
-                "max_s": max(baseline),
-                "vs_loop": loops["784-50-10 sigmoid (book)"][0] / statistics.median(baseline),
-            }
-        )
-    print(f"{'net':<26} {'method':<34} {'median':>10} {'min-max':>20} {'vs loop':>8}")
-    for r in rows:
-        span = (
-            f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f} ms"
-            if "min_s" in r
-            else r.get("note", "")
-        )
-        ratio = f"{r['vs_loop']:.0f}x" if "vs_loop" in r else "1x"
-        print(
-            f"{r['net']:<26} {r['method']:<34} {r['median_s'] * 1e3:>8.1f}ms {span:>20} {ratio:>8}"
-        )
+                call(net, x, t)
+                times[(name, label)].append(time.perf_counter() - start)
+    rows = _rows(names, setups, loops, times, labels, ceilings, threads)
+    _print(rows, ceilings)
     info = machine_info([("numpy", None)])
-    info["blas_threads"] = _blas_threads()
-    info["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS")
-    print(
-        f"BLAS threads: {info['blas_threads']} (OPENBLAS_NUM_THREADS={info['OPENBLAS_NUM_THREADS']})"
-    )
+    print(f"BLAS threads outside the gradient: {blas_threads()}; xpnet runs one inside it")
     out = {
         "command": "python scripts/bench_depth.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": info,
+        "threads": threads,
         "data": sorted({s[3] for s in setups.values()}),
         "rounds": rounds,
+        "ceilings": ceilings,
         "rows": rows,
     }
     save_json(Path(args.out), json.loads(json.dumps(out, default=str)))

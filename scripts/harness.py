@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from xpnet.backend import BACKENDS, library_version, resolve_backend
 from xpnet.device import device_name
 from xpnet.timing import blas_threads
 
-__all__ = ["machine_info", "available_backends", "parse_backends"]
+__all__ = ["machine_info", "available_backends", "parse_backends", "parallel_ceiling"]
 
 
 def _cpu_model() -> str:
@@ -79,3 +81,37 @@ def parse_backends(spec: str) -> list[tuple[str, object]]:
         name, _, device = item.partition(":")
         pairs.append((name, device or None))
     return pairs
+
+
+def _kernel(repeats: int = 200) -> float:
+    """Seconds of a fixed NumPy kernel (exp and a multiply on 4 MiB, in place):
+    what one core does when nothing else runs on it."""
+    import numpy as np
+
+    a = np.linspace(0.0, 1.0, 2**19)
+    out = np.empty_like(a)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        np.exp(a, out=out)
+        out *= a
+    return time.perf_counter() - start
+
+
+def parallel_ceiling(n: int, repeats: int = 200) -> dict:
+    """The machine's parallel ceiling for ``n`` workers, measured now: the
+    throughput of ``n`` processes (and of ``n`` threads) running the same fixed
+    NumPy kernel at once, as a multiple of one alone. Virtual CPUs that share a
+    physical core, or a loaded host, give less than ``n``."""
+    one = _kernel(repeats)
+    if n <= 1:
+        return {"n": 1, "processes": 1.0, "threads": 1.0}
+    with ProcessPoolExecutor(n) as pool:
+        list(pool.map(_kernel, [5] * n))  # start the workers
+        start = time.perf_counter()
+        list(pool.map(_kernel, [repeats] * n))
+        processes = n * one / (time.perf_counter() - start)
+    with ThreadPoolExecutor(n) as pool:
+        start = time.perf_counter()
+        list(pool.map(_kernel, [repeats] * n))
+        threads = n * one / (time.perf_counter() - start)
+    return {"n": n, "processes": processes, "threads": threads}

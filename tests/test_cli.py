@@ -380,8 +380,11 @@ def test_a_params_file_with_sizes_of_the_wrong_length_is_refused(tmp_path):
     import xpnet
 
     path = tmp_path / "p.npz"
+    np.savez(path, sizes=np.array([4]), activation=np.asarray("relu"), W1=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="'sizes' must be 2 or more integer layer sizes"):
+        xpnet.MultiLayerNet.load(path)
     np.savez(path, sizes=np.array([4, 2]), activation=np.asarray("relu"), W1=np.zeros((4, 2)))
-    with pytest.raises(ValueError, match="'sizes' must be 3 or more integer layer sizes"):
+    with pytest.raises(ValueError, match="missing 'b1'"):
         xpnet.MultiLayerNet.load(path)
     np.savez(
         path,

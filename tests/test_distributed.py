@@ -28,7 +28,8 @@ from conftest import (
 )
 
 import xpnet
-from xpnet.distributed import ClusterError, NetSpec, connect, plan
+from xpnet.cluster import ClusterError, connect
+from xpnet.distributed import WorkerSpec, plan
 
 distributed = pytest.importorskip("distributed")
 
@@ -117,11 +118,11 @@ def test_plan_covers_every_sample_and_row_exactly_once(method):
         assert len(samples) * len(blocks) >= min(2 * slots, n * len(blocks))
 
 
-def test_net_spec_sends_gpu_work_to_each_workers_own_device():
+def test_worker_spec_sends_gpu_work_to_each_workers_own_device():
     numpy_net = xpnet.TwoLayerNet(4, 3, 2)
-    assert NetSpec.of(numpy_net).device is None
+    assert WorkerSpec.of(numpy_net.spec, numpy_net.backend).device is None
     strict = xpnet.TwoLayerNet(4, 3, 2, backend="array_api_strict", device="device1")
-    assert str(NetSpec.of(strict).device) == str(strict.device)
+    assert str(WorkerSpec.of(strict.spec, strict.backend).device) == str(strict.device)
 
 
 def test_bad_client_and_split_arguments_are_clear_errors(inproc_client):
@@ -133,17 +134,8 @@ def test_bad_client_and_split_arguments_are_clear_errors(inproc_client):
         net.numerical_gradient(x, t, shards=2)
     with pytest.raises(ValueError, match="shards must be a positive int"):
         net.numerical_gradient(x, t, client=inproc_client, shards=0)
-    with pytest.raises(ValueError, match="param_blocks must be a positive int"):
+    with pytest.raises(TypeError, match="param_blocks must be a positive int"):
         net.numerical_gradient(x, t, client=inproc_client, param_blocks=1.5)
-    with pytest.raises(ValueError, match="must be a positive int"):
-        connect(workers=0)
-
-
-def test_an_unreachable_scheduler_is_one_clear_error():
-    with pytest.raises(
-        ClusterError, match="cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"
-    ):
-        connect("tcp://127.0.0.1:9", timeout=0.2)
 
 
 def test_without_dask_the_error_names_the_extra(monkeypatch):
@@ -232,56 +224,3 @@ def test_a_lost_scheduler_is_one_clear_error():
             stopper.join()
             client.close()
             cluster.close()
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
-def test_a_local_cluster_listens_on_127_0_0_1_only():
-    def listening():
-        found = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with open(table) as handle:
-                for line in handle.readlines()[1:]:
-                    fields = line.split()
-                    if fields[3] == "0A":  # LISTEN
-                        found.add(fields[1])
-        return found
-
-    before = listening()
-    client = connect(workers=2)
-    try:
-        opened = listening() - before
-    finally:
-        client.close()
-        client.cluster.close()
-    assert opened, "the cluster opened no socket"
-    assert all(address.startswith("0100007F:") for address in opened), opened
-
-
-@pytest.mark.slow
-def test_workers_start_without_dasks_malloc_trim_threshold_and_others_are_warned_about():
-    """Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536, which made the structured
-    gradient 3x slower (docs/benchmarks.md): xpnet's clusters unset it; a cluster
-    started with Dask's defaults gets one warning per client."""
-    from xpnet.distributed import _trim_threshold
-
-    ours = connect(workers=1)
-    try:
-        assert set(ours.run(_trim_threshold).values()) == {None}
-    finally:
-        ours.close()
-        ours.cluster.close()
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    )
-    client = distributed.Client(cluster)
-    try:
-        assert set(client.run(_trim_threshold).values()) == {"65536"}
-        net = xpnet.TwoLayerNet(4, 3, 2, seed=0)
-        x, t = np.ones((4, 4)), np.array([0, 1, 0, 1])
-        with pytest.warns(RuntimeWarning, match="MALLOC_TRIM_THRESHOLD_=65536"):
-            net.numerical_gradient(x, t, client=client)
-        net.numerical_gradient(x, t, client=client)  # once per client: no second warning
-    finally:
-        client.close()
-        cluster.close()

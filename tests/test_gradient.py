@@ -65,7 +65,7 @@ def test_non_array_argument_is_named():
 
 
 def test_step_type_error():
-    with pytest.raises(TypeError, match="h must be a positive float"):
+    with pytest.raises(TypeError, match="h must be a positive finite float, got str"):
         xpnet.numerical_gradient(lambda v: 0.0, np.zeros(2), h="1e-4")
 
 

@@ -120,11 +120,21 @@ def test_bench_depth(tmp_path, capsys):
     data = json.loads(out.read_text())
     nets = {r["net"] for r in data["rows"]}
     assert len(nets) == 4
+    threads = data["threads"]
     for net in nets:
         methods = {r["method"] for r in data["rows"] if r["net"] == net}
-        assert {"loop", "structured", "complex", "backprop"} <= methods
+        assert {
+            "book loop (plain NumPy, 1 BLAS thread)",
+            "structured, 1 thread",
+            f"structured, {threads} threads",
+            f"complex, {threads} threads",
+            "backprop",
+            f"threads speed-up ({threads} vs 1)",
+        } == methods
     assert all(r["vs_loop"] > 0 for r in data["rows"] if "vs_loop" in r)
-    assert "BLAS threads" in capsys.readouterr().out and data["machine"]["blas_threads"]
+    assert all(0 < c["processes"] for c in data["ceilings"])
+    out = capsys.readouterr().out
+    assert "BLAS threads" in out and "parallel ceiling" in out and data["machine"]["blas_threads"]
 
 
 def test_regression_demo(tmp_path, capsys):

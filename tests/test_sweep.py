@@ -138,7 +138,7 @@ def test_cli_sweep_errors_are_one_line(tmp_path, capsys):
     with dask.config.set({"distributed.comm.timeouts.connect": "0.2s"}):
         assert main(["sweep", "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot reach the Dask scheduler" in err[0]
+    assert len(err) == 1 and "cannot reach a Dask scheduler" in err[0]
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--lr-range", "1e-2,1e-6"])
     assert exit_info.value.code == 2
@@ -211,14 +211,6 @@ def test_local_cluster_kind_follows_the_backend_and_dask_cuda(
     with pytest.raises(Stop):  # the default: 2 local workers, or one per GPU
         sweep(config, log=None, progress=False)
     assert calls == [(None, 3, cuda), (None, None if cuda else 2, cuda)]
-
-
-def test_one_worker_per_gpu_needs_dask_cuda(monkeypatch):
-    from xpnet.distributed import connect
-
-    monkeypatch.setitem(sys.modules, "dask_cuda", None)
-    with pytest.raises(ImportError, match=r'pip install "xpnet\[dask-cuda\]"'):
-        connect(workers=1, cuda=True)
 
 
 def test_an_interrupted_sweep_keeps_its_finished_trials_and_says_how_to_resume(

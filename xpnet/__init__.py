@@ -4,8 +4,8 @@ array-api-strict, JAX), on one device or sharded over a Dask cluster."""
 
 from . import datasets, optimizers
 from .backend import Backend, resolve_backend, to_numpy
+from .cluster import ClusterError
 from .datasets import load_digits, load_fashion_mnist, load_mnist
-from .distributed import ClusterError
 from .gradcheck import GradientCheck, gradient_check
 from .gradient import default_step, numerical_gradient, numerical_gradient_batched
 from .network import METHODS, MultiLayerNet, TwoLayerNet

@@ -133,6 +133,18 @@ class Backend:
             return array
         return self.from_host(to_numpy(array), dtype=dtype)
 
+    def worker_device(self):
+        """The device a Dask worker should compute this backend's work on: its own
+        GPU for CuPy (None: the worker's current device) and torch CUDA
+        (``"cuda"``), the host otherwise; array-api-strict keeps its named device."""
+        if self.name == "cupy":
+            return None
+        if self.name == "torch":
+            return "cuda" if "cuda" in str(self.device) else "cpu"
+        if self.name in ("numpy", "jax"):
+            return None
+        return self.device
+
     def __repr__(self) -> str:
         return f"Backend(name={self.name!r}, device={self.device!r}, dtype={self.dtype_name!r})"
 
@@ -281,11 +293,15 @@ def to_numpy(array) -> np.ndarray:
     if array_api_compat.is_torch_array(array):
         return array.detach().cpu().numpy()
     if type(array).__module__.startswith("array_api_strict"):
-        import array_api_strict
-
-        cpu = array_api_strict.__array_namespace_info__().default_device()
-        return np.asarray(array.to_device(cpu))
+        return np.asarray(array.to_device(_strict_cpu()))
     return np.asarray(array)
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_cpu():
+    import array_api_strict
+
+    return array_api_strict.__array_namespace_info__().default_device()
 
 
 def library_version(name: str) -> str | None:

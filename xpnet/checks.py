@@ -1,31 +1,181 @@
-"""Argument checks that turn bad input into clear errors.
+"""The one set of argument checks: bad input becomes one clear error.
 
 Rules of this module:
 
 * Every check names the argument and says what was expected, and raises
   ``TypeError`` for a wrong kind of thing (dtype, type) and ``ValueError`` for a
-  wrong value (shape, range, NaN).
-* Checks run on the backend that holds the data (one reduction, one scalar back to
-  the host); they never convert a device array with NumPy.
+  wrong value (shape, range, NaN). Integral types of any library (``np.int64``)
+  count as ints, real ones as floats; ``bool`` is neither.
+* Scalar checks (:func:`positive_int`, :func:`non_negative_float`, ...) return
+  the value as a plain Python ``int``/``float``; :func:`argparse_type` turns any
+  of them into an ``argparse`` ``type=`` whose error is one line.
+* Array checks run on the backend that holds the data (one reduction, one scalar
+  back to the host); they never convert a device array with NumPy.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 
 from array_api_compat import array_namespace
 
-__all__ = ["check_size", "check_inputs", "check_targets", "check_step", "check_float_array"]
+from .backend import to_numpy
+
+__all__ = [
+    "positive_int",
+    "non_negative_int",
+    "positive_float",
+    "non_negative_float",
+    "finite_float",
+    "one_of",
+    "share",
+    "log_range",
+    "sizes",
+    "argparse_type",
+    "check_size",
+    "check_inputs",
+    "check_targets",
+    "check_step",
+    "check_float_array",
+]
+
+
+def _integral(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def positive_int(name: str, value) -> int:
+    """An integer ``>= 1``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def non_negative_int(name: str, value) -> int:
+    """An integer ``>= 0``."""
+    value = _integral(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return value
+
+
+def _real(name: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def finite_float(name: str, value) -> float:
+    """A finite real number."""
+    value = _real(name, value, "a finite float")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite float, got {value}")
+    return value
+
+
+def positive_float(name: str, value) -> float:
+    """A finite real number ``> 0``."""
+    value = _real(name, value, "a positive finite float")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite float, got {value}")
+    return value
+
+
+def non_negative_float(name: str, value) -> float:
+    """A finite real number ``>= 0``."""
+    value = _real(name, value, "a finite float >= 0")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite float >= 0, got {value}")
+    return value
+
+
+def share(name: str, value) -> float:
+    """A real number strictly between 0 and 1."""
+    value = _real(name, value, "a share in (0, 1)")
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must be a share in (0, 1), got {value}")
+    return value
+
+
+def one_of(name: str, value, choices) -> str:
+    """One of ``choices`` (strings)."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not known; expected one of {sorted(choices)}")
+    return value
+
+
+def log_range(name: str, value) -> tuple[float, float]:
+    """Two numbers ``0 < low <= high < inf`` (a log-uniform range)."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
+    if not 0 < low <= high < math.inf:
+        raise ValueError(f"{name} must satisfy 0 < low <= high, got {value!r}")
+    return low, high
+
+
+def sizes(name: str, value, *, allow_empty: bool = False) -> list[int]:
+    """A list (or tuple) of positive ints, e.g. hidden layer sizes."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        hint = f" (one layer: [{value}])" if isinstance(value, numbers.Integral) else ""
+        raise TypeError(
+            f"{name} must be a list of positive ints, got {type(value).__name__} {value!r}{hint}"
+        )
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must name at least one size, got []")
+    return [positive_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
+def argparse_type(check, *args, **kwargs):
+    """An ``argparse`` ``type=`` from a check: parses the text (int, float, a
+    comma-separated list where the check takes one) and reports a failure as
+    ``argparse.ArgumentTypeError`` (one line, naming what was expected)."""
+
+    def parse(text: str):
+        try:
+            value = _parse_text(check, text)
+            return check("the value", value, *args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            message = str(exc).replace("the value ", "").replace("the value=", "")
+            raise argparse.ArgumentTypeError(message) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+def _parse_text(check, text: str):
+    if check in (positive_int, non_negative_int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"the value must be an int, got {text!r}") from None
+    if check in (positive_float, non_negative_float, finite_float, share):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"the value must be a number, got {text!r}") from None
+    if check is sizes:
+        try:
+            return [int(part) for part in text.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"the value must be positive ints separated by commas (e.g. 100,100), got {text!r}"
+            ) from None
+    if check is log_range:
+        return text.split(",")
+    return text
 
 
 def check_size(name: str, value) -> int:
-    """A positive integer layer size."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
+    """A positive integer layer size (:func:`positive_int`)."""
+    return positive_int(name, value)
 
 
 def check_float_array(name: str, a) -> None:
@@ -107,7 +257,8 @@ def check_targets(t, batch_size: int, output_size: int, name: str = "t"):
     elif not xp.isdtype(t.dtype, "integral"):
         raise TypeError(f"{name} labels must have an integer dtype, got {t.dtype}")
     labels = xp.astype(t, xp.int64)
-    low, high = int(xp.min(labels)), int(xp.max(labels))
+    bounds = xp.stack([xp.min(labels), xp.max(labels)])
+    low, high = (int(v) for v in to_numpy(bounds).tolist())
     if low < 0 or high >= output_size:
         raise ValueError(
             f"{name} labels must lie in [0, {output_size}), got values from {low} to {high}"
@@ -117,9 +268,4 @@ def check_targets(t, batch_size: int, output_size: int, name: str = "t"):
 
 def check_step(h, name: str = "h") -> float:
     """A finite, positive step size."""
-    if isinstance(h, bool) or not isinstance(h, numbers.Real):
-        raise TypeError(f"{name} must be a positive float, got {type(h).__name__}")
-    h = float(h)
-    if not (h > 0 and math.isfinite(h)):
-        raise ValueError(f"{name} must be a positive finite float, got {h}")
-    return h
+    return positive_float(name, h)

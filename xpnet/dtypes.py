@@ -9,6 +9,7 @@ a namespace's dtypes are looked up by name (``getattr(xp, "float64")``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 __all__ = ["DType", "DTYPES", "dtype_info"]
@@ -41,6 +42,10 @@ class DType:
         A smaller explicit step gets a warning (rounding error ``eps / h``).
     complex_step : float
         Default ``h`` of the complex step (no cancellation: any tiny step).
+    complex_step_range : (float, float)
+        Steps the complex step accepts: above the second, the step's own
+        curvature (``~h^2``, relative) is no longer below rounding; below the
+        first, ``h`` times a derivative leaves the dtype's normal range.
     tolerance, complex_tolerance : float
         Default normwise bound of :func:`xpnet.gradient_check` for central
         differences and for the complex step.
@@ -54,6 +59,7 @@ class DType:
     step_range: tuple
     warn_below: float
     complex_step: float
+    complex_step_range: tuple
     tolerance: float
     complex_tolerance: float
 
@@ -77,6 +83,7 @@ DTYPES = {
         step_range=(1e-12, 1.0),
         warn_below=0.0,
         complex_step=1e-20,
+        complex_step_range=(1e-290, 1e-8),
         tolerance=1e-5,
         complex_tolerance=1e-5,
     ),
@@ -89,6 +96,7 @@ DTYPES = {
         step_range=(1e-5, 1.0),
         warn_below=1e-3,
         complex_step=1e-20,
+        complex_step_range=(1e-30, 1e-4),
         tolerance=5e-2,
         complex_tolerance=1e-4,
     ),
@@ -103,6 +111,19 @@ def dtype_info(xp, dtype) -> DType:
     TypeError
         Where ``dtype`` is not one of :data:`DTYPES` or their complex types.
     """
+    try:
+        return _dtype_info(xp, dtype)
+    except TypeError:  # an unhashable dtype: look through the records
+        for info in DTYPES.values():
+            if dtype == info.real(xp) or dtype == info.complex(xp):
+                return info
+    raise TypeError(f"expected a dtype of {sorted(DTYPES)} or its complex type, got {dtype}")
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_info(xp, dtype) -> DType:
+    """:func:`dtype_info` of hashable dtypes, remembered (dtype comparisons are
+    not free on every backend)."""
     for info in DTYPES.values():
         if dtype == info.real(xp) or dtype == info.complex(xp):
             return info

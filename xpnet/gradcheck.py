@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np  # host: random directions
 
+from . import model
 from .dtypes import DTYPES
 from .gradient import resolve_step
 
@@ -149,8 +150,8 @@ def _projections(net, x, t, analytic, k, h, seed):
     """Directional derivatives, numerical and backprop, ``k`` per parameter array."""
     xp = net.xp
     h = resolve_step(h, net.dtype, xp)
-    x, targets = net._batch(x, t)
-    params = net._params()
+    batch = net.batch(x, t)
+    params = model.params_of(net.checked_layers())
     rng = np.random.default_rng(seed)  # host
     numeric, projected = {}, {}
     for name, value in params.items():
@@ -161,7 +162,9 @@ def _projections(net, x, t, analytic, k, h, seed):
         for i in range(k):
             plus = dict(params, **{name: value + h * v[i, ...]})
             minus = dict(params, **{name: value - h * v[i, ...]})
-            values.append((net._loss(x, targets, plus) - net._loss(x, targets, minus)) / (2 * h))
+            up = model.loss(net.spec, model.layers_of(plus), batch)
+            down = model.loss(net.spec, model.layers_of(minus), batch)
+            values.append((up - down) / (2 * h))
         numeric[name] = xp.stack(values)
         projected[name] = xp.sum(xp.reshape(v * analytic[name][None, ...], (k, -1)), axis=1)
     return numeric, projected

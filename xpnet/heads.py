@@ -15,11 +15,15 @@ Rules of this module:
 * Targets are validated once, at the network's boundary (:meth:`Head.targets`);
   internally softmax targets are ``(N,)`` int64 labels and the others ``(N, C)``
   arrays in the network's dtype.
-* The structured gradient asks a head for two kinds of perturbed losses, written
-  here so that each head keeps its own arithmetic:
-  :meth:`Head.row_losses` (the whole score row moves along a direction, summed one
-  class at a time so temporaries do not grow with ``C``) and
-  :meth:`Head.column_losses` (one class's score moves).
+* The structured gradient (:mod:`xpnet.structured`) asks a head for perturbed
+  losses in three forms, written here so that each head keeps its own arithmetic:
+  :meth:`Head.column_differences` (one score column moves: the last layer's
+  parameters), :meth:`Head.series_coefficients` and :meth:`Head.series_differences`
+  (the score row moves along a truncated power series in one hidden unit's
+  change), and plain :meth:`Head.losses` for rows evaluated directly. Each
+  perturbed loss is the head's loss at the perturbed scores; the identities used
+  (``exp(a + d) = exp(a) exp(d)``, ``log p - log q = log(p / q)``) are exact in
+  real arithmetic.
 * Backprop (:meth:`Head.delta`) differentiates the terms without the ``1e-7``, as
   the book does.
 """
@@ -32,6 +36,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from . import functions as F
+from . import series
 from .checks import check_targets
 
 __all__ = ["HEADS", "Head", "HeadCache", "get_head"]
@@ -43,23 +48,23 @@ class HeadCache:
 
     Attributes
     ----------
-    by_class : array (C, N)
-        Score columns, contiguous: the row-max-shifted scores for softmax, the
-        pre-activations themselves for the other heads.
+    scores : array (N, C)
+        The last pre-activations (softmax: shifted by each row's maximum).
     target : array
-        ``(N,)`` labels (softmax) or ``(C, N)`` targets by class (the others).
-    score_t : array (N,) or None
-        Softmax only: the shifted score of each sample's label.
+        ``(N,)`` labels (softmax) or ``(N, C)`` targets.
+    weights : array (N, C) or None
+        Softmax only: ``exp(scores)`` (each row's largest is 1).
+    total : array (N,) or None
+        Softmax only: each row's sum of ``weights``.
+    weight_t : array (N,) or None
+        Softmax only: the weight of each sample's label.
     """
 
-    by_class: object
+    scores: object
     target: object
-    score_t: object = None
-
-
-def _contiguous(xp, a):
-    """Row-major copy of ``a`` (flattening a transposed view forces the copy)."""
-    return xp.reshape(xp.reshape(a, (-1,)), a.shape)
+    weights: object = None
+    total: object = None
+    weight_t: object = None
 
 
 class Head:
@@ -87,27 +92,32 @@ class Head:
         raise NotImplementedError
 
     def cache(self, a, t) -> HeadCache:
+        """What the structured gradient keeps of the unperturbed scores ``a``."""
         raise NotImplementedError
 
-    def row_losses(self, cache: HeadCache, n_idx, dz, w):
-        """Terms of samples ``n_idx`` when their score row moves by ``dz * w``.
+    def column_differences(self, cache: HeadCache, delta, combine):
+        """Perturbed-loss differences when one score column moves.
 
-        ``dz`` has shape (S, U, J): a change per step, sample and hidden unit;
-        ``w`` (C, J) is the unit's row of the last weight matrix, by class.
-        Returns (S, U, J).
+        ``delta`` (S, I, N): per step, input ``i`` and sample, how much score
+        column ``k`` moves (the same for every ``k``). Returns (I, C): for each
+        input and column ``k``, ``combine`` of the moved losses summed over the
+        samples.
         """
         raise NotImplementedError
 
-    def column_losses(self, cache: HeadCache, delta):
-        """Terms of every sample when score column ``k`` alone moves by ``delta``.
-
-        ``delta`` has shape (S, J, 1, N); returns (S, J, K=C, N).
-        """
+    def series_coefficients(self, cache: HeadCache, rows, moves, terms: int):
+        """Coefficients, for samples ``rows`` (a slice), of the series that
+        :meth:`series_differences` evaluates, given the series ``moves`` of the
+        score rows (``moves[m]`` (n, J, C): coefficient of ``dz^m`` of the change
+        of the scores when unit ``j`` below moves by ``dz``; ``moves[0]`` None)."""
         raise NotImplementedError
 
-    def class_losses(self, cache: HeadCache, scores, n):
-        """Terms for whole score columns ``scores`` (C, M) of samples ``n`` (M,),
-        in the coordinates of ``cache.by_class`` (shifted for softmax). Returns (M,).
+    def series_differences(self, cache: HeadCache, coefficients, dz, take, combine):
+        """``combine`` of the losses at the moved scores, per item.
+
+        ``coefficients``: :meth:`series_coefficients` gathered for the items;
+        ``dz`` (S, *items): each item's unit change per step; ``take(array)``
+        gathers a per-sample array (N, ...) for the items.
         """
         raise NotImplementedError
 
@@ -140,40 +150,53 @@ class Softmax(Head):
     def cache(self, a, t):
         xp = array_namespace(a, t)
         s = a - xp.max(a, axis=1, keepdims=True)
-        score_t = xp.take_along_axis(s, t[:, None], axis=1)[:, 0]
-        return HeadCache(_contiguous(xp, xp.permute_dims(s, (1, 0))), t, score_t)
+        weights = xp.exp(s)
+        weight_t = xp.take_along_axis(weights, t[:, None], axis=1)[:, 0]
+        return HeadCache(s, t, weights, xp.sum(weights, axis=1), weight_t)
 
-    def row_losses(self, cache, n_idx, dz, w):
-        xp = array_namespace(dz, w)
-        s = xp.take(cache.by_class, n_idx, axis=1)  # (C, U): rows contiguous
-        # the softmax's sum over classes, one class at a time: every temporary is
-        # (S, U, J), which keeps a chunk in cache however many classes there are
-        total = xp.exp(s[0, None, :, None] + dz * w[0, :])
-        for c in range(1, w.shape[0]):
-            total = total + xp.exp(s[c, None, :, None] + dz * w[c, :])
-        w_t = xp.take(w, xp.take(cache.target, n_idx), axis=0)  # (U, J)
-        score_t = xp.take(cache.score_t, n_idx)[None, :, None] + dz * w_t[None, ...]
-        return -xp.log(xp.exp(score_t) / total + F.LOG_EPS)
-
-    def class_losses(self, cache, scores, n):
-        xp = array_namespace(scores)
-        total = xp.exp(scores[0, :])
-        for c in range(1, scores.shape[0]):
-            total = total + xp.exp(scores[c, :])
-        label = xp.take(cache.target, n)
-        score_t = xp.take_along_axis(scores, label[None, :], axis=0)[0, :]
-        return -xp.log(xp.exp(score_t) / total + F.LOG_EPS)
-
-    def column_losses(self, cache, delta):
+    def column_differences(self, cache, delta, combine):
+        # p_t = e_t exp(d [k == t]) / (sum_c e_c + e_k (exp(d) - 1)): exp(a + d) =
+        # exp(a) exp(d), one exp per (step, input, sample) for every class k
         xp = array_namespace(delta)
-        s, n_classes = cache.by_class, cache.by_class.shape[0]
-        eye = xp.eye(n_classes, dtype=s.dtype, device=device_of(s))  # (K, C): which class moves
-        hits = xp.take(eye, cache.target, axis=1)  # (K, N): k == t_n
-        total = xp.exp(s[0, :] + delta * eye[None, None, :, 0, None])
-        for c in range(1, n_classes):
-            total = total + xp.exp(s[c, :] + delta * eye[None, None, :, c, None])
-        score_t = cache.score_t + delta * hits  # (S, J, K, N)
-        return -xp.log(xp.exp(score_t) / total + F.LOG_EPS)
+        n_classes = cache.weights.shape[1]
+        e = xp.permute_dims(cache.weights, (1, 0))  # (C, N)
+        classes = xp.arange(n_classes, device=device_of(e))
+        hit = xp.astype(classes[:, None] == cache.target[None, :], e.dtype)  # (C, N)
+        grow = _expm1(xp, delta)[:, :, None, :]  # (S, I, 1, N)
+        total = cache.total + e * grow  # (S, I, C, N)
+        p = cache.weight_t * (1.0 + hit * grow)
+        p /= total
+        p += F.LOG_EPS
+        return xp.sum(combine.negative_log(p), axis=-1)  # (I, C)
+
+    def series_coefficients(self, cache, rows, moves, terms):
+        # p_t = e_t / Y, Y(dz) = sum_c e_c exp(x_c(dz) - x_t(dz)): the exp of a
+        # series with no constant term, weighted by the cached e_c
+        xp = array_namespace(cache.weights)
+        labels = cache.target[rows]
+        n = labels.shape[0]
+        gaps = [None]
+        for m in range(1, terms):
+            x = moves[m] if m < len(moves) else None
+            if x is None:
+                gaps.append(None)
+                continue
+            x = xp.broadcast_to(x, (n, *x.shape[1:]))  # a move shared by every sample
+            index = xp.broadcast_to(labels[:, None, None], (*x.shape[:-1], 1))
+            gaps.append(x - xp.take_along_axis(x, index, axis=-1))
+        grown = series.exp(gaps, terms)
+        e = cache.weights[rows, ...][:, None, :]  # (n, 1, C)
+        total = cache.total[rows][:, None]  # (n, 1)
+        n_units = next(m.shape[1] for m in moves if m is not None)
+        coefficients = [xp.broadcast_to(total, (n, n_units))]
+        for m in range(1, terms):
+            coefficients.append(None if grown[m] is None else xp.sum(e * grown[m], axis=-1))
+        return coefficients
+
+    def series_differences(self, cache, coefficients, dz, take, combine):
+        p = take(cache.weight_t) / series.horner(coefficients, dz)
+        p += F.LOG_EPS
+        return combine.negative_log(p)
 
 
 class _Separable(Head):
@@ -187,31 +210,31 @@ class _Separable(Head):
         return xp.sum(self.term(a, t), axis=-1)
 
     def cache(self, a, t):
-        xp = array_namespace(a, t)
-        by_class = _contiguous(xp, xp.permute_dims(a, (1, 0)))
-        return HeadCache(by_class, _contiguous(xp, xp.permute_dims(t, (1, 0))))
+        return HeadCache(a, t)
 
-    def row_losses(self, cache, n_idx, dz, w):
-        xp = array_namespace(dz, w)
-        a = xp.take(cache.by_class, n_idx, axis=1)  # (C, U)
-        t = xp.take(cache.target, n_idx, axis=1)
-        total = self.term(a[0, None, :, None] + dz * w[0, :], t[0, None, :, None])
-        for c in range(1, w.shape[0]):
-            total = total + self.term(a[c, None, :, None] + dz * w[c, :], t[c, None, :, None])
-        return total
-
-    def class_losses(self, cache, scores, n):
-        xp = array_namespace(scores)
-        t = xp.take(cache.target, n, axis=1)  # (C, M)
-        total = self.term(scores[0, :], t[0, :])
-        for c in range(1, scores.shape[0]):
-            total = total + self.term(scores[c, :], t[c, :])
-        return total
-
-    def column_losses(self, cache, delta):
+    def column_differences(self, cache, delta, combine):
         # the other classes' terms are bit-identical in f(+) and f(-): only the
         # moved class's term is evaluated (as zero inputs are skipped elsewhere)
-        return self.term(cache.by_class + delta, cache.target)
+        xp = array_namespace(delta)
+        scores = xp.permute_dims(cache.scores, (1, 0))  # (C, N)
+        target = xp.permute_dims(cache.target, (1, 0))
+        moved = self.term(scores + delta[:, :, None, :], target)  # (S, I, C, N)
+        return xp.sum(combine.loss(moved), axis=-1)
+
+    def series_coefficients(self, cache, rows, moves, terms):
+        xp = array_namespace(cache.scores)
+        n = cache.scores[rows, ...].shape[0]
+        out = [None]
+        for m in range(1, terms):
+            x = moves[m] if m < len(moves) else None
+            out.append(None if x is None else xp.broadcast_to(x, (n, *x.shape[1:])))
+        return out
+
+    def series_differences(self, cache, coefficients, dz, take, combine):
+        xp = array_namespace(dz)
+        change = series.horner(coefficients, dz[..., None])  # (S, *items, C)
+        moved = self.term(take(cache.scores) + change, take(cache.target))
+        return combine.loss(xp.sum(moved, axis=-1))
 
     def delta(self, y, t):
         return y - t
@@ -292,6 +315,14 @@ class Identity(_Separable):
         raise ValueError(
             "accuracy is not defined for output='identity' (regression); use loss instead"
         )
+
+
+def _expm1(xp, d):
+    """``exp(d) - 1`` without cancellation for real ``d``; complex ``d`` (the
+    complex step) takes ``exp(d) - 1``, whose imaginary part has none."""
+    if xp.isdtype(d.dtype, "complex floating"):
+        return xp.exp(d) - 1.0
+    return xp.expm1(d)
 
 
 HEADS = {head.name: head for head in (Softmax(), Sigmoid(), Identity())}

@@ -2,102 +2,61 @@
 
 Rules of this module:
 
-* A network is affine - activation - ... - affine - head (:mod:`xpnet.heads`);
-  ``TwoLayerNet`` is ``MultiLayerNet`` with one hidden layer and the softmax head,
-  keeping the book's chapter 4 constructor.
+* A network is a thin, validating shell around the model core
+  (:mod:`xpnet.model`): it holds the backend, the spec (``net.spec``) and the
+  book's ``params`` dict, checks what a user hands it, and calls the core. It
+  computes nothing itself.
 * The backend is resolved once, in ``__init__``, and held as ``self.backend``
   (``self.xp``, ``self.device``, ``self.dtype``). Inputs of any library are moved
   to it; results stay on its device.
 * ``self.params`` (``W1 b1 ... WL bL``) is the source of truth: every public
-  method reads and validates it afresh, so a user's ``net.params["W1"] = ...`` (or
-  in-place update) is honoured. The numerical gradient reads it once per call.
+  method reads and checks it afresh (:meth:`MultiLayerNet.checked_layers`), so a
+  user's ``net.params["W1"] = ...`` (or in-place update) is honoured.
+* :meth:`MultiLayerNet.batch` is the boundary for data: it returns a
+  :class:`xpnet.model.Batch` that the core, the trainer and the gradient checks
+  use unchecked.
 * Initial weights are drawn on the host from ``numpy.random.default_rng(seed)``,
   ``W1`` first, so the same seed gives the same weights on every backend.
-* The loss is the head's mean over samples plus ``0.5 * lambda * sum_l ||W_l||^2``.
-  That decay term is a quadratic: its central difference is exactly
-  ``lambda * W`` per coordinate, so the structured and complex gradients add it
-  without re-running the network.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import numpy as np  # host
 
+from . import checks, model
 from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
-from .device import free_memory, single_blas_thread
 from .dtypes import DTYPES
 from .functions import ACTIVATIONS
-from .gradient import (
-    itemsize,
-    memory_budget,
-    numerical_gradient,
-    numerical_gradient_batched,
-    resolve_step,
-)
-from .heads import HEADS, get_head
+from .gradient import resolve_step
+from .heads import HEADS
 from .io import load_npz, npz_shapes, save_npz
-from .structured import HOST_TOTAL_BYTES, host_bytes, structured_gradient
+from .numerical import METHODS, model_gradient
 
-__all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "PARAM_NAMES", "INITS"]
+__all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "INITS", "read_network_file"]
 
-PARAM_NAMES = ("W1", "b1", "W2", "b2")
-#: Numerical-gradient methods: ``auto`` picks ``structured``.
-METHODS = ("auto", "structured", "complex", "batched", "loop")
 #: Named weight scales (the book's): He for ReLU, Xavier for sigmoid.
 INITS = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
 
 
-def _check_hidden(hidden_size_list) -> list[int]:
-    if isinstance(hidden_size_list, (str, bytes)) or not isinstance(
-        hidden_size_list, (list, tuple)
-    ):
-        hint = (
-            f" (one layer of {hidden_size_list}: [{hidden_size_list}])"
-            if isinstance(hidden_size_list, numbers.Integral)
-            else ""
-        )
-        raise TypeError(
-            "hidden_size_list must be a list of positive ints, got "
-            f"{type(hidden_size_list).__name__} {hidden_size_list!r}{hint}"
-        )
-    if len(hidden_size_list) == 0:
-        raise ValueError("hidden_size_list must name at least one hidden layer, got []")
-    return [check_size(f"hidden_size_list[{i}]", h) for i, h in enumerate(hidden_size_list)]
-
-
-def _check_init(weight_init_std):
+def check_init(weight_init_std, name: str = "weight_init_std"):
+    """A standard deviation ``>= 0`` (float) or one of :data:`INITS` (lower-cased)."""
     if isinstance(weight_init_std, str):
         if weight_init_std.lower() not in INITS:
             raise ValueError(
-                f"weight_init_std={weight_init_std!r} is not known; expected a float >= 0 "
+                f"{name}={weight_init_std!r} is not known; expected a float >= 0 "
                 f"or one of {sorted(INITS)}"
             )
         return weight_init_std.lower()
-    if (
-        isinstance(weight_init_std, bool)
-        or not isinstance(weight_init_std, numbers.Real)
-        or not (math.isfinite(weight_init_std) and weight_init_std >= 0)
-    ):
+    try:
+        return checks.non_negative_float(name, weight_init_std)
+    except TypeError:
         raise ValueError(
-            f"weight_init_std must be a finite float >= 0 or one of {sorted(INITS)}, "
-            f"got {weight_init_std!r}"
-        )
-    return float(weight_init_std)
-
-
-def _check_decay(value) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not (math.isfinite(value) and value >= 0)
-    ):
-        raise ValueError(f"weight_decay_lambda must be a finite float >= 0, got {value!r}")
-    return float(value)
+            f"{name} must be a finite float >= 0 or one of {sorted(INITS)}, got {weight_init_std!r}"
+        ) from None
 
 
 def _check_central_step(h: float, dtype_name: str) -> None:
@@ -107,6 +66,17 @@ def _check_central_step(h: float, dtype_name: str) -> None:
         raise ValueError(
             f"h={h:g} cannot give a {dtype_name} central difference: use {low:g} <= h <= "
             f"{high:g} (default h=None), or method='complex' for tiny steps"
+        )
+
+
+def _check_complex_step(h: float, dtype_name: str) -> None:
+    """``h`` of the complex step: tiny enough that the step's own curvature is
+    below rounding, large enough that ``h`` times the derivative is not lost."""
+    low, high = DTYPES[dtype_name].complex_step_range
+    if not low <= h <= high:
+        raise ValueError(
+            f"h={h:g} cannot give a {dtype_name} complex step: use {low:g} <= h <= {high:g} "
+            "(default h=None: 1e-20)"
         )
 
 
@@ -129,7 +99,8 @@ class MultiLayerNet:
     ----------
     input_size : int
     hidden_size_list : list of int
-        Units of each hidden layer, e.g. ``[100, 100]`` (at least one).
+        Units of each hidden layer, e.g. ``[100, 100]``; ``[]`` is a linear model
+        (one affine layer and the head: softmax regression for the softmax head).
     output_size : int
     activation : {"relu", "sigmoid"}
     weight_init_std : float or {"relu", "he", "sigmoid", "xavier"}
@@ -154,8 +125,8 @@ class MultiLayerNet:
     ----------
     params : dict
         ``W1 (D, H1)``, ``b1 (H1,)``, ..., ``WL (H_{L-1}, C)``, ``bL (C,)``.
-    sizes : tuple of int
-        ``(D, H1, ..., C)``.
+    spec : xpnet.model.ModelSpec
+        Sizes ``(D, H1, ..., C)``, activation, head and decay.
     """
 
     def __init__(
@@ -175,22 +146,20 @@ class MultiLayerNet:
     ):
         sizes = (
             check_size("input_size", input_size),
-            *_check_hidden(hidden_size_list),
+            *checks.sizes("hidden_size_list", hidden_size_list, allow_empty=True),
             check_size("output_size", output_size),
         )
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation={activation!r} is not known; expected one of {sorted(ACTIVATIONS)}"
-            )
-        init = _check_init(weight_init_std)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
-        ):
-            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
-        self.weight_decay_lambda = _check_decay(weight_decay_lambda)
-        self.head = get_head(output)
-        self.sizes = sizes
-        self.activation = activation
+        checks.one_of("activation", activation, ACTIVATIONS)
+        checks.one_of("output", output, HEADS)
+        init = check_init(weight_init_std)
+        if seed is not None:
+            checks.non_negative_int("seed", seed)
+        self.spec = model.ModelSpec(
+            sizes,
+            activation,
+            output,
+            checks.non_negative_float("weight_decay_lambda", weight_decay_lambda),
+        )
         self.weight_init_std = init
         self.backend = resolve_backend(backend, device, dtype)
         rng = np.random.default_rng(seed)  # host
@@ -204,7 +173,7 @@ class MultiLayerNet:
                 dtype=self.dtype,
             )
 
-    # -- backend shortcuts -------------------------------------------------
+    # -- what the network is -------------------------------------------------
     @property
     def xp(self):
         return self.backend.xp
@@ -216,6 +185,31 @@ class MultiLayerNet:
     @property
     def dtype(self):
         return self.backend.dtype
+
+    @property
+    def sizes(self) -> tuple:
+        return self.spec.sizes
+
+    @property
+    def activation(self) -> str:
+        return self.spec.activation
+
+    @property
+    def output(self) -> str:
+        return self.spec.output
+
+    @property
+    def head(self):
+        return self.spec.head
+
+    @property
+    def weight_decay_lambda(self) -> float:
+        return self.spec.weight_decay
+
+    @weight_decay_lambda.setter
+    def weight_decay_lambda(self, value) -> None:
+        decay = checks.non_negative_float("weight_decay_lambda", value)
+        self.spec = model.ModelSpec(self.sizes, self.activation, self.output, decay)
 
     @property
     def input_size(self) -> int:
@@ -230,20 +224,12 @@ class MultiLayerNet:
         return self.sizes[-1]
 
     @property
-    def output(self) -> str:
-        return self.head.name
-
-    @property
     def n_layers(self) -> int:
         """Affine layers (hidden layers + 1)."""
-        return len(self.sizes) - 1
+        return self.spec.n_layers
 
     def param_shapes(self) -> dict:
-        shapes = {}
-        for layer, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True), 1):
-            shapes[f"W{layer}"] = (n_in, n_out)
-            shapes[f"b{layer}"] = (n_out,)
-        return shapes
+        return self.spec.param_shapes()
 
     def __repr__(self) -> str:
         return (
@@ -255,65 +241,56 @@ class MultiLayerNet:
             f"dtype={self.backend.dtype_name!r})"
         )
 
-    # -- inputs --------------------------------------------------------------
-    def _params(self) -> dict:
-        """Current parameters, on this backend, with shapes and values checked."""
-        out = {}
-        for name, shape in self.param_shapes().items():
-            if name not in self.params:
-                raise KeyError(f"params is missing {name!r}")
-            value = self.params[name]
-            check_float_array(f"params[{name!r}]", self.backend.asarray(value))
-            value = self.backend.asarray(value, dtype=self.dtype)
-            if tuple(value.shape) != shape:
-                raise ValueError(
-                    f"params[{name!r}] must have shape {shape}, got {tuple(value.shape)}"
-                )
-            if not bool(self.xp.all(self.xp.isfinite(value))):
-                raise ValueError(f"params[{name!r}] contains NaN or inf")
-            out[name] = value
-        return out
+    # -- the boundary: checks of what users hand over ----------------------------
+    def checked_layers(self) -> list:
+        """``[(W1, b1), ...]`` of the current ``params``, on this backend, with
+        shapes and values checked (one transfer for all of them)."""
+        xp = self.xp
+        layers, finite = [], []
+        for name_w, name_b in _names(self.n_layers):
+            pair = []
+            for name in (name_w, name_b):
+                shape = self.param_shapes()[name]
+                if name not in self.params:
+                    raise KeyError(f"params is missing {name!r}")
+                value = self.backend.asarray(self.params[name])
+                check_float_array(f"params[{name!r}]", value)
+                if value.dtype != self.dtype:
+                    value = self.xp.astype(value, self.dtype)
+                if tuple(value.shape) != shape:
+                    raise ValueError(
+                        f"params[{name!r}] must have shape {shape}, got {tuple(value.shape)}"
+                    )
+                # finite values have a finite sum, but for overflow: a sum that is not
+                # finite is looked at closely below
+                finite.append(xp.sum(value))
+                pair.append(value)
+            layers.append(tuple(pair))
+        sums = to_numpy(xp.stack(finite))  # host: one transfer for every parameter
+        if not np.isfinite(sums).all():  # host
+            names = [n for pair in _names(self.n_layers) for n in pair]
+            flat = [array for pair in layers for array in pair]
+            for name, array in zip(names, flat, strict=True):
+                if not bool(xp.all(xp.isfinite(array))):
+                    raise ValueError(f"params[{name!r}] contains NaN or inf")
+        return layers
 
-    def _layers(self, p) -> list:
-        return [(p[f"W{k}"], p[f"b{k}"]) for k in range(1, self.n_layers + 1)]
-
-    def _inputs(self, x):
+    def inputs(self, x):
+        """``x`` checked and moved to this backend: ``(N, D)`` floats, finite."""
         x = self.backend.asarray(x)
         check_float_array("x", x)  # before the cast: integer pixels are refused, not converted
+        if x.dtype != self.dtype:
+            x = self.xp.astype(x, self.dtype)
         # after the cast: finite in the network's dtype (1e300 is inf in float32)
-        return check_inputs(self.xp.astype(x, self.dtype), self.input_size)
+        return check_inputs(x, self.input_size)
 
-    def _batch(self, x, t):
-        x = self._inputs(x)
+    def batch(self, x, t) -> model.Batch:
+        """``(x, t)`` checked once, on this backend, as the head takes them."""
+        x = self.inputs(x)
         targets = self.head.targets(
             self.backend.asarray(t), x.shape[0], self.output_size, self.dtype
         )
-        return x, targets
-
-    # -- forward and loss (unchecked internals) --------------------------------
-    def _forward(self, x, layers):
-        """Pre-activations ``a`` and activations ``z`` of every layer (z[0] = x)."""
-        act = ACTIVATIONS[self.activation].function
-        z, a = [x], []
-        for index, (W, b) in enumerate(layers):
-            a.append(z[-1] @ W + b)
-            if index < len(layers) - 1:
-                z.append(act(a[-1]))
-        return a, z
-
-    def _decay(self, p):
-        """``0.5 * lambda * sum ||W||^2`` as a 0-d array (0 when lambda is 0)."""
-        xp = self.xp
-        total = xp.zeros((), dtype=self.dtype, device=self.device)
-        if self.weight_decay_lambda:
-            for k in range(1, self.n_layers + 1):
-                total = total + xp.sum(p[f"W{k}"] * p[f"W{k}"])
-            total = 0.5 * self.weight_decay_lambda * total
-        return total
-
-    def _loss(self, x, targets, p):
-        terms = self.head.losses(self._forward(x, self._layers(p))[0][-1], targets)
-        return self.xp.sum(terms) / x.shape[0] + self._decay(p)
+        return model.Batch(x, targets)
 
     # -- the book's API ------------------------------------------------------
     @_on_device
@@ -321,14 +298,13 @@ class MultiLayerNet:
         """Outputs of the head, shape (N, C), on the network's device: class
         probabilities (softmax), per-output probabilities (sigmoid) or values
         (identity)."""
-        a = self._forward(self._inputs(x), self._layers(self._params()))[0]
+        a = model.forward(self.spec, self.checked_layers(), self.inputs(x))[0]
         return self.head.output(a[-1])
 
     @_on_device
     def loss(self, x, t):
         """Mean loss of the head plus weight decay: a 0-d array (``float()`` works)."""
-        x, targets = self._batch(x, t)
-        return self._loss(x, targets, self._params())
+        return model.loss(self.spec, self.checked_layers(), self.batch(x, t))
 
     @_on_device
     def accuracy(self, x, t) -> float:
@@ -339,14 +315,8 @@ class MultiLayerNet:
         """
         if not self.head.has_accuracy:
             self.head.hits(None, None)  # raises the head's message
-        x, targets = self._batch(x, t)
-        hits, total = self._hits(x, targets, self._params())
+        hits, total = model.hits(self.spec, self.checked_layers(), self.batch(x, t))
         return int(hits) / total
-
-    def _hits(self, x, targets, p):
-        """Correct predictions (0-d array, on the device) and how many were judged."""
-        y = self.head.output(self._forward(x, self._layers(p))[0][-1])
-        return self.head.hits(y, targets)
 
     @_on_device
     def gradient(self, x, t) -> dict:
@@ -356,63 +326,7 @@ class MultiLayerNet:
         inside its logs, which changes the gradient by about 1e-6 (relative)
         compared with the numerical gradient.
         """
-        x, targets = self._batch(x, t)
-        return self._backprop(x, targets, self._params())
-
-    def _backprop(self, x, targets, p) -> dict:
-        """:meth:`gradient` on validated inputs and parameters (no checks)."""
-        xp = self.xp
-        layers = self._layers(p)
-        a, z = self._forward(x, layers)
-        derivative = ACTIVATIONS[self.activation].derivative
-        da = self.head.delta(self.head.output(a[-1]), targets) / x.shape[0]
-        grads = {}
-        for k in range(self.n_layers, 0, -1):
-            W = layers[k - 1][0]
-            grads[f"W{k}"] = xp.permute_dims(z[k - 1], (1, 0)) @ da
-            grads[f"b{k}"] = xp.sum(da, axis=0)
-            if self.weight_decay_lambda:
-                grads[f"W{k}"] = grads[f"W{k}"] + self.weight_decay_lambda * W
-            if k > 1:
-                dz = da @ xp.permute_dims(W, (1, 0))
-                da = derivative(a[k - 2], z[k - 1]) * dz
-        return {name: grads[name] for name in self.param_shapes()}
-
-    def loss_batched(self, x, targets, name, stack, *, params=None):
-        """Losses for a stack of values of one parameter, the others fixed.
-
-        Parameters
-        ----------
-        x : array (N, D) and targets, already validated on this backend.
-        name : str
-            A key of ``params`` (``"W2"``, ``"b1"``, ...).
-        stack : array, shape (K, *params[name].shape)
-        params : dict, optional
-            The other parameters, as returned by an earlier read of ``params``;
-            callers that evaluate many stacks pass it so the parameters are read
-            and validated once, not on every call. Default: read them now.
-
-        Returns
-        -------
-        array, shape (K,)
-        """
-        xp = self.xp
-        p = dict(self._params() if params is None else params)
-        p[name] = stack
-        layers = []
-        for W, b in self._layers(p):
-            layers.append((W, b if b.ndim == 1 else b[:, None, :]))
-        a = self._forward(x, layers)[0][-1]  # (K, N, C): the stack broadcasts
-        if a.ndim == 2:
-            a = a[None, ...]
-        losses = xp.sum(self.head.losses(a, targets), axis=-1) / x.shape[0]
-        if self.weight_decay_lambda:
-            fixed = sum(xp.sum(p[k] * p[k]) for k in p if k.startswith("W") and k != name)
-            moving = xp.sum(xp.reshape(stack * stack, (stack.shape[0], -1)), axis=1)
-            if not name.startswith("W"):
-                moving = xp.zeros_like(moving)
-            losses = losses + 0.5 * self.weight_decay_lambda * (moving + fixed)
-        return losses
+        return model.params_of(model.backprop(self.spec, self.checked_layers(), self.batch(x, t)))
 
     @_on_device
     def numerical_gradient(
@@ -447,7 +361,8 @@ class MultiLayerNet:
         chunk_size, max_bytes : int, optional
             Chunking of ``batched`` (``max_bytes`` also bounds ``structured``).
         n_threads : int, optional
-            Threads for ``structured``/``complex`` on NumPy (default 1).
+            Host threads of ``structured``/``complex`` on NumPy (default: the
+            cores this process may use, capped by ``$XPNET_NUM_THREADS``).
         client : distributed.Client, optional
             Compute on a Dask cluster (:mod:`xpnet.distributed`): the batch is
             split into sample shards (and parameter blocks), each a task on a
@@ -456,232 +371,150 @@ class MultiLayerNet:
             With ``client``: sample shards and parameter blocks (default: two
             tasks per worker thread, from sample shards first).
         """
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not known; expected one of {METHODS}")
+        method = checks.one_of("method", method, METHODS)
         if method == "auto":
             method = "structured"
-        xp = self.xp
-        h = resolve_step(h, self.dtype, xp, complex_step=method == "complex")
-        if method != "complex":
+        h = resolve_step(h, self.dtype, self.xp, complex_step=method == "complex")
+        if method == "complex":
+            _check_complex_step(h, self.backend.dtype_name)
+        else:
             _check_central_step(h, self.backend.dtype_name)
-        if n_threads is not None and (
-            isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral)
-        ):
-            raise TypeError(f"n_threads must be a positive int, got {n_threads!r}")
-        x, targets = self._batch(x, t)
+        if n_threads is not None:
+            n_threads = checks.positive_int("n_threads", n_threads)
+        if max_bytes is not None:
+            max_bytes = checks.positive_int("max_bytes", max_bytes)
+        if chunk_size is not None:
+            chunk_size = checks.positive_int("chunk_size", chunk_size)
+        batch = self.batch(x, t)
+        layers = self.checked_layers()
         if client is not None:
             from .distributed import sharded_gradient
 
-            return sharded_gradient(
-                self,
-                x,
-                targets,
+            blocks = sharded_gradient(
+                self.spec,
+                layers,
+                batch,
                 client,
+                backend=self.backend,
                 h=h,
                 method=method,
                 max_bytes=max_bytes,
                 shards=shards,
                 param_blocks=param_blocks,
             )
-        if shards is not None or param_blocks is not None:
-            raise ValueError("shards and param_blocks split work for a client: give client=")
-        return self._numerical_gradient(
-            x,
-            targets,
-            self._params(),
-            h=h,
-            method=method,
-            chunk_size=chunk_size,
-            max_bytes=max_bytes,
-            n_threads=n_threads,
-        )
-
-    def _numerical_gradient(
-        self, x, targets, params, *, h, method, chunk_size=None, max_bytes=None, n_threads=None
-    ) -> dict:
-        """:meth:`numerical_gradient` on validated inputs, parameters, step and
-        method (``"auto"`` already resolved; no checks). NumPy's BLAS runs one
-        thread inside it (:func:`xpnet.device.single_blas_thread`)."""
-        with single_blas_thread(self.xp):
-            return self._numerical_gradient_unlimited(
-                x,
-                targets,
-                params,
+        else:
+            if shards is not None or param_blocks is not None:
+                raise ValueError("shards and param_blocks split work for a client: give client=")
+            blocks = model_gradient(
+                self.spec,
+                layers,
+                batch,
                 h=h,
                 method=method,
                 chunk_size=chunk_size,
                 max_bytes=max_bytes,
                 n_threads=n_threads,
             )
-
-    def _numerical_gradient_unlimited(
-        self, x, targets, params, *, h, method, chunk_size, max_bytes, n_threads
-    ) -> dict:
-        xp = self.xp
-        if method in ("structured", "complex"):
-            blocks = self._structured_rows(
-                x, targets, params, h=h, method=method, max_bytes=max_bytes, n_threads=n_threads
-            )
-            grads = {}
-            for k, block in enumerate(blocks, 1):
-                grads[f"W{k}"], grads[f"b{k}"] = block[:-1, :], block[-1, :]
-            return grads
-        grads = {}
-        for name, value in params.items():
-            if method == "loop":
-
-                def f(w, name=name):
-                    return self.loss_batched(x, targets, name, w[None, ...], params=params)[0]
-
-                grads[name] = numerical_gradient(f, xp.asarray(value, copy=True), h=h)
-            else:
-                n = x.shape[0]
-                work = n * sum(self.sizes[1:]) * 3 + sum(
-                    a * b for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True)
-                )
-                grads[name] = numerical_gradient_batched(
-                    lambda stack, name=name: self.loss_batched(
-                        x, targets, name, stack, params=params
-                    ),
-                    value,
-                    h=h,
-                    chunk_size=chunk_size,
-                    max_bytes=max_bytes,
-                    item_bytes=work * itemsize(xp, self.dtype),
-                )
-        return grads
-
-    def _structured_rows(
-        self, x, targets, params, *, h, method, max_bytes, n_threads=None, rows=None
-    ) -> list:
-        """The structured gradient (``method`` ``"structured"`` or ``"complex"``) with
-        this network's budgets and its decay, per layer the stacked ``[dW; db]``
-        ``(H_{l-1} + 1, H_l)``; with ``rows`` (per layer ``None`` or ``(r0, r1)``,
-        what one task of a sharded gradient computes) only those rows, ``None``
-        for layers without any."""
-        xp = self.xp
-        spans = rows if rows is not None else [(0, n + 1) for n in self.sizes[:-1]]
-        blocks = structured_gradient(
-            x,
-            targets,
-            self._layers(params),
-            activation=self.activation,
-            output=self.output,
-            h=h,
-            mode="central" if method == "structured" else "complex",
-            max_bytes=memory_budget(xp, self.device, max_bytes, host_default=HOST_TOTAL_BYTES),
-            chunk_bytes=host_bytes(self.n_layers, self.activation)
-            if free_memory(xp, self.device) is None
-            else None,
-            n_threads=n_threads,
-            rows=spans,
-        )
-        decay = self.weight_decay_lambda
-        out = []
-        for k, (block, span) in enumerate(zip(blocks, spans, strict=True), 1):
-            n_decayed = min(span[1], self.sizes[k - 1]) - span[0] if block is not None else 0
-            if decay and n_decayed > 0:
-                # the decay's central difference (and complex step) is exact: lambda * W
-                # on the rows of W (the last row of [W; b] is b's)
-                W = params[f"W{k}"][span[0] : span[0] + n_decayed, :]
-                block = xp.concat([block[:n_decayed, :] + decay * W, block[n_decayed:, :]], axis=0)
-            out.append(block)
-        return out
+        return model.params_of([(block[:-1, :], block[-1, :]) for block in blocks])
 
     # -- persistence ---------------------------------------------------------
-    def _config_arrays(self) -> dict:
-        return {
-            "sizes": np.asarray(self.sizes),  # host
-            "activation": np.asarray(self.activation),  # host
-            "output": np.asarray(self.output),  # host
-            "weight_decay_lambda": np.asarray(self.weight_decay_lambda),  # host
-        }
-
     def save(self, path):
         """Save sizes, activation, head, decay and parameters as ``.npz`` (atomic,
         no pickle)."""
-        arrays = {k: to_numpy(v) for k, v in self._params().items()}
-        arrays.update(self._config_arrays())
+        arrays = {k: to_numpy(v) for k, v in model.params_of(self.checked_layers()).items()}
+        arrays.update(
+            {
+                "sizes": np.asarray(self.sizes),  # host
+                "activation": np.asarray(self.activation),  # host
+                "output": np.asarray(self.output),  # host
+                "weight_decay_lambda": np.asarray(self.weight_decay_lambda),  # host
+            }
+        )
         return save_npz(path, arrays)
 
-    @staticmethod
-    def _read(path) -> tuple[dict, tuple, dict]:
-        """Stored arrays, sizes and configuration of a network file, checked
-        against each other from the headers before any weight is read."""
-        shapes = npz_shapes(path)
-        missing = {"sizes", "activation"} - set(shapes)
-        if missing:
-            raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
-        sizes_shape, sizes_dtype = shapes["sizes"]
-        if len(sizes_shape) != 1 or not 3 <= sizes_shape[0] <= 1000 or sizes_dtype.kind not in "iu":
-            raise ValueError(
-                f"{path}: 'sizes' must be 3 or more integer layer sizes, got shape "
-                f"{sizes_shape} of {sizes_dtype}"
-            )
-        config_keys = ("sizes", "activation", "output", "weight_decay_lambda")
-        small = load_npz(path, keys=config_keys)
-        sizes = tuple(int(v) for v in small["sizes"])
-        if min(sizes) <= 0:
-            raise ValueError(f"{path}: 'sizes' must be positive, got {sizes}")
-        expected = {}
-        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), 1):
-            expected[f"W{k}"], expected[f"b{k}"] = (n_in, n_out), (n_out,)
-        for name, shape in expected.items():
-            if name not in shapes:
-                raise ValueError(f"{path} is not an xpnet network file (missing {name!r})")
-            stored, dtype = shapes[name]
-            if stored != shape or dtype.kind != "f":
-                raise ValueError(
-                    f"{path}: {name} is stored with shape {stored} ({dtype}) but 'sizes' "
-                    f"{sizes} needs {shape} floats: not an xpnet file or damaged"
-                )
-        for key in ("activation", "output", "weight_decay_lambda"):
-            if key in small and small[key].shape != ():
-                raise ValueError(f"{path}: {key!r} must be a single value")
-        config = {
-            "activation": str(small["activation"]),
-            "output": str(small["output"]) if "output" in small else "softmax",
-            "weight_decay_lambda": float(small.get("weight_decay_lambda", 0.0)),
-        }
-        return load_npz(path, keys=set(expected)), sizes, config
-
-    def _set_host_params(self, arrays: dict) -> None:
+    def set_host_params(self, arrays: dict) -> None:
+        """Replace ``params`` by host arrays (checked now, not at first use)."""
         self.params = {k: self.backend.from_host(v, dtype=self.dtype) for k, v in arrays.items()}
-        self._params()  # validate shapes now, not at first use
+        self.checked_layers()
 
     @classmethod
     def load(cls, path, *, backend="numpy", device=None, dtype="float64"):
         """Load a network written by :meth:`save` (of either class) onto any backend."""
-        arrays, sizes, config = cls._read(path)
-        if config["output"] not in HEADS:
-            raise ValueError(f"{path}: unknown output {config['output']!r}")
-        net = MultiLayerNet.shaped(
-            sizes,
-            config["activation"],
-            config["output"],
-            config["weight_decay_lambda"],
-            backend=backend,
-            device=device,
-            dtype=dtype,
+        arrays, spec = read_network_file(path)
+        net = MultiLayerNet.from_spec(spec, backend=backend, device=device, dtype=dtype)
+        net.set_host_params(arrays)
+        return net
+
+    @staticmethod
+    def from_spec(spec: model.ModelSpec, **where) -> MultiLayerNet:
+        """A network of ``spec`` with zero weights, to be given its parameters
+        (what :meth:`load` builds); ``where``: ``backend``, ``device``, ``dtype``.
+        Its ``weight_init_std`` is None: its weights were not drawn."""
+        net = MultiLayerNet(
+            spec.sizes[0],
+            list(spec.sizes[1:-1]),
+            spec.sizes[-1],
+            spec.activation,
+            0.0,
+            spec.weight_decay,
+            output=spec.output,
+            **where,
         )
-        net._set_host_params(arrays)
+        net.weight_init_std = None
         return net
 
     @staticmethod
     def shaped(sizes, activation, output, weight_decay_lambda=0.0, **where) -> MultiLayerNet:
-        """A network of ``sizes`` ``(D, H1, ..., C)`` with zero weights, to be
-        given its parameters (what :meth:`load` and Dask workers rebuild);
-        ``where``: ``backend``, ``device``, ``dtype``."""
-        return MultiLayerNet(
-            sizes[0],
-            list(sizes[1:-1]),
-            sizes[-1],
-            activation,
-            0.0,
-            weight_decay_lambda,
-            output=output,
-            **where,
+        """:meth:`from_spec` of ``ModelSpec(sizes, activation, output, decay)``."""
+        spec = model.ModelSpec(tuple(sizes), activation, output, float(weight_decay_lambda))
+        return MultiLayerNet.from_spec(spec, **where)
+
+
+def _names(n_layers: int):
+    return [(f"W{k}", f"b{k}") for k in range(1, n_layers + 1)]
+
+
+def read_network_file(path) -> tuple[dict, model.ModelSpec]:
+    """Stored parameters and spec of a network file, checked against each other
+    from the headers before any weight is read."""
+    shapes = npz_shapes(path)
+    missing = {"sizes", "activation"} - set(shapes)
+    if missing:
+        raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
+    sizes_shape, sizes_dtype = shapes["sizes"]
+    if len(sizes_shape) != 1 or not 2 <= sizes_shape[0] <= 1000 or sizes_dtype.kind not in "iu":
+        raise ValueError(
+            f"{path}: 'sizes' must be 2 or more integer layer sizes, got shape "
+            f"{sizes_shape} of {sizes_dtype}"
         )
+    config_keys = ("sizes", "activation", "output", "weight_decay_lambda")
+    small = load_npz(path, keys=config_keys)
+    sizes = tuple(int(v) for v in small["sizes"])
+    if min(sizes) <= 0:
+        raise ValueError(f"{path}: 'sizes' must be positive, got {sizes}")
+    expected = model.ModelSpec(sizes).param_shapes()
+    for name, shape in expected.items():
+        if name not in shapes:
+            raise ValueError(f"{path} is not an xpnet network file (missing {name!r})")
+        stored, dtype = shapes[name]
+        if stored != shape or dtype.kind != "f":
+            raise ValueError(
+                f"{path}: {name} is stored with shape {stored} ({dtype}) but 'sizes' "
+                f"{sizes} needs {shape} floats: not an xpnet file or damaged"
+            )
+    for key in ("activation", "output", "weight_decay_lambda"):
+        if key in small and small[key].shape != ():
+            raise ValueError(f"{path}: {key!r} must be a single value")
+    activation = str(small["activation"])
+    output = str(small["output"]) if "output" in small else "softmax"
+    for key, value, known in (("activation", activation, ACTIVATIONS), ("output", output, HEADS)):
+        if value not in known:
+            raise ValueError(f"{path}: unknown {key} {value!r}")
+    decay = float(small.get("weight_decay_lambda", 0.0))
+    if not (math.isfinite(decay) and decay >= 0):
+        raise ValueError(f"{path}: 'weight_decay_lambda' must be a finite float >= 0, got {decay}")
+    spec = model.ModelSpec(sizes, activation, output, decay)
+    return load_npz(path, keys=set(expected)), spec
 
 
 class TwoLayerNet(MultiLayerNet):
@@ -747,14 +580,15 @@ class TwoLayerNet(MultiLayerNet):
     @classmethod
     def load(cls, path, *, backend="numpy", device=None, dtype="float64"):
         """Load a two-layer softmax network written by :meth:`save`."""
-        arrays, sizes, config = cls._read(path)
-        if len(sizes) != 3 or config["output"] != "softmax" or config["weight_decay_lambda"]:
+        arrays, spec = read_network_file(path)
+        if len(spec.sizes) != 3 or spec.output != "softmax" or spec.weight_decay:
             raise ValueError(
-                f"{path} holds a network of sizes {sizes} with output {config['output']!r}; "
+                f"{path} holds a network of sizes {spec.sizes} with output {spec.output!r}; "
                 "TwoLayerNet needs one hidden layer and softmax: use MultiLayerNet.load"
             )
         net = cls(
-            *sizes, activation=config["activation"], backend=backend, device=device, dtype=dtype
+            *spec.sizes, activation=spec.activation, backend=backend, device=device, dtype=dtype
         )
-        net._set_host_params(arrays)
+        net.weight_init_std = None
+        net.set_host_params(arrays)
         return net

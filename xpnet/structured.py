@@ -2,111 +2,153 @@
 
 Rules of this module:
 
-* The network is ``a_l = z_l @ W_l + b_l`` for layers ``l = 0 .. L-1``, with
-  ``z_0 = x`` and ``z_{l+1} = act(a_l)``; a head (:mod:`xpnet.heads`) turns the
-  last ``a`` into per-sample loss terms, and the loss is their mean.
-* Every perturbed loss is a real evaluation of the network at the perturbed
-  parameters; nothing is linearised. What is exploited is *where* a perturbation
-  acts:
+* The network is :mod:`xpnet.model`'s: ``a_l = z_l @ W_l + b_l``, ``z_{l+1} =
+  act(a_l)``, a head on the last ``a``. The definition of the numerical gradient
+  is unchanged: for every parameter, ``(L(p + h e_k) - L(p - h e_k)) / 2h`` (or
+  the complex step ``Im L(p + i h e_k) / h``), every perturbed loss a real
+  evaluation of the network at the perturbed parameters. Nothing comes from
+  backprop. What is exploited is where a perturbation acts, and identities that
+  are exact in real arithmetic:
 
-  - ``W_l[i, j] += s`` changes only column ``j`` of ``a_l``, by ``s * z_l[:, i]``;
-    ``b_l[j] += s`` changes it by ``s``, so ``b_l`` is handled as the weights of an
-    extra input that is always 1.
-  - A sample whose input ``z_l[n, i]`` is exactly 0 (zero pixels, ReLU zeros) is
-    untouched by ``W_l[i, :]``: its loss term is bit-identical in ``f(+)`` and
-    ``f(-)``, so it is skipped. Likewise, below the last layer, a (sample, unit)
-    whose activation does not move at all (a ReLU that stays off) is skipped.
-  - Sample ``n``'s perturbed loss depends on ``i`` only through ``z_l[n, i]``:
-    inputs of one sample with equal values give bit-identical results, so each
-    distinct (sample, value) pair is evaluated once and shared.
-
-  From the cached unperturbed forward pass, a perturbation is propagated through
-  the layers above for the affected samples only: one unit's activation, then
-  each layer above as "cached pre-activation + change of its inputs @ W" (the
-  cached part of an unchanged input cancels exactly), then the head. Below the
-  last layer the head is evaluated one class at a time (temporaries do not grow
-  with the class count); perturbations of the last layer move one score column.
-* ``mode="central"`` uses steps ``+h`` and ``-h``; ``mode="complex"`` uses one step
-  ``i*h`` and ``Im L / h`` (the complex step), in the matching complex dtype.
-* Work is split into chunks whose intermediates fit ``max_bytes``. On the host
-  the default budget keeps them in cache; on a GPU chunks are large. A chunk that
-  runs out of memory is retried as two halves (only that chunk: the cached
-  forward pass and finished chunks are kept). NumPy may run chunks on a thread
-  pool (``n_threads``).
+  - ``W_l[i, j] += s`` moves only ``a_l[n, j]``, by ``s * z_l[n, i]`` (the bias is
+    the weight of an input that is always 1). Inputs equal to 0 move nothing
+    (skipped: bit-identical losses); equal inputs of one sample move the same
+    (evaluated once): :mod:`xpnet.plan` finds the distinct (sample, value) pairs.
+  - The moved unit's own activation is evaluated for each pair:
+    ``sigmoid(a + u) - sigmoid(a) = (1 - sigmoid(a)) (1 - e^-u) / (1 + e^-a e^-u)``
+    (no cancellation, no exp per unit), ``relu(a + u) - relu(a)`` as it is. A
+    ReLU that no step can reach from its off side stays still: skipped.
+  - Above it, the change ``dz`` of that one activation moves the score row along
+    a function of ``dz`` alone. With a head right above it is exactly linear
+    (``dz * W[j, :]``); through ReLU layers it is too, as long as no ReLU above
+    crosses its kink (every unit whose move might reach its kink, ``|dz v| >=
+    |a|``, is evaluated directly instead); through sigmoid layers it is a power
+    series. The head then needs only the series' first ``K`` coefficients, per
+    (sample, unit), formed once with matrix products (:mod:`xpnet.series`):
+    ``K`` is the smallest count whose left-out remainder is provably below
+    ``eps / 16`` of the quantity, from bounds computed on the data; where no
+    ``K <= 8`` is enough, every item is evaluated directly (the forward pass of
+    the layers above, :func:`xpnet.model.forward`).
+  - The central difference of each item is formed as the difference of its two
+    perturbed losses (softmax: ``log(q-) - log(q+)`` as ``log(q- / q+)``).
 * Weight decay is not seen here: its central difference is exact per coordinate
-  and is added by the network (:meth:`xpnet.MultiLayerNet.numerical_gradient`).
+  (``lambda * W``) and is added by :mod:`xpnet.numerical`.
+* Planning is apart from computing: sample blocks are planned once, each block's
+  layers after its forward pass comes to the host in one transfer
+  (:mod:`xpnet.plan`); this module takes plans and arrays.
+* Work is split into chunks whose intermediates fit ``chunk_bytes`` (cache-sized
+  on the host, large on a GPU); a chunk that runs out of memory is retried as two
+  halves. On NumPy, chunks run on a pool of ``n_threads`` threads.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np  # host: unpacking the plan's one transfer
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from . import model, series
+from . import plan as planner
 from .backend import is_numpy, to_numpy
-from .device import out_of_memory_errors
+from .device import host_threads, out_of_memory_errors, tune_host_allocator
 from .dtypes import dtype_info
 from .functions import ACTIVATIONS
-from .gradient import itemsize
-from .heads import Head, HeadCache, get_head
+from .heads import HeadCache
 
 __all__ = [
     "structured_gradient",
-    "HOST_BYTES",
-    "DEEP_HOST_BYTES",
     "HOST_TOTAL_BYTES",
-    "host_bytes",
+    "HOST_CHUNK_BYTES",
 ]
 
-#: Default chunk budget on host backends: temporaries that stay in L2 cache
-#: (larger host temporaries measured 2-3x slower per element).
-HOST_BYTES = 2**20
-#: The same for networks with two hidden layers or more: their chunks carry a whole
-#: layer per (sample, unit), and 1 MiB chunks measured 3x slower (Python overhead
-#: per chunk) than 8 MiB ones on the 784-100-100-10 net. Sigmoid nets: 8 MiB
-#: (16 MiB measured 10% slower); ReLU nets, whose chunks shrink to the units
-#: that move: 16 MiB (8 MiB measured 15-35% slower; docs/benchmarks.md).
-DEEP_HOST_BYTES = {"sigmoid": 8 * 2**20, "relu": 16 * 2**20}
-
-
-#: Default bound on the extra memory of one structured gradient on the host
-#: (``max_bytes``); chunks stay at the cache-sized budgets above within it. The
-#: Keras net's batch of 128 fits in one block (several measured ~30% slower).
+#: Default bound on the extra memory of one structured gradient on the host.
 HOST_TOTAL_BYTES = 256 * 2**20
-# stored loss differences beyond this many chunk budgets measured no faster
-_STORAGE = 64
+#: Default chunk budget on the host: temporaries that stay in a core's L2 cache.
+HOST_CHUNK_BYTES = 4 * 2**20
 
-
-def host_bytes(n_layers: int, activation: str) -> int:
-    """Default host chunk budget for a network of ``n_layers`` affine layers."""
-    return HOST_BYTES if n_layers <= 2 else DEEP_HOST_BYTES[activation]
-
-
-# live intermediates of a chunk's (steps, pairs, hidden) shape, with slack
+# live temporaries per element of a chunk, with slack
 _TEMPORARIES = 6
+# live arrays per item of a chunk of a layer below the last (measured: larger
+# chunks than this budget allows fall out of L2 and run slower)
+_LIVE = 5
+# the least work (in the per-sample byte estimate; ~4 ms here) worth a thread
+_THREAD_SHARE_BYTES = 16 * 2**20
+# a chunk of series coefficients may take this many chunk budgets
+_COEFFICIENT_CHUNKS = 4
 
 
 @dataclass(frozen=True)
 class _Context:
-    """What every layer's pass needs: namespace, activation, head and steps."""
+    """What every piece of work needs: namespace, model, steps, budgets."""
 
     xp: object
-    act: object
-    head: Head
-    steps: object  # (S,) the perturbation steps, in the working dtype
+    spec: model.ModelSpec
+    steps: object  # (S, 1, 1) the perturbation steps, in the working dtype
+    down: object  # (S, 1, 1) the steps negated
     central: bool
-    scale: float  # 1 / (2hN) or 1 / (hN)
-    skip_still: bool  # an activation that can stay exactly still (ReLU)
-    oom: tuple  # the backend's out-of-memory exception types
-    storage_items: int  # loss differences a hidden layer may hold at once
+    h: float
+    scale: float  # 1 / (2 h N) or 1 / (h N)
+    real: object  # the network's dtype
+    work: object  # real (central) or its complex dtype (complex step)
+    itemsize: int  # bytes of one working element
+    eps: float
+    chunk_bytes: int
+    n_threads: int
+    oom: tuple
+
+    @property
+    def n_steps(self) -> int:
+        return 2 if self.central else 1
+
+    def loss(self, moved):
+        """Perturbed losses (S, ...) -> their contribution to the gradient."""
+        if self.central:
+            plus, minus = self.xp.unstack(moved)
+            return (plus - minus) * self.scale
+        return self.xp.imag(moved[0, ...]) * self.scale
+
+    def negative_log(self, q):
+        """The same for losses ``-log(q)``: ``log(q-) - log(q+)`` as one log."""
+        xp = self.xp
+        if self.central:
+            q_plus, q_minus = xp.unstack(q)
+            return xp.log(q_minus / q_plus) * self.scale
+        return -xp.imag(xp.log(q[0, ...])) * self.scale
+
+    def run(self, tasks):
+        """Results of ``tasks`` in order, on ``n_threads`` threads (NumPy only)."""
+        if self.n_threads <= 1 or len(tasks) <= 1:
+            return [task() for task in tasks]
+        results = [None] * len(tasks)
+        pending = iter(range(len(tasks)))
+        lock = threading.Lock()
+
+        def work():
+            while True:
+                with lock:
+                    index = next(pending, None)
+                if index is None:
+                    return
+                results[index] = tasks[index]()
+
+        # the calling thread works too: its core is busy, so the scheduler wakes
+        # the pool's threads on the other cores at once
+        workers = min(self.n_threads, len(tasks)) - 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(work) for _ in range(workers)]
+            work()
+            for future in futures:
+                future.result()
+        return results
 
     def split_on_oom(self, compute, lo, hi):
         """``compute(lo, hi)``; a chunk that runs out of memory is computed as its
         two halves instead (same arithmetic), down to single items. Only the
-        failing chunk is retried: the cached forward pass and the chunks done
-        so far are kept."""
+        failing chunk is retried."""
         try:
             return compute(lo, hi)
         except self.oom:
@@ -116,536 +158,577 @@ class _Context:
             halves = [self.split_on_oom(compute, lo, mid), self.split_on_oom(compute, mid, hi)]
             return self.xp.concat(halves, axis=0)
 
-    def combine(self, loss):
-        """Perturbed losses (S, ...) -> their contribution to the gradient."""
-        xp = self.xp
-        diff = loss[0, ...] - loss[1, ...] if self.central else xp.imag(loss[0, ...])
-        return diff * self.scale
-
-
-@dataclass(frozen=True)
-class _Forward:
-    """The cached, unperturbed forward pass."""
-
-    a: list  # a_l, (N, H_l) for every layer
-    z: list  # z_l, (N, H_{l-1}); z[0] is x
-    weights: list  # W_l
-    work_weights: list  # W_l in the working dtype (complex for the complex step)
-    head: HeadCache
-    targets: object  # labels (N,) or (N, C), as the head takes them
-    # above the perturbed layer, pre-activations are carried as ``sign * a`` and
-    # weights as ``sign * W`` (sign -1 for sigmoid: 1 / (1 + exp(m)) needs no
-    # negation pass), each with a few passes fewer per element
-    carried: list  # sign * a_l (sigmoid: clipped to [-700, 700], as sigmoid clips)
-    carried_weights: list  # sign * W_l, working dtype
-    activate: object  # activation of a carried pre-activation
+    def chunked(self, count, size, compute):
+        """``compute(lo, hi)`` over ``range(count)`` in chunks, concatenated."""
+        tasks = [
+            (lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi))
+            for lo, hi in planner.chunks(count, size)
+        ]
+        parts = self.run(tasks)
+        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
 
 def structured_gradient(
-    x,
-    targets,
+    spec: model.ModelSpec,
     layers,
+    x,
+    t,
     *,
-    activation="sigmoid",
-    output="softmax",
-    h=1e-4,
-    mode="central",
-    max_bytes=HOST_TOTAL_BYTES,
-    n_threads=None,
-    chunk_bytes=None,
+    h: float = 1e-4,
+    mode: str = "central",
+    max_bytes: int = HOST_TOTAL_BYTES,
+    chunk_bytes: int | None = None,
+    n_threads: int | None = None,
     rows=None,
 ):
-    """Numerical gradient of the mean loss of a dense network, by structure.
+    """Numerical gradient of the mean loss (without decay) of a dense network.
 
     Parameters
     ----------
-    x : array, shape (N, D), real floating
-    targets : array
-        Validated targets of the head: ``(N,)`` integer labels for ``softmax``,
-        ``(N, C)`` floats in ``x``'s dtype for ``sigmoid``/``identity``.
+    spec : ModelSpec
     layers : list of (W, b)
         ``W_l (H_{l-1}, H_l)``, ``b_l (H_l,)``; same namespace, device and dtype
-        as ``x``. One pair is a linear model; two are the book's two-layer net.
-    activation : {"sigmoid", "relu"}
-    output : {"softmax", "sigmoid", "identity"}
+        as ``x``.
+    x : array (N, D), real floating
+    t : array
+        Validated targets of the head: ``(N,)`` int64 labels for softmax,
+        ``(N, C)`` in ``x``'s dtype for the other heads.
     h : float
-        Step: central differences use ``+-h``, the complex step ``i*h``.
+        Step: ``+-h`` (central) or ``i h`` (complex).
     mode : {"central", "complex"}
     max_bytes : int
-        Bound on the extra memory of the whole gradient, beyond ``x`` and one
-        copy of it: samples are processed in blocks whose index arrays, stored
-        loss differences, cached forward pass and chunks fit in it (the loss is
-        a mean, so block gradients add).
+        Bound on the extra memory of the whole gradient: samples are taken in
+        blocks whose plans, stored results and cached forward pass fit in it.
     chunk_bytes : int, optional
         Budget of one chunk's intermediates; default ``max_bytes // 8``, at most
         ``max_bytes // 2``.
     n_threads : int, optional
-        Chunks evaluated at once on NumPy (default 1: on the 2-core machine of
-        ``docs/benchmarks.md`` threads measured slower, as each chunk's small
-        ufunc calls contend for the GIL). Ignored on other backends.
+        Chunks evaluated at once on NumPy (default :func:`xpnet.device.host_threads`:
+        the cores this process may use, or ``XPNET_NUM_THREADS``). Other backends
+        queue their work on one device: ignored there.
     rows : list, optional
         A block of parameters only (what one task of a sharded gradient computes):
-        per layer ``None`` (skip it) or ``(r0, r1)``, rows of the stacked
-        ``[W_l; b_l]`` (``b_l`` is row ``H_{l-1}``). The perturbations of
-        different rows are independent, so blocks computed apart equal the whole.
+        per layer ``None`` (skip it) or ``(r0, r1)``, rows of the stacked ``[W_l;
+        b_l]`` (``b_l`` is row ``H_{l-1}``).
 
     Returns
     -------
-    list of (dW, db)
-        Same shapes, dtype and device as ``layers``. With ``rows``: per layer
-        ``None`` or the ``(r1 - r0, H_l)`` block of ``[dW_l; db_l]``.
+    list
+        Per layer the stacked ``[dW_l; db_l]`` (``(H_{l-1} + 1, H_l)``, or its rows
+        ``r0:r1``), or None for a layer that ``rows`` skips. Same namespace,
+        device and dtype as ``x``.
 
     Raises
     ------
     TypeError
         ``mode="complex"`` on a backend without complex dtypes.
     """
-    xp = array_namespace(x, targets, *(a for pair in layers for a in pair))
+    xp = array_namespace(x, t, *(a for pair in layers for a in pair))
     if mode not in ("central", "complex"):
         raise ValueError(f"mode must be 'central' or 'complex', got {mode!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not known; expected {sorted(ACTIVATIONS)}")
-    head = get_head(output)
-    n_threads = 1 if n_threads is None else int(n_threads)
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be a positive int, got {n_threads}")
-    if not is_numpy(xp):
-        n_threads = 1  # device backends queue work on one stream anyway
-    chunk_bytes = max_bytes // 8 if chunk_bytes is None else min(chunk_bytes, max_bytes // 2)
-    chunk_bytes = max(1, chunk_bytes)
-    block_bytes = max(1, max_bytes - chunk_bytes)
-    sizes = [layers[0][0].shape[0], *(W.shape[1] for W, _ in layers)]
-    total = None
-    for start, stop, storage in _sample_blocks(xp, x, sizes, block_bytes):
-        part = _gradient(
-            x[start:stop, ...],
-            targets[start:stop, ...],
+    if n_threads is not None and (isinstance(n_threads, bool) or int(n_threads) < 1):
+        raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
+    spans = _spans(spec, rows)
+    chunk = max_bytes // 8 if chunk_bytes is None else min(chunk_bytes, max_bytes // 2)
+    ctx = _context(xp, spec, x, h, mode, max(1, chunk), n_threads)
+    work_layers = layers
+    if mode == "complex":  # complex activations need complex weights (torch does not promote)
+        work_layers = [(xp.astype(W, ctx.work), xp.astype(b, ctx.work)) for W, b in layers]
+    x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
+    # every thread holds one block and one chunk at a time
+    budget = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
+    per_sample = _per_sample_bytes(ctx, x_host, spans)
+    blocks = planner.sample_blocks(per_sample, budget, ctx.n_threads, _THREAD_SHARE_BYTES)
+    single = replace(ctx, n_threads=1)
+    if len(blocks) > 1 and ctx.n_threads > 1:
+        tune_host_allocator()  # else threads spend their time in page faults
+
+    def block(start, stop):
+        return _block(
+            single,
             layers,
-            activation,
-            head,
-            h,
-            mode,
-            chunk_bytes,
-            n_threads,
-            x.shape[0],
-            storage,
-            rows,
+            work_layers,
+            x[start:stop, ...],
+            t[start:stop, ...],
+            x_host[start:stop],
+            spans,
         )
-        # the loss is a mean over samples: block contributions add
-        total = part if total is None else _add(total, part)
+
+    total = None
+    # the blocks' sums are added in block order, whatever thread finishes first
+    for part in ctx.run([lambda r=r: block(*r) for r in blocks]):
+        total = part if total is None else [_add(a, b) for a, b in zip(total, part, strict=True)]
     return total
 
 
 def _add(a, b):
-    """Sum of two gradients of the same structure (pairs, arrays or None)."""
-    if a is None:
-        return None
-    if isinstance(a, (list, tuple)):
-        return type(a)(_add(u, v) for u, v in zip(a, b, strict=True))
-    return a + b
+    return None if a is None else a + b
 
 
-# bytes per (input, sample) pair while a layer is planned: its feature, sample,
-# value and group indices and the sorts that find distinct pairs
-_PAIR_BYTES = 80
+def _spans(spec, rows):
+    full = [(0, n + 1) for n in spec.sizes[:-1]]
+    if rows is None:
+        return full
+    if len(rows) != len(full):
+        raise ValueError(f"rows must have one entry per layer ({len(full)}), got {len(rows)}")
+    return [None if r is None else (int(r[0]), int(r[1])) for r in rows]
 
 
-def _sample_blocks(xp, x, sizes, block_bytes):
-    """Consecutive sample ranges ``(start, stop, storage_items)`` whose planning
-    structures (pairs, stored loss differences, cached forward pass, a copy of
-    their inputs) fit ``block_bytes``: one transfer of the per-sample counts of
-    non-zero inputs. Hidden layers above the first are counted dense."""
-    n = x.shape[0]
-    nonzero = to_numpy(xp.count_nonzero(x, axis=1)).astype(float)  # host
-    item = dtype_info(xp, x.dtype).itemsize
-    # per sample: a layer's pairs (non-zero inputs + the bias's) and their stored
-    # differences (one per unit of the next layer), the largest layer counting
-    widths = [nonzero + 1.0] + [float(h + 1) for h in sizes[1:-1]]
-    planning = nonzero * 0.0  # host
-    for pairs, width in zip(widths, sizes[1:], strict=True):
-        planning = planning.clip(min=pairs * (_PAIR_BYTES + item * width))  # host: a max
-    per_sample = planning + item * (4 * sum(sizes[1:]) + sizes[0] + 1)
-    cumulative = per_sample.cumsum()  # host
-    storage = max(1, int(block_bytes // item))  # each block may hold this many differences
-    blocks, start = [], 0
-    while start < n:
-        base = cumulative[start - 1] if start else 0.0
-        # cumulative is non-decreasing: every sample before start counts too
-        stop = int((cumulative - base <= block_bytes).sum())
-        stop = max(stop, start + 1)
-        blocks.append((start, stop, storage))
-        start = stop
-    return blocks
-
-
-def _gradient(
-    x,
-    targets,
-    layers,
-    activation,
-    head,
-    h,
-    mode,
-    max_bytes,
-    n_threads,
-    n_total,
-    storage_items,
-    rows=None,
-):
-    xp = array_namespace(x)
-    act = ACTIVATIONS[activation].function
+def _context(xp, spec, x, h, mode, chunk_bytes, n_threads) -> _Context:
     real = x.dtype
+    info = dtype_info(xp, real)
     dev = device_of(x)
     n_samples = x.shape[0]
     if mode == "central":
-        steps = xp.asarray([h, -h], dtype=real, device=dev)
-        work = real
-        scale = 1.0 / (2 * h * n_total)
+        steps = [h, -h]
+        work, itemsize, scale = real, info.itemsize, 1.0 / (2 * h * n_samples)
     else:
-        work = dtype_info(xp, real).complex(xp)
+        work = info.complex(xp)
         try:
             if work is None:
-                raise TypeError(f"{dtype_info(xp, real).complex_name} is missing")
-            steps = xp.asarray([1j * h], dtype=work, device=dev)
+                raise TypeError(f"{info.complex_name} is missing")
+            steps = [1j * h]
+            xp.asarray(steps, dtype=work, device=dev)  # complex arrays are supported
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
                 f"method='complex' needs complex dtypes on this backend: {exc}"
             ) from exc
-        scale = 1.0 / (h * n_total)
-    ctx = _Context(
+        itemsize, scale = 2 * info.itemsize, 1.0 / (h * n_samples)
+    threads = host_threads(n_threads) if is_numpy(xp) else 1
+    return _Context(
         xp,
-        act,
-        head,
-        steps,
+        spec,
+        xp.asarray([[[s]] for s in steps], dtype=work, device=dev),
+        xp.asarray([[[-s]] for s in steps], dtype=work, device=dev),
         mode == "central",
+        float(h),
         scale,
-        activation == "relu",
+        real,
+        work,
+        itemsize,
+        info.eps,
+        chunk_bytes,
+        threads,
         out_of_memory_errors(xp),
-        storage_items,
     )
 
-    z, a = [x], []
-    for index, (W, b) in enumerate(layers):
-        a.append(z[-1] @ W + b)
-        if index < len(layers) - 1:
-            z.append(act(a[-1]))
-    weights = [W for W, _ in layers]
-    # matmuls with complex operands need complex weights (torch does not promote)
-    work_weights = weights if work == real else [xp.astype(W, work) for W in weights]
-    if activation == "sigmoid":
-        carried = [-xp.clip(v, min=-700.0, max=700.0) for v in a]
-        carried_weights = [-W for W in work_weights]
-        activate = _sigmoid_of_negative
-    else:
-        carried, carried_weights, activate = a, work_weights, act
-    cache = _Forward(
-        a,
-        z,
-        weights,
-        work_weights,
-        head.cache(a[-1], targets),
-        targets,
-        carried,
-        carried_weights,
-        activate,
-    )
 
-    budget_items = max(1, max_bytes // (itemsize(xp, work) * _TEMPORARIES))
-    ones = xp.ones((n_samples, 1), dtype=real, device=dev)
-    grads = []
-    for index in range(len(layers)):
-        span = None if rows is None else rows[index]
-        if rows is not None and span is None:
-            grads.append(None)
+# bytes per (pair, unit) a block keeps: its result, its slot, its item indices
+_ITEM_BYTES = 8 + 8 + 24
+
+
+def _per_sample_bytes(ctx, x_host, spans):  # host
+    """What one sample adds to a block's memory: the cached forward pass, and the
+    largest layer's pairs (inputs counted dense above the first), items, stored
+    results and series coefficients."""
+    sizes = ctx.spec.sizes
+    item = dtype_info(ctx.xp, ctx.real).itemsize
+    nonzero = np.count_nonzero(x_host, axis=1).astype(float) + 1.0  # host: + the bias
+    per_sample = np.full(x_host.shape[0], float(item * 4 * sum(sizes[1:])))  # host
+    largest = np.zeros_like(per_sample)  # host
+    for layer, span in enumerate(spans[:-1]):
+        if span is None:
             continue
-        z_aug = xp.concat([z[index], ones], axis=1)
+        pairs = nonzero if layer == 0 else float(span[1] - span[0])
+        units = sizes[layer + 1]
+        kept = series.MAX_TERMS * units * sizes[-1] * item + 8 * (span[1] - span[0])
+        largest = np.maximum(largest, pairs * units * (item + _ITEM_BYTES) + kept)  # host
+    return per_sample + largest
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the device knows of a layer below the last before the plan: the
+    inputs and reach of its perturbations, and what lies above."""
+
+    layer: int
+    span: tuple
+    inputs: object  # (N, F) the layer's inputs in the span (with the bias column)
+    still: object  # (N, J) bool or None: ReLU units no step can move
+    unsafe: object  # (N, J) bool or None: units whose move may cross a ReLU kink above
+    moves: list | None  # series of the score change (ReLU above: exact, linear)
+    scalars: object  # (2,) reach of |dz| over the block, and the bound it multiplies
+
+
+def _augmented_host(x, span):  # host
+    """:func:`_augmented` of host inputs."""
+    columns = x[:, span[0] : min(span[1], x.shape[1])]
+    if span[1] > x.shape[1]:
+        columns = np.concatenate([columns, np.ones((x.shape[0], 1), dtype=x.dtype)], axis=1)  # host
+    return columns
+
+
+def _augmented(xp, z, span):
+    """``[z, 1]`` restricted to the columns ``span`` (the last column is the bias's)."""
+    n_samples, n_features = z.shape
+    columns = z[:, span[0] : min(span[1], n_features)]
+    if span[1] > n_features:
+        ones = xp.ones((n_samples, 1), dtype=z.dtype, device=device_of(z))
+        columns = xp.concat([columns, ones], axis=1)
+    return columns
+
+
+def _block(ctx, layers, work_layers, x, t, x_host, spans):
+    """The gradient rows of one sample block (a list like structured_gradient's)."""
+    xp, spec = ctx.xp, ctx.spec
+    a, z = model.forward(spec, layers, x)
+    cache = spec.head.cache(a[-1], t)
+    last = len(layers) - 1
+    facts = {}
+    for layer, span in enumerate(spans[:-1]):
         if span is not None:
-            # a column of z_aug perturbs one row of [W; b], independently of the rest
-            z_aug = z_aug[:, span[0] : span[1]]
-        if index == len(layers) - 1:
-            block = _output_layer(z_aug, cache, budget_items, n_threads, ctx)
+            facts[layer] = _layer_facts(ctx, layers, a, z, layer, span)
+    plans = _plan_layers(ctx, spec, facts, x_host, spans)
+    grads = []
+    for layer, span in enumerate(spans):
+        if span is None:
+            grads.append(None)
+        elif layer == last:
+            inputs = _augmented(xp, z[layer], span)
+            grads.append(_output_rows(ctx, plans[layer], inputs, cache))
         else:
-            block = _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx)
-        grads.append(block if rows is not None else (block[:-1, :], block[-1, :]))
+            grads.append(
+                _hidden_rows(ctx, plans[layer], facts[layer], layers, work_layers, a, z, cache)
+            )
     return grads
 
 
-def _sigmoid_of_negative(m):
-    """``sigmoid(-m)`` for ``m`` in [-701, 701]: one exp, no clip, no negation."""
-    xp = array_namespace(m)
-    e = xp.exp(m)
-    e += 1.0  # in place: one temporary fewer (JAX rebinds, same result)
-    return 1.0 / e
-
-
-def _contiguous(xp, a):
-    """Row-major copy of ``a`` (flattening a transposed view forces the copy)."""
-    return xp.reshape(xp.reshape(a, (-1,)), a.shape)
-
-
-def _run(tasks, n_threads):
-    if n_threads > 1 and len(tasks) > 1:
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            return list(pool.map(lambda task: task(), tasks))
-    return [task() for task in tasks]
-
-
-def _hidden_layer(index, z_aug, cache, budget_items, n_threads, ctx):
-    """Gradient rows for ``[W_l; b_l]`` of a layer below the last, (H_{l-1} + 1, H_l)."""
-    xp = ctx.xp
-    n_samples, n_features = z_aug.shape
-    n_hidden = cache.a[index].shape[1]
-    n_steps = ctx.steps.shape[0]
-    dev = device_of(z_aug)
-    x_t = xp.permute_dims(z_aug, (1, 0))  # (D+1, N): pairs come out grouped by feature
-    nonzero = x_t != 0
-    feature, sample = xp.nonzero(nonzero)
-    value = xp.take(xp.reshape(x_t, (-1,)), feature * n_samples + sample)
-    count = xp.count_nonzero(x_t, axis=1)
-    deep = index < len(cache.a) - 2
-    series = False
-    if deep and cache.activate is _sigmoid_of_negative:
-        # in the plan's one transfer: a bound on the moves of the layer above,
-        # |dz * W| <= |step| * max|input| * max|W| / 4 (sigmoid' <= 1/4), which
-        # decides whether its exp may be taken by series (_deep_losses)
-        bound = (
-            xp.max(xp.abs(ctx.steps))
-            * xp.max(xp.abs(z_aug))
-            * xp.max(xp.abs(cache.weights[index + 1]))
-            / 4.0
-        )
-        both = to_numpy(xp.concat([xp.astype(count, bound.dtype), xp.reshape(bound, (1,))]))
-        counts = [int(c) for c in both[:-1]]
-        series = bool(both[-1] <= _series_bound(xp, z_aug.dtype))
+# -- what the device computes before the plan --------------------------------------
+def _layer_facts(ctx, layers, a, z, layer, span) -> _Facts:
+    xp, spec = ctx.xp, ctx.spec
+    inputs = _augmented(xp, z[layer], span)
+    reach = ctx.h * xp.max(xp.abs(inputs), axis=1)  # (N,): max |step * input| per sample
+    relu = spec.activation == "relu"
+    # |dz| <= lip * |u|: the sigmoid's slope is at most 1/4 on the real line (and
+    # at most 1 near it, where the complex step moves)
+    lip = 0.25 if (not relu and ctx.central) else 1.0
+    still = a[layer] <= -reach[:, None] if relu else None
+    unsafe, moves = None, None
+    above = len(layers) - 2 - layer  # hidden layers above this one
+    if above == 0:  # the head right above: the score row moves by dz * W[j, :]
+        W = layers[-1][0]
+        moves = [None, W[None, ...]]
+        bound = xp.max(xp.max(W, axis=1) - xp.min(W, axis=1))
+    elif relu:
+        moves, unsafe = _relu_moves(ctx, layers, a, layer, reach)
+        V = moves[1]
+        bound = xp.max(xp.max(V, axis=-1) - xp.min(V, axis=-1))
     else:
-        counts = [int(c) for c in to_numpy(count)]
-    if not sum(counts):
-        # only inputs that are 0 for every sample (a block of rows without the
-        # bias's, as a sharded gradient asks for): no perturbation moves the loss
-        return xp.zeros((n_features, n_hidden), dtype=cache.a[index].dtype, device=dev)
-    group, u_sample, u_value = _distinct(xp, sample, value, dev)
-    n_unique = u_sample.shape[0]
-
-    if not deep:
-        losses, width = _row_losses(index, cache, u_sample, u_value, ctx), 1
-    else:
-        losses = _deep_losses(index, cache, u_sample, u_value, ctx, series)
-        width = max(a.shape[1] for a in cache.a[index + 1 :])
-
-    # plan: hidden blocks whose (distinct pairs x hidden) losses fit in storage;
-    # chunks of distinct pairs within the budget; blocks of whole features (each
-    # gradient row is summed in one block) whose pairs and 0/1 matrix fit too
-    storage = min(ctx.storage_items, _STORAGE * budget_items)
-    hidden_block = min(n_hidden, max(1, storage // max(n_unique, 1)))
-    unique_chunk = max(1, budget_items // (n_steps * hidden_block * width))
-    widest = max(counts)
-    pair_target = max(widest, budget_items // hidden_block)
-    offsets = [0]
-    for c in counts:
-        offsets.append(offsets[-1] + c)
-    groups, f0 = [], 0
-    while f0 < n_features:
-        f1 = f0 + 1
-        while (
-            f1 < n_features
-            and offsets[f1 + 1] - offsets[f0] <= pair_target
-            and (f1 + 1 - f0) * (offsets[f1 + 1] - offsets[f0]) <= budget_items
-        ):
-            f1 += 1
-        groups.append((f0, f1))
-        f0 = f1
-
-    def sums(f0, f1, differences):
-        p0, p1 = offsets[f0], offsets[f1]
-        if p0 == p1:
-            return xp.zeros((f1 - f0, differences.shape[1]), dtype=z_aug.dtype, device=dev)
-        diff = xp.take(differences, group[p0:p1], axis=0)  # (P, J): each pair's own
-        rows = xp.arange(f0, f1, dtype=feature.dtype, device=dev)
-        seg = xp.astype(feature[None, p0:p1] == rows[:, None], diff.dtype)  # (F, P)
-        return seg @ diff
-
-    blocks = []
-    for j0 in range(0, n_hidden, hidden_block):
-        j1 = min(n_hidden, j0 + hidden_block)
-        chunks = [
-            (
-                lambda u0=u0, j0=j0, j1=j1: ctx.split_on_oom(
-                    lambda a, b: losses(a, b, j0, j1), u0, min(n_unique, u0 + unique_chunk)
-                )
-            )
-            for u0 in range(0, n_unique, unique_chunk)
-        ]
-        differences = xp.concat(_run(chunks, n_threads), axis=0)  # (U, J)
-        parts = [
-            (
-                lambda f0=f0, f1=f1, d=differences: ctx.split_on_oom(
-                    lambda a, b: sums(a, b, d), f0, f1
-                )
-            )
-            for f0, f1 in groups
-        ]
-        blocks.append(xp.concat(_run(parts, n_threads), axis=0))
-    return xp.concat(blocks, axis=1)
+        # sigmoid layers above: |x_l'| <= |dz| * beta_l' elementwise (slopes <= 1 in
+        # the strip |Im| < pi/2), beta by products of |W|; the largest sets the
+        # series' radius (docs/numerical-gradient.md)
+        beta = xp.abs(layers[layer + 1][0])
+        bound = xp.max(beta)
+        for W, _ in layers[layer + 2 :]:
+            beta = beta @ xp.abs(W)
+            bound = xp.maximum(bound, xp.max(beta))
+    scalars = xp.stack([lip * xp.max(reach), xp.astype(bound, reach.dtype)])
+    return _Facts(layer, span, inputs, still, unsafe, moves, scalars)
 
 
-def _distinct(xp, sample, value, dev):
-    """Distinct (sample, value) pairs, and each pair's index among them.
-
-    ``W_l[i, j] += s`` moves ``a_l[n, j]`` by ``s * z_l[n, i]``: inputs of one
-    sample with equal values give bit-identical perturbed losses (real images
-    repeat values: 8-bit pixels), so each distinct one is evaluated once.
-    """
-    order = xp.argsort(value, stable=True)
-    order = xp.take(order, xp.argsort(xp.take(sample, order), stable=True))  # by (n, v)
-    n_sorted, v_sorted = xp.take(sample, order), xp.take(value, order)
-    new = (n_sorted[1:] != n_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])
-    first = xp.concat([xp.ones(1, dtype=xp.bool, device=dev), new])
-    index_sorted = xp.cumulative_sum(xp.astype(first, xp.int64)) - 1
-    group = xp.take(index_sorted, xp.argsort(order))  # argsort inverts the permutation
-    (starts,) = xp.nonzero(first)
-    return group, xp.take(n_sorted, starts), xp.take(v_sorted, starts)
-
-
-def _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1):
-    """How units j0:j1 of layer ``index`` move for distinct pairs u0:u1: (S, U, J)."""
+def _relu_moves(ctx, layers, a, layer, reach):
+    """ReLU layers above unit ``j`` of ``layer``: while no ReLU above crosses its
+    kink, the scores move by exactly ``dz * V[n, j, :]``, ``V`` the product of
+    ``W`` rows masked by the active units. A unit is unsafe where the move of a
+    ReLU above may reach its kink: ``reach_n |V_l'[n, j, k]| >= |a_l'[n, k]|``."""
     xp = ctx.xp
-    n_idx = u_sample[u0:u1]
-    a = xp.take(cache.a[index][:, j0:j1], n_idx, axis=0)  # (U, J)
-    z = xp.take(cache.z[index + 1][:, j0:j1], n_idx, axis=0)
-    step = ctx.steps[:, None, None]
-    return n_idx, ctx.act(a[None, ...] + step * u_value[None, u0:u1, None]) - z[None, ...]
+    n_samples, n_units = a[layer].shape
+    widest = max(W.shape[1] for W, _ in layers[layer + 1 :])
+    per_sample = max(1, n_units * widest * ctx.itemsize * _TEMPORARIES)
+
+    def chunk(n0, n1):
+        v = layers[layer + 1][0][None, ...]  # (1, J, H): the move of a_{l+1} per unit dz
+        r = reach[n0:n1, None, None]
+        unsafe = None
+        for k in range(layer + 1, len(layers) - 1):
+            pre = a[k][n0:n1, None, :]  # (n, 1, H)
+            crossing = xp.any((r * xp.abs(v) >= xp.abs(pre)) & (v != 0), axis=-1)
+            unsafe = crossing if unsafe is None else unsafe | crossing
+            v = xp.where(pre > 0, v, xp.zeros_like(v)) @ layers[k + 1][0]
+        v = xp.broadcast_to(v, (n1 - n0, *v.shape[1:]))
+        return xp.concat([v, xp.astype(unsafe, v.dtype)[..., None]], axis=-1)
+
+    both = ctx.chunked(n_samples, ctx.chunk_bytes // per_sample, chunk)
+    return [None, both[..., :-1]], both[..., -1] != 0
 
 
-def _row_losses(index, cache, u_sample, u_value, ctx):
-    """``losses(u0, u1, j0, j1)`` for the last hidden layer: combined perturbed-loss
-    terms, (U, J), of pairs u0:u1 whose input moves units j0:j1; the score row of
-    a sample moves by ``dz * W_last[j, :]``."""
+def _plan_layers(ctx, spec, facts, x_host, spans):
+    """Bring what planning needs to the host in one transfer; plan every layer."""
     xp = ctx.xp
-    W_t = _contiguous(xp, xp.permute_dims(cache.weights[index + 1], (1, 0)))  # (C, H)
-
-    def losses(u0, u1, j0, j1):
-        n_idx, dz = _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1)
-        return ctx.combine(ctx.head.row_losses(cache.head, n_idx, dz, W_t[:, j0:j1]))
-
-    return losses
-
-
-def _series_bound(xp, dtype) -> float:
-    """Largest ``|t|`` for which ``1 + t + t^2/2 + t^3/6 + t^4/24`` is ``exp(t)`` to
-    rounding: the first term left out, ``t^5/120``, stays below ``eps/16``; a
-    further factor 10 of margin on the bound it is compared with."""
-    eps = dtype_info(xp, dtype).eps
-    return (120.0 * eps / 16.0) ** 0.2 / 10.0
-
-
-def _exp_series(t):
-    """``exp(t)`` for ``|t|`` within :func:`_series_bound`, by Horner (one new
-    array, the rest in place): a few multiply-adds per element instead of an
-    ``exp`` (unvectorised for float64 on AVX2 builds of NumPy)."""
-    p = t * (1.0 / 24.0)
-    p += 1.0 / 6.0
-    p *= t
-    p += 0.5
-    p *= t
-    p += 1.0
-    p *= t
-    p += 1.0
-    return p
-
-
-def _deep_losses(index, cache, u_sample, u_value, ctx, series=False):
-    """``losses(u0, u1, j0, j1)`` for a layer with hidden layers above it: each
-    moved unit's change goes through every layer above, for its sample only.
-
-    ``series`` (sigmoid, with every move ``t = dz * W`` of the layer above provably
-    tiny): that layer's sigmoids are ``1 / (1 + exp(m) * exp(t))`` with ``exp(m)``
-    of the cached forward pass and ``exp(t)`` by its series, exact to rounding
-    (the series' first omitted term is below ``eps / 16``): every perturbed loss
-    is still the network's, evaluated without one ``exp`` per element."""
-    xp = ctx.xp
-    n_layers = len(cache.a)
-
-    W_last_t = _contiguous(xp, xp.permute_dims(cache.work_weights[-1], (1, 0)))  # (C, H)
-    exp_carried = xp.exp(cache.carried[index + 1]) if series else None
-
-    def first_layer(t, n):
-        """Activations of layer ``index + 1`` moved by ``t`` (carried weights
-        times unit changes) for samples ``n``."""
-        if series:
-            p = _exp_series(t)
-            p *= _rows(xp, exp_carried, n)
-            p += 1.0
-            return 1.0 / p
-        t += _rows(xp, cache.carried[index + 1], n)
-        return cache.activate(t)
-
-    def propagate(z_moved, n):
-        """Loss terms, shape ``z_moved.shape[:-1]``, for moved activations
-        ``z_moved`` (a new array) of layer ``index + 1``, rows of samples ``n`` (an
-        index array broadcasting to them)."""
-        dz_above = z_moved
-        dz_above -= _rows(xp, cache.z[index + 2], n)
-        for above in range(index + 2, n_layers - 1):
-            a = _rows(xp, cache.carried[above], n) + dz_above @ cache.carried_weights[above]
-            dz_above = cache.activate(a)
-            dz_above -= _rows(xp, cache.z[above + 1], n)
-        # the scores, class-major (C, M), so the head sums over classes on rows
-        shape = dz_above.shape[:-1]
-        flat = xp.reshape(dz_above, (-1, dz_above.shape[-1]))  # (M, H)
-        n_flat = xp.reshape(xp.broadcast_to(n[None, ...], shape), (-1,))
-        scores = xp.take(cache.head.by_class, n_flat, axis=1) + W_last_t @ xp.permute_dims(
-            flat, (1, 0)
+    parts, layout = [], []
+    for layer, fact in facts.items():
+        pieces = [("scalars", fact.scalars)]
+        if layer > 0:  # the first layer's inputs are x, already on the host
+            pieces.append(("inputs", fact.inputs))
+        if fact.still is not None:
+            pieces.append(("still", fact.still))
+        if fact.unsafe is not None:
+            pieces.append(("unsafe", fact.unsafe))
+        for name, array in pieces:
+            parts.append(xp.reshape(xp.astype(array, ctx.real), (-1,)))
+            layout.append((layer, name, tuple(array.shape)))
+    host = {}
+    if 0 in facts:
+        host[(0, "inputs")] = _augmented_host(x_host, facts[0].span)
+    if parts:
+        flat = to_numpy(parts[0] if len(parts) == 1 else xp.concat(parts))  # one transfer
+        offset = 0
+        for layer, name, shape in layout:
+            size = int(np.prod(shape, dtype=np.int64))  # host
+            host[(layer, name)] = flat[offset : offset + size].reshape(shape)
+            offset += size
+    plans = {}
+    n_classes = spec.sizes[-1]
+    step = ctx.itemsize * ctx.n_steps  # one working element per step
+    for layer, fact in facts.items():
+        reach, bound = (float(v) for v in host[(layer, "scalars")])
+        terms = _terms(ctx, spec, layer, reach * bound)
+        # live arrays per item: the unit's move, the series' value and a few more
+        # (a score row where the head is separable); a direct item carries a row
+        # of every layer above
+        series_width = _LIVE if spec.output == "softmax" else _LIVE + 3 * n_classes
+        direct_width = 3 * sum(spec.sizes[layer + 1 :])
+        still = host.get((layer, "still"))
+        unsafe = host.get((layer, "unsafe"))
+        plans[layer] = planner.layer_plan(
+            layer,
+            fact.span,
+            host[(layer, "inputs")],
+            spec.sizes[layer + 1],
+            still=None if still is None else still != 0,
+            unsafe=None if unsafe is None else unsafe != 0,
+            terms=terms,
+            series_item_bytes=step * series_width,
+            direct_item_bytes=step * direct_width,
+            chunk_bytes=ctx.chunk_bytes,
         )
-        return xp.reshape(ctx.head.class_losses(cache.head, scores, n_flat), shape)
-
-    def losses(u0, u1, j0, j1):
-        n_idx, dz = _unit_changes(index, cache, u_sample, u_value, ctx, u0, u1, j0, j1)
-        w = cache.carried_weights[index + 1][j0:j1, :]  # (J, H)
-        if not ctx.skip_still:
-            # (S, U, J, H) by broadcasting: sample rows (U, 1, H), unit rows (J, H)
-            n = n_idx[:, None]
-            return ctx.combine(propagate(first_layer(dz[..., None] * w, n), n))
-        # a unit that does not move at all leaves the sample's loss bit-identical:
-        # only the moved (sample, unit) pairs are propagated
-        n_steps, n_u, n_j = dz.shape
-        flat = xp.reshape(dz, (n_steps, n_u * n_j))
-        moved = xp.any(flat != 0, axis=0)
-        (pair,) = xp.nonzero(moved)
-        flat = xp.take(flat, pair, axis=1)
-        n = xp.take(n_idx, pair // n_j)
-        moves = flat[..., None] * xp.take(w, pair % n_j, axis=0)
-        combined = ctx.combine(propagate(first_layer(moves, n), n))  # (K,)
-        # back to (U * J) by gathering: the pairs that stayed still get 0
-        position = xp.cumulative_sum(xp.astype(moved, xp.int64)) - 1
-        padded = xp.concat([combined, xp.zeros(1, dtype=combined.dtype, device=device_of(dz))])
-        combined = xp.take(padded, xp.where(moved, position, pair.shape[0]))
-        return xp.reshape(combined, (n_u, n_j))
-
-    return losses
+    last = len(spans) - 1
+    if spans[last] is not None:
+        n_samples = x_host.shape[0]
+        plans[last] = planner.output_plan(
+            last, spans[last], step * _LIVE * n_classes * n_samples, ctx.chunk_bytes
+        )
+    return plans
 
 
-def _rows(xp, a, n):
-    """Rows ``n`` of ``a`` (any index shape), with a leading axis for the steps."""
-    return xp.reshape(xp.take(a, xp.reshape(n, (-1,)), axis=0), (1, *n.shape, *a.shape[1:]))
+def _terms(ctx, spec, layer, rho) -> int | None:
+    """Series terms for a layer (None: evaluate directly), from the largest
+    ``|dz| * bound`` over the block (:mod:`xpnet.series`)."""
+    complex_step = not ctx.central
+    softmax = spec.output == "softmax"
+    above = len(spec.sizes) - 3 - layer
+    if above == 0 or spec.activation == "relu":  # exactly linear in dz
+        if not softmax:
+            return 2  # the scores themselves: dz * V, nothing left out
+        return series.terms_for_linear(rho, ctx.eps, complex_step=complex_step)
+    order = 1 if (complex_step or not softmax) else 0
+    return series.terms_for_cauchy(rho, ctx.eps, growth=2.0 if softmax else 0.0, order=order)
 
 
-def _output_layer(z_aug, cache, budget_items, n_threads, ctx):
-    """Gradient rows for ``[W_last; b_last]``, (H + 1, C): column k of the scores
-    moves by ``step * z[:, j]``."""
+# -- the last layer ------------------------------------------------------------------
+def _output_rows(ctx, plan, inputs, cache: HeadCache):
+    """Rows ``span`` of ``[dW_L; db_L]``: score column ``k`` moves by ``step * z[n, i]``."""
     xp = ctx.xp
-    n_samples, n_units = z_aug.shape
-    n_classes = cache.head.by_class.shape[0]
-    n_steps = ctx.steps.shape[0]
-    per_unit = n_steps * n_classes * n_samples
-    unit_block = max(1, budget_items // per_unit)
+    head = ctx.spec.head
+    columns = xp.permute_dims(inputs, (1, 0))  # (I, N)
 
-    def block(j0, j1):
-        delta = ctx.steps[:, None, None] * xp.permute_dims(z_aug[:, j0:j1], (1, 0))[None, ...]
-        delta = delta[:, :, None, :]  # (S, J, 1, N): the change of column k of the scores
-        return xp.sum(ctx.combine(ctx.head.column_losses(cache.head, delta)), axis=-1)  # (J, K)
+    def compute(i0, i1):
+        delta = ctx.steps * columns[None, i0:i1, :]  # (S, I, N)
+        return head.column_differences(cache, delta, ctx)
 
-    tasks = [
-        (lambda j0=j0: ctx.split_on_oom(block, j0, min(n_units, j0 + unit_block)))
-        for j0 in range(0, n_units, unit_block)
-    ]
-    return xp.concat(_run(tasks, n_threads), axis=0)
+    return ctx.chunked(columns.shape[0], plan.chunk, compute)
+
+
+# -- a layer below the last ------------------------------------------------------------
+def _hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
+    """Rows ``span`` of ``[dW_l; db_l]`` of a layer below the last: every distinct
+    (sample, value) pair moves the units of its sample's slots; each input sums
+    the results of its pair."""
+    xp, spec = ctx.xp, ctx.spec
+    layer = plan.layer
+    dev = device_of(a[layer])
+    units = plan.units
+    if spec.activation == "sigmoid":
+        # sigmoid clips its argument to [-700, 700]: so does this exp(-a)
+        unit = (xp.exp(-xp.clip(a[layer], min=-700.0, max=700.0)), z[layer + 1] - 1.0)
+    else:
+        unit = (a[layer], z[layer + 1])
+    pair_sample = xp.asarray(plan.pairs.sample, device=dev)
+    pair_value = xp.asarray(plan.pairs.value, dtype=ctx.real, device=dev)
+    n_pairs, n_units = plan.pairs.count, units.n_units
+    if n_pairs == 0:  # every input of the span is 0 for every sample: nothing moves
+        n_features = plan.pairs.index.shape[1]
+        return xp.zeros((n_features, n_units), dtype=ctx.real, device=dev)
+    results = []
+    if units.series_width and plan.terms is not None and n_pairs:
+        slots = None if units.series is None else xp.asarray(units.series, device=dev)
+        coefficients = _coefficients(ctx, fact, plan.terms, layers, z, cache)
+        results.append(
+            _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache)
+        )
+    if units.direct_width and n_pairs:
+        slots = xp.asarray(units.direct, device=dev)
+        results.append(
+            _direct(ctx, plan, slots, unit, pair_sample, pair_value, work_layers, z, cache)
+        )
+    if units.index is None:
+        values = results[0] if results else xp.zeros((n_pairs, n_units), dtype=ctx.real, device=dev)
+    else:
+        rows = xp.concat([*results, xp.zeros((n_pairs, 1), dtype=ctx.real, device=dev)], axis=1)
+        flat = xp.reshape(rows, (-1,))
+        # (U, J): where each pair's unit j is found in ``flat``, planned on the host
+        where = xp.asarray(
+            planner.unpermute_index(plan.pairs.sample, units.index, rows.shape[1]), device=dev
+        )
+
+        def unpermute(u0, u1):
+            return xp.take(flat, xp.reshape(where[u0:u1, :], (-1,)))
+
+        per_chunk = max(1, ctx.chunk_bytes // max(1, 2 * n_units * ctx.itemsize))
+        values = xp.reshape(ctx.chunked(n_pairs, per_chunk, unpermute), (n_pairs, n_units))
+    # every input (n, i) sums its pair's row; inputs equal to 0 take the zero row
+    by_pair = xp.concat([values, xp.zeros((1, n_units), dtype=ctx.real, device=dev)], axis=0)
+    inputs = xp.asarray(plan.pairs.index, device=dev)  # (N, F)
+    n_samples, n_features = inputs.shape
+    per_feature = max(1, ctx.chunk_bytes // max(1, n_samples * n_units * ctx.itemsize))
+
+    def sums(f0, f1):
+        gathered = xp.take(by_pair, xp.reshape(inputs[:, f0:f1], (-1,)), axis=0)
+        return xp.sum(xp.reshape(gathered, (n_samples, f1 - f0, n_units)), axis=0)
+
+    return ctx.chunked(n_features, per_feature, sums)
+
+
+def _slotted(xp, array, slots, axis):
+    """``array`` with its unit axis ``axis`` (length J) taken at each sample's
+    ``slots`` (N, S); the sample axis is the one before it. None: as it is."""
+    if slots is None:
+        return array
+    shape = [1] * array.ndim
+    shape[axis - 1], shape[axis] = slots.shape
+    target = list(array.shape)
+    target[axis] = slots.shape[1]
+    index = xp.broadcast_to(xp.reshape(slots, tuple(shape)), tuple(target))
+    return xp.take_along_axis(array, index, axis=axis)
+
+
+def _moves(ctx, first, second, value):
+    """``act(a + u) - act(a)``, (S, P, W), for pairs of input ``value`` (P, 1) and
+    the (P, W) units' ``first``/``second`` (sigmoid: ``exp(-a)``, ``sigmoid(a) - 1``;
+    ReLU: ``a``, ``relu(a)``)."""
+    xp = ctx.xp
+    if ctx.spec.activation == "sigmoid":
+        # sigmoid(a + u) - sigmoid(a) = (1 - sigmoid(a)) (1 - e^-u) / (1 + e^-a e^-u):
+        # exact, without cancellation and without an exp per unit; ``second`` is
+        # ``sigmoid(a) - 1``, so that dz = second * (e^-u - 1) / (...)
+        down = ctx.down * value  # (S, P, 1): -u
+        e_u = xp.exp(down)
+        dz = second * (xp.expm1(down) if ctx.central else e_u - 1.0)
+        denominator = first * e_u
+        denominator += 1.0
+        dz /= denominator
+        return dz
+    return ACTIVATIONS["relu"].function(first + ctx.steps * value) - second
+
+
+def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache):
+    """Combined differences of every pair and series slot through the head's
+    series in ``dz``, (U, S)."""
+    xp = ctx.xp
+    head = ctx.spec.head
+    first, second = (_slotted(xp, array, slots, 1) for array in unit)
+    coefficients = _slotted(xp, coefficients, slots, 2)
+
+    def compute(u0, u1):
+        n = pair_sample[u0:u1]
+        dz = _moves(
+            ctx, xp.take(first, n, axis=0), xp.take(second, n, axis=0), pair_value[u0:u1, None]
+        )
+        picked = [xp.take(coefficients[m, ...], n, axis=0) for m in range(coefficients.shape[0])]
+
+        def per_sample(array):
+            return xp.take(array, n, axis=0)[:, None, ...]
+
+        return head.series_differences(cache, picked, dz, per_sample, ctx)
+
+    return ctx.chunked(plan.pairs.count, plan.series_chunk, compute)
+
+
+def _direct(ctx, plan, slots, unit, pair_sample, pair_value, work_layers, z, cache):
+    """Combined differences of every pair and direct slot, (U, D): the moved row of
+    activations through the layers above (:func:`xpnet.model.forward`) and the
+    head, as the network evaluates them."""
+    xp, spec = ctx.xp, ctx.spec
+    layer = plan.layer
+    first, second = (_slotted(xp, array, slots, 1) for array in unit)
+    positions = xp.arange(plan.units.n_units, device=device_of(slots))
+
+    def compute(u0, u1):
+        n = pair_sample[u0:u1]
+        dz = _moves(
+            ctx, xp.take(first, n, axis=0), xp.take(second, n, axis=0), pair_value[u0:u1, None]
+        )
+        moved_unit = xp.take(slots, n, axis=0)[..., None] == positions  # (P, D, J)
+        row = xp.take(z[layer + 1], n, axis=0)[:, None, :]  # (P, 1, J)
+        moved = row + dz[..., None] * xp.astype(moved_unit, ctx.real)  # (S, P, D, J)
+        scores = model.forward(spec, work_layers, moved, start=layer + 1)[0][-1]
+        target = xp.take(cache.target, n, axis=0)[:, None, ...]
+        return ctx.loss(spec.head.losses(scores, target))
+
+    return ctx.chunked(plan.pairs.count, plan.direct_chunk, compute)
+
+
+def _coefficients(ctx, fact, terms, layers, z, cache):
+    """The head's series coefficients per (sample, unit), by sample chunks."""
+    xp, spec = ctx.xp, ctx.spec
+    layer = fact.layer
+    n_samples = z[0].shape[0]
+    head = spec.head
+    hidden = list(range(layer + 1, len(layers) - 1))
+    if fact.moves is not None or not hidden:  # exactly linear
+        moves = fact.moves
+
+        def chunk(n0, n1):
+            rows = slice(n0, n1)
+            picked = [None] + [None if m is None else _rows_of(m, rows) for m in moves[1:]]
+            return xp.stack(_filled(xp, head.series_coefficients(cache, rows, picked, terms)))
+
+    else:  # sigmoid layers above: the series of each through the next
+        n_units = layers[layer][0].shape[1]
+        widest = max(W.shape[1] for W, _ in layers[layer + 1 :])
+        per_sample = n_units * widest * ctx.itemsize * terms * terms
+
+        def chunk(n0, n1):
+            rows = slice(n0, n1)
+            moves = [None, layers[layer + 1][0][None, ...]]  # a_{l+1} moves by dz * W[j, :]
+            for k in hidden:
+                s = z[k + 1][rows, None, :]  # sigmoid(a_k), (n, 1, H)
+                changes = series.compose(series.sigmoid_taylor(s, terms), moves, terms)
+                moves = [None] + [None if c is None else c @ layers[k + 1][0] for c in changes[1:]]
+            return xp.stack(_filled(xp, head.series_coefficients(cache, rows, moves, terms)))
+
+        return _chunk_samples(ctx, n_samples, per_sample, chunk)
+    per_sample = layers[layer][0].shape[1] * spec.sizes[-1] * ctx.itemsize * terms * 2
+    return _chunk_samples(ctx, n_samples, per_sample, chunk)
+
+
+def _rows_of(array, rows):
+    """Rows of a per-sample array; an array shared by every sample (leading 1) as is."""
+    return array if array.shape[0] == 1 else array[rows, ...]
+
+
+def _filled(xp, coefficients):
+    """Series coefficients with the zeros (None) made arrays, so they stack."""
+    like = next(c for c in coefficients if c is not None)
+    return [xp.zeros_like(like) if c is None else c for c in coefficients]
+
+
+def _chunk_samples(ctx, n_samples, per_sample, chunk):
+    """``chunk(n0, n1)`` (K, n, ...) over sample ranges within the chunk budget,
+    joined along the samples."""
+    xp = ctx.xp
+    # matrix products and series arithmetic: larger pieces than the cache-sized
+    # chunks of the element-wise passes run as fast and cost fewer operations
+    size = max(1, _COEFFICIENT_CHUNKS * ctx.chunk_bytes // max(1, per_sample))
+    parts = [chunk(n0, n1) for n0, n1 in planner.chunks(n_samples, size)]
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)

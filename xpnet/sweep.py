@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np  # host: draws, splits and records
 
+from .cluster import ClusterError, close, connect, require_distributed, worker_address
 from .datasets import load_dataset
-from .distributed import ClusterError, connect, require_distributed, worker_address
 from .heads import get_head
 from .io import save_json
 from .rundir import RunDirectory, RunDirectoryError
@@ -307,7 +307,7 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
             ) from None
         finally:
             if own:
-                _close(client)
+                close(client)
             elif futures:  # a cluster the caller keeps: stop what this sweep left running
                 client.cancel([f for f in futures if not f.done()])
     record["trials"] = [results[k] for k in sorted(results)]
@@ -317,13 +317,6 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
 
         save_sweep_plot(record, out / SWEEP_PNG)
     return record
-
-
-def _close(client) -> None:
-    cluster = getattr(client, "cluster", None)
-    client.close()
-    if cluster is not None:
-        cluster.close()
 
 
 def _line(r: dict) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np  # host
 
+from . import model
 from .backend import resolve_backend, to_numpy
 from .checks import check_size
 from .datasets import DATASETS, load_dataset
@@ -41,6 +42,7 @@ from .gradient import resolve_step
 from .heads import HEADS
 from .io import load_npz, save_npz
 from .network import INITS, METHODS, MultiLayerNet, TwoLayerNet
+from .numerical import model_gradient
 from .optimizers import OPTIMIZERS, make_optimizer
 from .rundir import RunDirectory, RunDirectoryError
 
@@ -285,14 +287,12 @@ def evaluate(net, x, t, batch: int = 10_000) -> float:
     """Accuracy over a whole data set, validated once, in batches on the device."""
     if not net.head.has_accuracy:
         net.head.hits(None, None)  # raises the head's message
-    x, t = net._batch(x, t)
-    return _set_metrics(net, x, t, batch, net._params())[0]
+    return _set_metrics(net, net.batch(x, t), batch, net.checked_layers())[0]
 
 
 def evaluate_loss(net, x, t, batch: int = 10_000) -> float:
     """Mean loss (with weight decay) over a whole data set, validated once, in batches."""
-    x, t = net._batch(x, t)
-    return _set_metrics(net, x, t, batch, net._params())[1]
+    return _set_metrics(net, net.batch(x, t), batch, net.checked_layers())[1]
 
 
 def targets_for(output: str, t):
@@ -319,21 +319,20 @@ def targets_for(output: str, t):
 _FLUSH = 50
 
 
-def _set_metrics(net, x, t, batch: int, params=None):
+def _set_metrics(net, data: model.Batch, batch: int, layers=None):
     """Accuracy (None for the identity head) and mean loss of a whole validated set
-    on the device (``params``: default ``net.params``, unchecked): sums stay on the
+    on the device (``layers``: default ``net.params``, unchecked): sums stay on the
     device, one transfer brings both to the host."""
     xp = net.xp
-    params = net.params if params is None else params
-    n = x.shape[0]
+    layers = model.layers_of(net.params) if layers is None else layers
+    n = data.size
     loss_sum, hits_sum, judged = None, None, 0
     for start in range(0, n, batch):
         stop = min(n, start + batch)
-        xb, tb = x[start:stop, ...], t[start:stop, ...]
-        part = net._loss(xb, tb, params) * (stop - start)
+        part = model.loss(net.spec, layers, data.rows(start, stop)) * (stop - start)
         loss_sum = part if loss_sum is None else loss_sum + part
         if net.head.has_accuracy:
-            hits, total = net._hits(xb, tb, params)
+            hits, total = model.hits(net.spec, layers, data.rows(start, stop))
             hits = xp.astype(hits, net.dtype)
             hits_sum = hits if hits_sum is None else hits_sum + hits
             judged += total
@@ -507,8 +506,8 @@ def _run(config, out, resume, progress, log, data) -> dict:
         )
     xp, backend = net.xp, net.backend
     # validated once, on the way to the device; every step then runs unchecked
-    x_train_d, t_train_d = net._batch(x_train, t_train)
-    x_test_d, t_test_d = net._batch(x_test, t_test)
+    train_set = net.batch(x_train, t_train)
+    test_set = net.batch(x_test, t_test)
     optimizer = make_optimizer(config.optimizer, config.lr)
     rng = np.random.default_rng(config.seed)  # host: minibatch indices
     checkpoint = out / CHECKPOINT if out is not None else None
@@ -533,7 +532,7 @@ def _run(config, out, resume, progress, log, data) -> dict:
         history["config"]["iters"] = config.iters
         say(f"resuming from iteration {done} of {config.iters}")
     else:
-        history["initial_loss"] = _set_metrics(net, x_train_d, t_train_d, config.eval_batch)[1]
+        history["initial_loss"] = _set_metrics(net, train_set, config.eval_batch)[1]
     per_epoch = config.iters_per_epoch(len(t_train))
     if progress is None:
         progress = sys.stderr.isatty()
@@ -582,22 +581,23 @@ def _run(config, out, resume, progress, log, data) -> dict:
                 block, block_start = backend.from_host(drawn, dtype=xp.int64), i
             offset = (i - block_start) * config.batch_size
             index = block[offset : offset + config.batch_size]
-            x_batch = xp.take(x_train_d, index, axis=0)
-            t_batch = xp.take(t_train_d, index, axis=0)
+            minibatch = train_set.take(index)
+            layers = model.layers_of(net.params)
             if config.grad == "numerical":
-                grads = net._numerical_gradient(x_batch, t_batch, net.params, h=h, method=method)
+                blocks = model_gradient(net.spec, layers, minibatch, h=h, method=method)
+                grads = model.params_of([(b[:-1, :], b[-1, :]) for b in blocks])
             else:
-                grads = net._backprop(x_batch, t_batch, net.params)
+                grads = model.params_of(model.backprop(net.spec, layers, minibatch))
             optimizer.update(net.params, grads)
-            pending.append(net._loss(x_batch, t_batch, net.params))
+            pending.append(model.loss(net.spec, model.layers_of(net.params), minibatch))
             history["iters_done"] = i + 1
             bar.update(1)
             evaluation = (i + 1) % per_epoch == 0 or i + 1 == config.iters
             if evaluation or len(pending) == _FLUSH:
                 flush()
             if evaluation:
-                acc_train, train_loss = _set_metrics(net, x_train_d, t_train_d, config.eval_batch)
-                acc_test, test_loss = _set_metrics(net, x_test_d, t_test_d, config.eval_batch)
+                acc_train, train_loss = _set_metrics(net, train_set, config.eval_batch)
+                acc_test, test_loss = _set_metrics(net, test_set, config.eval_batch)
                 history["train_loss"].append(train_loss)
                 history["test_loss"].append(test_loss)
                 history["eval_iters"].append(i + 1)
