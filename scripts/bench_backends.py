@@ -22,8 +22,7 @@ from pathlib import Path
 from harness import machine_info, parse_backends  # scripts/harness.py
 from tqdm.auto import tqdm
 
-from xpnet import TwoLayerNet
-from xpnet import book
+from xpnet import TwoLayerNet, book
 from xpnet.backend import to_numpy
 from xpnet.bench import mnist_like_batch
 from xpnet.io import atomic_write_bytes, save_json

@@ -153,7 +153,7 @@ def _sweep(client, trials, seed, dry):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from xpnet.distributed import connect
+    from xpnet.cluster import connect
 
     show = not args.no_progress and sys.stderr.isatty()
     images = 64 if args.dry_run else args.images

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import xpnet
 import xpnet.bench
+from xpnet import book
 from xpnet.bench import bench_methods, format_rows
 from xpnet.io import save_json
 
@@ -81,42 +82,16 @@ def _data(kind, batch):
 
 
 def book_loop_seconds(sizes, data, seed, sample):
-    """The book's own loop (ch. 4 ``numerical_gradient`` with ``TwoLayerNet.loss``,
-    plain NumPy, in place), timed on ``sample`` coordinates and extrapolated: the
-    baseline a reader of the book actually has."""
-    import time
-
+    """The book's own loop (:mod:`xpnet.book`: ch. 4 ``numerical_gradient`` with
+    the book's ``TwoLayerNet.loss``, plain NumPy, in place, one BLAS thread),
+    timed on ``sample`` coordinates and extrapolated: the baseline a reader of
+    the book actually has."""
     import numpy as np
 
     x, t = data
     net = xpnet.TwoLayerNet(*sizes, seed=seed)
     params = {k: np.array(xpnet.to_numpy(v)) for k, v in net.params.items()}
-
-    def loss(_):
-        a1 = np.dot(x, params["W1"]) + params["b1"]
-        z1 = 1 / (1 + np.exp(-a1))
-        a2 = np.dot(z1, params["W2"]) + params["b2"]
-        e = np.exp(a2 - a2.max(axis=1, keepdims=True))
-        y = e / e.sum(axis=1, keepdims=True)
-        return -np.sum(np.log(y[np.arange(len(t)), t] + 1e-7)) / len(t)
-
-    w = params["W1"]
-    grad = np.zeros_like(w)
-    it = np.nditer(w, flags=["multi_index"])
-    start, done = time.perf_counter(), 0
-    while not it.finished and done < sample:
-        idx = it.multi_index
-        tmp = w[idx]
-        w[idx] = tmp + 1e-4
-        fxh1 = loss(w)
-        w[idx] = tmp - 1e-4
-        fxh2 = loss(w)
-        grad[idx] = (fxh1 - fxh2) / 2e-4
-        w[idx] = tmp
-        done += 1
-        it.iternext()
-    per_coordinate = (time.perf_counter() - start) / done
-    return per_coordinate * sum(v.size for v in params.values()), done
+    return book.loop_seconds(params, "sigmoid", x, t, sample)
 
 
 def main(argv=None) -> int:

@@ -327,3 +327,44 @@ def inproc_client():
     yield client
     client.close()
     cluster.close()
+
+
+_METADATA = {
+    "shape", "dtype", "ndim", "device", "size", "isdtype", "mT", "T",
+    "__array_namespace__", "__len__", "__hash__", "__repr__", "__str__",
+}  # fmt: skip
+
+
+def count_array_ops(fn) -> int:
+    """Array operations that xpnet code issues into array-api-strict during one
+    call of ``fn`` (each one a kernel launch on a GPU; indexing is counted, reads
+    of metadata are not): the method of ``../shared/tools/count_ops.py``."""
+    import sys
+
+    count = [0]
+
+    def profile(frame, event, arg):
+        if event != "call" or frame.f_code.co_name in _METADATA:
+            return
+        if not frame.f_globals.get("__name__", "").startswith("array_api_strict"):
+            return
+        caller = frame.f_back
+        if caller is not None and caller.f_globals.get("__name__", "").startswith("xpnet"):
+            count[0] += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count[0]
+
+
+@pytest.fixture
+def gpu_budget(monkeypatch):
+    """Make xpnet see 80 GiB of free device memory: chunks sized as on a GPU."""
+    import xpnet.gradient
+    import xpnet.numerical
+
+    for module in (xpnet.gradient, xpnet.numerical):
+        monkeypatch.setattr(module, "free_memory", lambda *args: 80 * 2**30)

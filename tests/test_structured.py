@@ -434,3 +434,71 @@ def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
     assert None in used
     for name in loop:
         assert rel_error(fast[name], loop[name]) <= 1e-7, name
+
+
+# ---- array operations: a GPU's kernel launches, counted (not timed) -------------
+@pytest.mark.parametrize(
+    "hidden, activation, budget",
+    [
+        # the book's net: the issue's target is 100; 160 today (docs/benchmarks.md)
+        ([50], "sigmoid", 170),
+        ([100, 100], "relu", 600),
+        ([100, 100], "sigmoid", 600),
+    ],
+)
+def test_array_operations_per_gradient_do_not_grow_with_units(
+    gpu_budget, hidden, activation, budget
+):
+    """With chunks sized as on a GPU the structured gradient issues a number of
+    array operations that depends on the depth and on which exact paths the data
+    take, not on the number of units or samples."""
+    from conftest import count_array_ops
+
+    net = xpnet.MultiLayerNet(
+        784, hidden, 10, activation, backend="array_api_strict", device="device1", seed=0
+    )
+    x, t = make_batch(100, 784, 10, seed=0)
+    x = np.round(x * 255) / 255  # 8-bit pixel values, as in the data sets
+    xs, ts = net.backend.from_host(x), net.backend.from_host(t)
+    net.numerical_gradient(xs, ts)  # warm-up
+    ops = count_array_ops(lambda: net.numerical_gradient(xs, ts))
+    assert ops <= budget
+    wider = xpnet.MultiLayerNet(
+        784, [2 * h for h in hidden], 10, activation, backend="array_api_strict",
+        device="device1", seed=0,
+    )  # fmt: skip
+    half_x, half_t = xs[:50, ...], ts[:50]
+    wider.numerical_gradient(half_x, half_t)
+    # the same paths, whatever the widths and samples (ReLU nets may take a direct
+    # path for some units with some data, and not with other data)
+    wider_ops = count_array_ops(lambda: wider.numerical_gradient(half_x, half_t))
+    assert wider_ops == ops if activation == "sigmoid" else wider_ops <= budget
+
+
+def test_a_bug_planted_in_backprop_never_moves_the_numerical_gradient(backend, monkeypatch):
+    """The numerical gradient is an independent check: nothing of it comes from
+    backprop. Break backprop (and the activations' derivatives): every numerical
+    method is bit for bit unchanged, and backprop is caught by the gradient check."""
+    import xpnet.functions
+    import xpnet.model
+
+    net = make_multi(backend, (6, 5, 4, 3), activation="sigmoid", decay=0.01)
+    x, _ = make_batch(5, 6, 3, seed=4)
+    t = make_targets("softmax", 5, 3, seed=4)
+    methods = ("structured", "complex", "batched", "loop")
+    before = {m: net.numerical_gradient(x, t, method=m) for m in methods}
+    real = xpnet.model.backprop
+
+    def planted(spec, layers, batch):
+        grads = real(spec, layers, batch)
+        return [(dW * 1.01, db) for dW, db in grads]
+
+    monkeypatch.setattr(xpnet.model, "backprop", planted)
+    for name in xpnet.functions.ACTIVATIONS:
+        activation = xpnet.functions.ACTIVATIONS[name]
+        monkeypatch.setattr(activation, "derivative", lambda a, z: 0 * z)
+    for method in methods:
+        after = net.numerical_gradient(x, t, method=method)
+        for name in after:
+            assert np.array_equal(to_numpy(after[name]), to_numpy(before[method][name]))
+    assert rel_error(net.gradient(x, t)["W1"], before["loop"]["W1"]) > 0.5

@@ -159,7 +159,7 @@ class Softmax(Head):
         # exp(a) exp(d), one exp per (step, input, sample) for every class k
         xp = array_namespace(delta)
         n_classes = cache.weights.shape[1]
-        e = xp.permute_dims(cache.weights, (1, 0))  # (C, N)
+        e = cache.weights.T  # (C, N): a view (2-D .T is in the Array API)
         classes = xp.arange(n_classes, device=device_of(e))
         hit = xp.astype(classes[:, None] == cache.target[None, :], e.dtype)  # (C, N)
         grow = _expm1(xp, delta)[:, :, None, :]  # (S, I, 1, N)
@@ -216,8 +216,8 @@ class _Separable(Head):
         # the other classes' terms are bit-identical in f(+) and f(-): only the
         # moved class's term is evaluated (as zero inputs are skipped elsewhere)
         xp = array_namespace(delta)
-        scores = xp.permute_dims(cache.scores, (1, 0))  # (C, N)
-        target = xp.permute_dims(cache.target, (1, 0))
+        scores = cache.scores.T  # (C, N): views
+        target = cache.target.T
         moved = self.term(scores + delta[:, :, None, :], target)  # (S, I, C, N)
         return xp.sum(combine.loss(moved), axis=-1)
 

@@ -196,12 +196,12 @@ def backprop(spec: ModelSpec, layers, batch: Batch) -> list:
     grads = [None] * len(layers)
     for k in range(len(layers) - 1, -1, -1):
         W = layers[k][0]
-        dW = xp.permute_dims(z[k], (1, 0)) @ da
+        dW = z[k].T @ da  # .T: a view, no copy
         if spec.weight_decay:
             dW = dW + spec.weight_decay * W
         grads[k] = (dW, xp.sum(da, axis=0))
         if k:
-            da = derivative(a[k - 1], z[k]) * (da @ xp.permute_dims(W, (1, 0)))
+            da = derivative(a[k - 1], z[k]) * (da @ W.T)
     return grads
 
 

@@ -528,9 +528,8 @@ def _terms(ctx, spec, layer, rho) -> int | None:
 # -- the last layer ------------------------------------------------------------------
 def _output_rows(ctx, plan, inputs, cache: HeadCache):
     """Rows ``span`` of ``[dW_L; db_L]``: score column ``k`` moves by ``step * z[n, i]``."""
-    xp = ctx.xp
     head = ctx.spec.head
-    columns = xp.permute_dims(inputs, (1, 0))  # (I, N)
+    columns = inputs.T  # (I, N)
 
     def compute(i0, i1):
         delta = ctx.steps * columns[None, i0:i1, :]  # (S, I, N)
