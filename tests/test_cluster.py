@@ -50,11 +50,18 @@ def test_a_local_cluster_listens_on_127_0_0_1_only():
 
 
 @pytest.mark.slow
-def test_workers_start_without_dasks_malloc_trim_threshold_and_others_are_warned_about():
+def test_workers_start_without_dasks_malloc_trim_threshold_and_others_are_warned_about(
+    monkeypatch,
+):
     """Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536, which made the structured
     gradient 3x slower (docs/benchmarks.md): xpnet's clusters unset it; a cluster
     started with Dask's defaults gets one warning per client."""
     from xpnet.cluster import _trim_threshold
+
+    # Dask's nannies may leave the variable in this process's environment: put it
+    # back as it was afterwards (the in-process clusters of other tests read it)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
 
     ours = connect(workers=1)
     try:

@@ -21,6 +21,7 @@ from conftest import (
 import xpnet
 import xpnet.bench
 from xpnet.backend import to_numpy
+from xpnet.numerical import model_gradient
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
@@ -560,19 +561,21 @@ def test_numerical_gradient_runs_one_blas_thread_and_restores_it(monkeypatch):
 def _peak_extra_bytes(net, x, t, method, max_bytes):
     import tracemalloc
 
-    xs, ts = net._batch(x, t)
-    params = net._params()
+    batch, layers = net.batch(x, t), net.checked_layers()
     h = 1e-20 if method == "complex" else 1e-4
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        net._numerical_gradient(xs, ts, params, h=h, method=method, max_bytes=max_bytes)
+        # one thread: every thread holds its own block and chunk (documented)
+        model_gradient(
+            net.spec, layers, batch, h=h, method=method, max_bytes=max_bytes, n_threads=1
+        )
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    result = sum(v.nbytes for v in params.values())  # the gradient itself
-    return peak, xs.nbytes, result
+    result = sum(W.nbytes + b.nbytes for W, b in layers)  # the gradient itself
+    return peak, batch.x.nbytes, result
 
 
 @pytest.fixture(scope="module")

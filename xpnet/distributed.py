@@ -8,12 +8,15 @@ Rules of this module:
   all). By parameter blocks: rows of ``[W_l; b_l]`` (one row of inputs is
   perturbed at a time, independently of the others); every method computes only
   its block's rows. A task is one (sample shard, parameter block).
-* Dask does the scheduling: data goes to every worker once (``scatter`` with
-  ``broadcast``, so a worker's death loses none), tasks are ``submit``-ted with
-  ``retries``, results are collected with ``as_completed`` and combined on the
-  host in the plan's order (not the order tasks finish), so the result does not
-  depend on scheduling. A task whose worker dies is run again by Dask's
-  scheduler; an error or an interrupt cancels the gradient's remaining tasks.
+* Dask does the scheduling: the parameters and each sample shard go to the
+  cluster once, as the results of tasks that hold them (not ``scatter``: Dask's
+  memory manager keeps one replica of scattered data, which a worker's death
+  loses for good, while a task's result is recomputed from its spec);
+  the shard tasks depend on them, are ``submit``-ted with ``retries``, their
+  results collected with ``as_completed`` and combined on the host in the plan's
+  order (not the order tasks finish), so the result does not depend on
+  scheduling. Whatever a dead worker held or ran, Dask's scheduler runs again
+  elsewhere; an error or an interrupt cancels the gradient's remaining tasks.
 * A worker runs the model core (:func:`xpnet.numerical.model_gradient`) on its
   own device (with dask-cuda, the worker's GPU), unchecked: the data was
   validated once, on the client. Nothing here imports the network classes.
@@ -146,10 +149,11 @@ def sharded_gradient(
     worker = WorkerSpec.of(spec, backend)
     futures = {}
     try:
-        params = client.scatter([host_layers], broadcast=True, hash=False)[0]
-        data = client.scatter(
-            [(x_host[a:b], t_host[a:b]) for a, b in samples], broadcast=True, hash=False
-        )
+        params = client.submit(_held, host_layers, pure=False, retries=retries)
+        data = [
+            client.submit(_held, (x_host[a:b], t_host[a:b]), pure=False, retries=retries)
+            for a, b in samples
+        ]
         for s in range(len(samples)):
             for j, rows in enumerate(blocks):
                 future = client.submit(
@@ -175,6 +179,12 @@ def sharded_gradient(
         _cancel(client, futures)  # an error or an interrupt: nothing of it keeps running
         raise
     return _combine(backend, spec, samples, blocks, results, n)
+
+
+def _held(value):
+    """On a worker: ``value`` (sent with the task), held as the task's result for
+    the tasks that depend on it."""
+    return value
 
 
 def _slots(client) -> int:

@@ -255,9 +255,13 @@ def structured_gradient(
         )
 
     total = None
-    # the blocks' sums are added in block order, whatever thread finishes first
-    for part in ctx.run([lambda r=r: block(*r) for r in blocks]):
-        total = part if total is None else [_add(a, b) for a, b in zip(total, part, strict=True)]
+    # n_threads blocks at a time (only their results are held at once), added in
+    # block order whatever thread finishes first
+    for lo, hi in planner.chunks(len(blocks), ctx.n_threads):
+        for part in ctx.run([lambda r=r: block(*r) for r in blocks[lo:hi]]):
+            total = (
+                part if total is None else [_add(a, b) for a, b in zip(total, part, strict=True)]
+            )
     return total
 
 
