@@ -30,33 +30,62 @@ def test_distinct_pairs_of_random_8_bit_rows():
     assert np.array_equal(rebuilt, z)
 
 
-def test_unit_layout_puts_every_unit_in_one_place():
-    moving = np.array([[True, True, False, True], [True, False, False, False]])
-    direct = np.array([[False, True, False, False], [False, False, False, True]])
-    layout = plan.unit_layout(4, moving, direct)
-    assert layout.series_width == 2 and layout.direct_width == 1
-    for n in range(2):
+def _place(layer_plan, u, j):
+    """Where pair u's unit j is found in the results laid end to end (what the
+    computation does with the plan's position table and pair bases)."""
+    at = layer_plan.position[layer_plan.pairs.sample[u], j]
+    if at < 0:
+        return layer_plan.zero
+    base = layer_plan.pair_base[u, 0 if at < layer_plan.series_width else 1]
+    return base + at
+
+
+def test_every_unit_of_every_pair_has_one_place():
+    z = np.array([[0.5, 1.0, 0.0], [0.25, 0.25, 0.75]])
+    still = np.array([[False, True, False, False], [False, False, False, True]])
+    unsafe = np.array([[False, False, True, False], [True, False, False, False]])
+    p = plan.layer_plan(
+        0, (0, 3), z, 4, still=still, unsafe=unsafe, terms=3,
+        series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
+    )  # fmt: skip
+    assert p.series_width == 2 and p.direct_count == 2 + 2  # 2 pairs per sample, 1 unit
+    seen = set()
+    for u in range(p.pairs.count):
+        n = p.pairs.sample[u]
         for j in range(4):
-            where = layout.index[n, j]
-            if not moving[n, j]:
-                assert where == layout.series_width + layout.direct_width  # the zero
-            elif direct[n, j]:
-                assert layout.direct[n, where - layout.series_width] == j
-            else:
-                assert layout.series[n, where] == j
+            place = _place(p, u, j)
+            if still[n, j]:
+                assert place == p.zero
+                continue
+            assert place not in seen
+            seen.add(place)
+            if unsafe[n, j]:  # a direct item of this very pair and unit
+                item = place - p.pairs.count * p.series_width
+                assert (p.direct_pair[item], p.direct_unit[item]) == (u, j)
+            else:  # a series slot of this pair holding unit j
+                assert place // p.series_width == u
+                assert p.series[n, place % p.series_width] == j
+    # every result is used once (no padded slots here: both samples have two
+    # series units)
+    assert len(seen) == p.zero
 
 
-def test_unit_layout_of_all_units_on_the_series_path_is_none():
-    layout = plan.unit_layout(5)
-    assert layout.series is None and layout.index is None and layout.series_width == 5
+def test_without_a_series_every_moving_unit_is_a_direct_item():
+    z = np.array([[0.5, 0.0]])
+    p = plan.layer_plan(
+        0, (0, 2), z, 3, still=np.array([[False, True, False]]), terms=None,
+        series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
+    )  # fmt: skip
+    assert p.series_width == 0 and p.direct_count == 2
+    assert list(p.direct_unit) == [0, 2]
 
 
-def test_unpermute_index_points_into_the_flat_rows():
-    layout = plan.unit_layout(3, np.array([[True, False, True]]), None)
-    width = layout.series_width + 1
-    flat = plan.unpermute_index(np.array([0, 0]), layout.index, width)
-    assert flat.shape == (2, 3)
-    assert flat[1, 1] == width + width - 1  # the second pair's zero slot
+def test_all_units_on_the_series_path_need_no_position_table():
+    p = plan.layer_plan(
+        0, (0, 2), np.array([[0.5, 1.0]]), 3, terms=4,
+        series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
+    )  # fmt: skip
+    assert p.series is None and p.position is None and p.series_width == 3
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])

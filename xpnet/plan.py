@@ -12,7 +12,8 @@ Rules of this module:
   block, after what planning needs of its forward pass has come to the host in
   one transfer: each layer's distinct (sample, value) pairs
   (:func:`distinct_pairs`), which units of each sample are evaluated and how
-  (:func:`unit_layout`), and the chunks (:func:`layer_plan`, :func:`chunks`).
+  (:func:`series_slots`, the direct items), and the chunks (:func:`layer_plan`,
+  :func:`chunks`).
 * Why pairs: perturbing ``W_l[i, j]`` by ``s`` moves ``a_l[n, j]`` by ``s * z_l[n,
   i]``; sample ``n``'s loss depends on ``i`` only through that value, so the
   inputs of one sample with equal values give bit-identical perturbed losses,
@@ -29,16 +30,14 @@ import numpy as np  # host: plans are host index arrays
 
 __all__ = [
     "Pairs",
-    "UnitLayout",
     "LayerPlan",
     "OutputPlan",
     "distinct_pairs",
-    "unit_layout",
+    "series_slots",
     "layer_plan",
     "output_plan",
     "chunks",
     "sample_blocks",
-    "unpermute_index",
 ]
 
 
@@ -89,77 +88,16 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
 
 
 @dataclass(frozen=True)
-class UnitLayout:
-    """Which units of each sample each path evaluates, as slots.
-
-    Every pair of sample ``n`` is evaluated for the units in its sample's slots:
-    ``series[n, s]`` (the series path) and ``direct[n, s]`` (the direct path),
-    padded to the largest count over the samples (a padded slot repeats a unit;
-    its result is never read). ``index[n, j]`` is where unit ``j``'s result is
-    found in a pair's row ``[series results | direct results | 0]``: units that no
-    step moves point at the 0.
-
-    ``series`` None: every unit, in order, on the series path (``index`` None).
-    ``direct`` None: no direct path.
-    """
-
-    series: np.ndarray | None
-    direct: np.ndarray | None
-    index: np.ndarray | None
-    n_units: int
-
-    @property
-    def series_width(self) -> int:
-        return self.n_units if self.series is None else int(self.series.shape[1])
-
-    @property
-    def direct_width(self) -> int:
-        return 0 if self.direct is None else int(self.direct.shape[1])
-
-
-def unit_layout(
-    n_units: int,
-    moving: np.ndarray | None = None,
-    direct: np.ndarray | None = None,
-) -> UnitLayout:  # host
-    """The slots of each sample from ``moving`` (N, J) (units some step moves;
-    None: all) and ``direct`` (N, J) (units to evaluate directly; None: none)."""
-    if direct is None and (moving is None or moving.all()):
-        return UnitLayout(None, None, None, n_units)
-    moving = np.ones_like(direct) if moving is None else moving  # host
-    direct = np.zeros_like(moving) if direct is None else direct & moving  # host
-    series = moving & ~direct
-    kind = np.where(series, 0, np.where(direct, 1, 2))  # host
-    order = np.argsort(kind, axis=1, kind="stable")  # host: series, direct, still
-    position = np.empty_like(order)  # host
-    np.put_along_axis(position, order, np.arange(n_units)[None, :], axis=1)  # host
-    n_series = series.sum(axis=1)  # host
-    n_direct = direct.sum(axis=1)  # host
-    width_s, width_d = int(n_series.max(initial=0)), int(n_direct.max(initial=0))
-    index = np.where(
-        series,
-        position,
-        np.where(direct, width_s + position - n_series[:, None], width_s + width_d),
-    )  # host
-    direct_slots = None
-    if width_d:
-        at = np.minimum(n_series[:, None] + np.arange(width_d)[None, :], n_units - 1)  # host
-        direct_slots = np.take_along_axis(order, at, axis=1)  # host
-    return UnitLayout(order[:, :width_s], direct_slots, index, n_units)
-
-
-def unpermute_index(pair_sample: np.ndarray, index: np.ndarray, width: int) -> np.ndarray:  # host
-    """Flat positions, in the pairs' result rows ``[series | direct | 0]`` (of
-    ``width`` each) laid end to end, of every pair's unit ``j``: ``(U, J)`` int64,
-    from each pair's sample and the layout's ``index`` (N, J)."""
-    offsets = np.arange(pair_sample.shape[0], dtype=np.int64)[:, None] * width  # host
-    return offsets + index[pair_sample]
-
-
-@dataclass(frozen=True)
 class LayerPlan:
     """How the rows ``span`` of ``[W_l; b_l]`` of a layer below the last are
     computed for one sample block.
+
+    Every distinct (sample, value) pair is evaluated for the units of its
+    sample's **series slots** (``series[n, s]``, padded to the largest count over
+    the samples by repeating a unit; a padded slot's result is never read), and
+    the **direct items** ``(direct_pair[i], direct_unit[i])`` are evaluated one by
+    one (units whose move may cross a ReLU kink above, or every moving unit where
+    no series is exact). Units that no step moves are in neither.
 
     Attributes
     ----------
@@ -167,21 +105,72 @@ class LayerPlan:
     span : (int, int)
         Rows of ``[W_l; b_l]`` (row ``H_{l-1}`` is the bias).
     pairs : Pairs
-    units : UnitLayout
+    n_units : int
+    series : ndarray (N, S) int64 or None
+        Each sample's series slots; None: every unit, in order (or no series
+        path, where ``terms`` is None).
+    direct_pair, direct_unit : ndarray (D,) int64
+        The direct items.
+    position : ndarray (N, J) int64 or None
+        Per sample, where unit ``j``'s result lies in a pair's share of the
+        results laid end to end, ``[series results (U, S) flattened | direct
+        results (D,) | 0]``: its slot ``s < S``, ``S + r`` for its ``r``-th direct
+        item, -1 for a unit that stays still (the 0). None: the series results
+        are the answer as they are.
+    pair_base : ndarray (U, 2) int64 or None
+        Per pair, the offsets that turn ``position`` into a place in the
+        results: ``u * S`` (series) and where its direct items start, minus ``S``.
     terms : int or None
-        Series terms (:mod:`xpnet.series`); None: no series path (every moving
-        unit is on the direct path).
+        Series terms (:mod:`xpnet.series`); None: no series path.
     series_chunk, direct_chunk : int
-        Pairs per chunk on each path.
+        Pairs per chunk of the series path, items per chunk of the direct path.
     """
 
     layer: int
     span: tuple
     pairs: Pairs
-    units: UnitLayout
+    n_units: int
+    series: np.ndarray | None
+    direct_pair: np.ndarray
+    direct_unit: np.ndarray
+    position: np.ndarray | None
+    pair_base: np.ndarray | None
     terms: int | None
     series_chunk: int
     direct_chunk: int
+
+    @property
+    def series_width(self) -> int:
+        if self.terms is None:
+            return 0
+        return self.n_units if self.series is None else int(self.series.shape[1])
+
+    @property
+    def direct_count(self) -> int:
+        return int(self.direct_pair.shape[0])
+
+    @property
+    def zero(self) -> int:
+        """The place of the 0 after every result."""
+        return self.pairs.count * self.series_width + self.direct_count
+
+
+def series_slots(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # host
+    """Each sample's series units as slots: ``(slots (N, S), position (N, J))``,
+    ``position[n, j]`` the slot of unit ``j`` (-1 where it has none), ``S`` the
+    largest count over the samples (shorter rows repeat their first unit)."""
+    n_units = series.shape[1]
+    order = np.argsort(~series, axis=1, kind="stable")  # host: series units first
+    counts = series.sum(axis=1)  # host
+    width = int(counts.max(initial=0))
+    position = np.empty_like(order)  # host
+    np.put_along_axis(position, order, np.arange(n_units)[None, :], axis=1)  # host
+    position = np.where(series, position, -1)  # host
+    slots = order[:, :width]
+    if width:
+        pad = np.arange(width)[None, :] >= counts[:, None]  # host
+        slots = np.where(pad, order[:, :1], slots)  # host
+    return slots, position
 
 
 def layer_plan(
@@ -206,22 +195,46 @@ def layer_plan(
     chunk holds on each path.
     """
     pairs = distinct_pairs(z)
-    moving = None if still is None else ~still
+    n_samples = z.shape[0]
+    moving = np.ones((n_samples, n_units), dtype=bool) if still is None else ~still  # host
     if terms is None:
-        direct = np.ones((z.shape[0], n_units), dtype=bool) if moving is None else moving  # host
+        direct = moving
     else:
-        direct = unsafe
-    units = unit_layout(n_units, moving, direct)
-    series_pair = max(1, series_item_bytes * max(1, units.series_width))
-    direct_pair = max(1, direct_item_bytes * max(1, units.direct_width))
+        direct = np.zeros_like(moving) if unsafe is None else unsafe & moving  # host
+    series = moving & ~direct
+    slots, position = None, None
+    if terms is None or not series.all():
+        slots, position = series_slots(series)
+    if terms is None:
+        slots = None
+    width = 0 if terms is None else (n_units if slots is None else int(slots.shape[1]))
+    per_sample = direct.sum(axis=1)  # host
+    if per_sample.any():  # (pair, unit) items of the direct path, grouped by pair
+        direct_pair, direct_unit = np.nonzero(direct[pairs.sample])  # host
+    else:
+        direct_pair = direct_unit = np.zeros(0, dtype=np.int64)  # host
+    pair_base = None
+    if position is not None:
+        rank = np.cumsum(direct, axis=1) - 1  # host
+        position = np.where(direct, width + rank, position).astype(np.int64)  # host
+        starts = np.cumsum(per_sample[pairs.sample]) - per_sample[pairs.sample]  # host
+        series_base = np.arange(pairs.count, dtype=np.int64) * width  # host
+        direct_base = pairs.count * width + starts - width
+        pair_base = np.stack([series_base, direct_base], axis=1).astype(np.int64)  # host
+    series_pair = max(1, series_item_bytes * max(1, width))
     return LayerPlan(
         layer,
         tuple(span),
         pairs,
-        units,
+        n_units,
+        slots,
+        direct_pair.astype(np.int64),
+        direct_unit.astype(np.int64),
+        position,
+        pair_base,
         terms,
         max(1, chunk_bytes // series_pair),
-        max(1, chunk_bytes // direct_pair),
+        max(1, chunk_bytes // max(1, direct_item_bytes)),
     )
 
 

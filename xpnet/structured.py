@@ -491,7 +491,8 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
         # (a score row where the head is separable); a direct item carries a row
         # of every layer above
         series_width = _LIVE if spec.output == "softmax" else _LIVE + 3 * n_classes
-        direct_width = 3 * sum(spec.sizes[layer + 1 :])
+        # a direct item carries a row of every layer above
+        direct_width = _LIVE + 3 * sum(spec.sizes[layer + 1 :])
         still = host.get((layer, "still"))
         unsafe = host.get((layer, "unsafe"))
         plans[layer] = planner.layer_plan(
@@ -545,50 +546,48 @@ def _output_rows(ctx, plan, inputs, cache: HeadCache):
 # -- a layer below the last ------------------------------------------------------------
 def _hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
     """Rows ``span`` of ``[dW_l; db_l]`` of a layer below the last: every distinct
-    (sample, value) pair moves the units of its sample's slots; each input sums
-    the results of its pair."""
+    (sample, value) pair moves the units of its sample's series slots, the
+    direct items one unit each; each input sums the results of its pair."""
     xp, spec = ctx.xp, ctx.spec
     layer = plan.layer
     dev = device_of(a[layer])
-    units = plan.units
     if spec.activation == "sigmoid":
         # sigmoid clips its argument to [-700, 700]: so does this exp(-a)
         unit = (xp.exp(-xp.clip(a[layer], min=-700.0, max=700.0)), z[layer + 1] - 1.0)
     else:
         unit = (a[layer], z[layer + 1])
-    pair_sample = xp.asarray(plan.pairs.sample, device=dev)
-    pair_value = xp.asarray(plan.pairs.value, dtype=ctx.real, device=dev)
-    n_pairs, n_units = plan.pairs.count, units.n_units
+    n_pairs, n_units = plan.pairs.count, plan.n_units
     if n_pairs == 0:  # every input of the span is 0 for every sample: nothing moves
         n_features = plan.pairs.index.shape[1]
         return xp.zeros((n_features, n_units), dtype=ctx.real, device=dev)
+    pair_sample = xp.asarray(plan.pairs.sample, device=dev)
+    pair_value = xp.asarray(plan.pairs.value, dtype=ctx.real, device=dev)
     results = []
-    if units.series_width and plan.terms is not None and n_pairs:
-        slots = None if units.series is None else xp.asarray(units.series, device=dev)
+    if plan.series_width:
+        slots = None if plan.series is None else xp.asarray(plan.series, device=dev)
         coefficients = _coefficients(ctx, fact, plan.terms, layers, z, cache)
         results.append(
             _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache)
         )
-    if units.direct_width and n_pairs:
-        slots = xp.asarray(units.direct, device=dev)
-        results.append(
-            _direct(ctx, plan, slots, unit, pair_sample, pair_value, work_layers, z, cache)
-        )
-    if units.index is None:
-        values = results[0] if results else xp.zeros((n_pairs, n_units), dtype=ctx.real, device=dev)
+    if plan.direct_count:
+        results.append(_direct(ctx, plan, unit, work_layers, z, cache, pair_value))
+    if plan.position is None:
+        values = results[0]
     else:
-        rows = xp.concat([*results, xp.zeros((n_pairs, 1), dtype=ctx.real, device=dev)], axis=1)
-        flat = xp.reshape(rows, (-1,))
-        # (U, J): where each pair's unit j is found in ``flat``, planned on the host
-        where = xp.asarray(
-            planner.unpermute_index(plan.pairs.sample, units.index, rows.shape[1]), device=dev
-        )
+        results = [xp.reshape(r, (-1,)) for r in results]
+        flat = xp.concat([*results, xp.zeros((1,), dtype=ctx.real, device=dev)])
+        position = xp.asarray(plan.position, device=dev)  # (N, J), planned on the host
+        base = xp.asarray(plan.pair_base, device=dev)  # (U, 2)
+        width = plan.series_width
 
-        def unpermute(u0, u1):
-            return xp.take(flat, xp.reshape(where[u0:u1, :], (-1,)))
+        def gather(u0, u1):
+            at = xp.take(position, pair_sample[u0:u1], axis=0)  # (P, J)
+            where = at + xp.where(at < width, base[u0:u1, 0:1], base[u0:u1, 1:2])
+            where = xp.where(at < 0, plan.zero, where)
+            return xp.take(flat, xp.reshape(where, (-1,)))
 
         per_chunk = max(1, ctx.chunk_bytes // max(1, 2 * n_units * ctx.itemsize))
-        values = xp.reshape(ctx.chunked(n_pairs, per_chunk, unpermute), (n_pairs, n_units))
+        values = xp.reshape(ctx.chunked(n_pairs, per_chunk, gather), (n_pairs, n_units))
     # every input (n, i) sums its pair's row; inputs equal to 0 take the zero row
     by_pair = xp.concat([values, xp.zeros((1, n_units), dtype=ctx.real, device=dev)], axis=0)
     inputs = xp.asarray(plan.pairs.index, device=dev)  # (N, F)
@@ -657,28 +656,37 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache
     return ctx.chunked(plan.pairs.count, plan.series_chunk, compute)
 
 
-def _direct(ctx, plan, slots, unit, pair_sample, pair_value, work_layers, z, cache):
-    """Combined differences of every pair and direct slot, (U, D): the moved row of
+def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
+    """Combined differences of the direct items, (D,): each item's moved row of
     activations through the layers above (:func:`xpnet.model.forward`) and the
     head, as the network evaluates them."""
     xp, spec = ctx.xp, ctx.spec
     layer = plan.layer
-    first, second = (_slotted(xp, array, slots, 1) for array in unit)
-    positions = xp.arange(plan.units.n_units, device=device_of(slots))
+    dev = device_of(pair_value)
+    n_units = plan.n_units
+    # host: each item's sample, and its (sample, unit) cell of the (N, J) arrays
+    sample = plan.pairs.sample[plan.direct_pair]
+    items = xp.asarray(
+        np.stack([sample, sample * n_units + plan.direct_unit, plan.direct_unit, plan.direct_pair]),
+        device=dev,
+    )
+    first, second = (xp.reshape(array, (-1,)) for array in unit)
+    positions = xp.arange(n_units, device=dev)
 
-    def compute(u0, u1):
-        n = pair_sample[u0:u1]
+    def compute(i0, i1):
+        n, cell, j, pair = xp.unstack(items[:, i0:i1])
         dz = _moves(
-            ctx, xp.take(first, n, axis=0), xp.take(second, n, axis=0), pair_value[u0:u1, None]
-        )
-        moved_unit = xp.take(slots, n, axis=0)[..., None] == positions  # (P, D, J)
-        row = xp.take(z[layer + 1], n, axis=0)[:, None, :]  # (P, 1, J)
-        moved = row + dz[..., None] * xp.astype(moved_unit, ctx.real)  # (S, P, D, J)
+            ctx,
+            xp.take(first, cell)[:, None],
+            xp.take(second, cell)[:, None],
+            xp.take(pair_value, pair)[:, None],
+        )  # (S, P, 1)
+        moved_unit = xp.astype(j[:, None] == positions, ctx.real)  # (P, J)
+        moved = xp.take(z[layer + 1], n, axis=0) + dz * moved_unit  # (S, P, J)
         scores = model.forward(spec, work_layers, moved, start=layer + 1)[0][-1]
-        target = xp.take(cache.target, n, axis=0)[:, None, ...]
-        return ctx.loss(spec.head.losses(scores, target))
+        return ctx.loss(spec.head.losses(scores, xp.take(cache.target, n, axis=0)))
 
-    return ctx.chunked(plan.pairs.count, plan.direct_chunk, compute)
+    return ctx.chunked(plan.direct_count, plan.direct_chunk, compute)
 
 
 def _coefficients(ctx, fact, terms, layers, z, cache):
