@@ -67,6 +67,8 @@ __all__ = [
 
 #: Default bound on the extra memory of one structured gradient on the host.
 HOST_TOTAL_BYTES = 256 * 2**20
+#: Largest sample block on the host (per-sample byte estimate).
+HOST_BLOCK_BYTES = 32 * 2**20
 #: Default chunk budget on the host: temporaries that stay in a core's L2 cache.
 HOST_CHUNK_BYTES = 4 * 2**20
 
@@ -99,6 +101,7 @@ class _Context:
     chunk_bytes: int
     n_threads: int
     oom: tuple
+    host: bool  # NumPy: the host's caches and threads
 
     @property
     def n_steps(self) -> int:
@@ -237,6 +240,8 @@ def structured_gradient(
     x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
     # every thread holds one block and one chunk at a time
     budget = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
+    if ctx.host:  # blocks larger than this ran slower on the host (measured 8-999 MiB)
+        budget = min(budget, HOST_BLOCK_BYTES)
     per_sample = _per_sample_bytes(ctx, x_host, spans)
     blocks = planner.sample_blocks(per_sample, budget, ctx.n_threads, _THREAD_SHARE_BYTES)
     single = replace(ctx, n_threads=1)
@@ -314,6 +319,7 @@ def _context(xp, spec, x, h, mode, chunk_bytes, n_threads) -> _Context:
         chunk_bytes,
         threads,
         out_of_memory_errors(xp),
+        is_numpy(xp),
     )
 
 
