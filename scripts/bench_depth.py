@@ -106,8 +106,8 @@ def _methods(threads):
 
 def _rows(names, setups, loops, times, labels, ceilings, threads):
     rows = []
-    ceiling = statistics.median(c["processes"] for c in ceilings)
     for name in names:
+        ceiling = statistics.median(c["processes"] for c in ceilings[name])
         net = setups[name][0]
         loop = statistics.median(s for s, _ in loops[name])
         rows.append(
@@ -135,13 +135,22 @@ def _rows(names, setups, loops, times, labels, ceilings, threads):
             )
         one = statistics.median(times[(name, labels[0])])
         many = statistics.median(times[(name, labels[1])])
+        # per round: the speed-up against that round's own ceiling (the load of a
+        # shared VM changes from round to round; both are measured within it)
+        shares = [
+            (a / b) / c["processes"]
+            for a, b, c in zip(
+                times[(name, labels[0])], times[(name, labels[1])], ceilings[name], strict=True
+            )
+        ]
         rows.append(
             {
                 "net": name,
                 "method": f"threads speed-up ({threads} vs 1)",
                 "speedup": one / many,
                 "ceiling": ceiling,
-                "share_of_ceiling": (one / many) / ceiling,
+                "share_of_ceiling": statistics.median(shares),
+                "share_per_round": shares,
             }
         )
     return rows
@@ -163,8 +172,13 @@ def _print(rows, ceilings):
             f"{r['net']:<26} {r['method']:<40} {r['median_s'] * 1e3:>8.1f}ms {span:>22} {ratio:>8}"
         )
     print(
+        "share of the ceiling: median over rounds of (speed-up / that round's ceiling); "
         "parallel ceiling per round (processes / threads of a fixed NumPy kernel): "
-        + ", ".join(f"{c['processes']:.2f}x/{c['threads']:.2f}x" for c in ceilings)
+        + "; ".join(
+            f"{name.split()[0]}: "
+            + ", ".join(f"{c['processes']:.2f}x/{c['threads']:.2f}x" for c in per_net)
+            for name, per_net in ceilings.items()
+        )
     )
 
 
@@ -187,11 +201,12 @@ def main(argv=None) -> int:
             call(net, x, t)
     loops = {name: [] for name in names}
     times = {(n, label): [] for n in names for label in labels}
-    ceilings = []
+    ceilings = {name: [] for name in names}
     for _ in tqdm(range(rounds), desc="rounds", disable=not progress):
-        ceilings.append(parallel_ceiling(threads, repeats=20 if args.dry_run else 200))
         for name in names:
             net, x, t, _ = setups[name]
+            # the ceiling right beside the timings it is compared with
+            ceilings[name].append(parallel_ceiling(threads, repeats=20 if args.dry_run else 100))
             params = {k: xpnet.to_numpy(v) for k, v in net.params.items()}
             loops[name].append(book.loop_seconds(params, net.activation, x, t, sample))
             for label, call in methods:
