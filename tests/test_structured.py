@@ -23,6 +23,8 @@ from conftest import (
 )
 
 import xpnet
+import xpnet.hidden
+import xpnet.work
 from xpnet import model
 from xpnet.backend import to_numpy
 from xpnet.structured import structured_gradient
@@ -198,12 +200,11 @@ def test_structured_rejects_unknown_mode(backend):
 @pytest.mark.parametrize("hidden", [[7], [6, 5]], ids=["2-layer", "3-layer"])
 def test_out_of_memory_retries_only_the_failing_chunk(backend, monkeypatch, hidden):
     import xpnet.heads
-    import xpnet.structured as structured
 
     net = make_multi(backend, (30, *hidden, 4), activation="relu")
     x, t = make_batch(9, 30, 4, seed=5)
     expected = net.numerical_gradient(x, t, max_bytes=2**22, n_threads=1)
-    real_moves, real_columns = structured._moves, xpnet.heads.Softmax.column_differences
+    real_moves, real_columns = xpnet.hidden.moves, xpnet.heads.Softmax.column_differences
     real_cache = xpnet.heads.Softmax.cache
     sizes, caches = [], []
 
@@ -222,7 +223,7 @@ def test_out_of_memory_retries_only_the_failing_chunk(backend, monkeypatch, hidd
         caches.append(1)
         return real_cache(self, a, t)
 
-    monkeypatch.setattr(structured, "_moves", flaky_moves)
+    monkeypatch.setattr(xpnet.hidden, "moves", flaky_moves)
     monkeypatch.setattr(xpnet.heads.Softmax, "column_differences", flaky_columns)
     monkeypatch.setattr(xpnet.heads.Softmax, "cache", counted_cache)
     got = net.numerical_gradient(x, t, max_bytes=2**22, n_threads=1)
@@ -233,12 +234,11 @@ def test_out_of_memory_retries_only_the_failing_chunk(backend, monkeypatch, hidd
 
 
 def test_out_of_memory_with_nothing_left_to_halve_propagates(monkeypatch):
-    import xpnet.structured as structured
 
     def broken(*args):
         raise MemoryError("never fits")
 
-    monkeypatch.setattr(structured, "_moves", broken)
+    monkeypatch.setattr(xpnet.hidden, "moves", broken)
     net = xpnet.TwoLayerNet(5, 3, 2, seed=0)
     with pytest.raises(MemoryError, match="never fits"):
         net.numerical_gradient(np.ones((2, 5)), np.array([0, 1]), max_bytes=2**20)
@@ -349,7 +349,7 @@ def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
     import xpnet.structured as structured
 
     started, blocks = [], []
-    real_pool, real_block = structured.ThreadPoolExecutor, structured._block
+    real_pool, real_block = xpnet.work.ThreadPoolExecutor, structured._block
 
     class Counting(real_pool):
         def __init__(self, *args, **kwargs):
@@ -360,7 +360,7 @@ def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
         blocks.append(x.shape[0])
         return real_block(ctx, layers, work_layers, x, *args)
 
-    monkeypatch.setattr(structured, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(xpnet.work, "ThreadPoolExecutor", Counting)
     monkeypatch.setattr(structured, "_block", counted_block)
     net = xpnet.TwoLayerNet(30, 7, 4, 0.5, seed=0)
     x, t = make_batch(9, 30, 4, seed=5)

@@ -1,0 +1,161 @@
+"""The context of one structured numerical gradient, and how its work is run.
+
+Rules of this module:
+
+* A :class:`Context` is made once per gradient (:func:`make_context`) and passed
+  to every piece of work: namespace, model spec, the steps as arrays in the
+  working dtype, the scale of the central difference or complex step, byte
+  budgets and thread count. It is frozen; nothing here keeps state between
+  gradients.
+* Work is run three ways, all here: tasks on ``n_threads`` threads with the
+  calling thread working too (:meth:`Context.run`, NumPy only); ranges in chunks
+  within a byte budget (:meth:`Context.chunked`); a chunk that runs out of
+  memory computed as its two halves instead (:meth:`Context.split_on_oom`).
+* The two perturbed losses of an item are combined here, once: their scaled
+  difference, or a ratio under one log for losses ``-log(q)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from array_api_compat import device as device_of
+
+from . import model
+from . import plan as planner
+from .backend import is_numpy
+from .device import host_threads, out_of_memory_errors
+from .dtypes import dtype_info
+
+__all__ = ["Context", "make_context"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every piece of one structured gradient's work needs: namespace,
+    model, steps, budgets; and how work is run (threads, chunks, retries)."""
+
+    xp: object
+    spec: model.ModelSpec
+    steps: object  # (S, 1, 1) the perturbation steps, in the working dtype
+    down: object  # (S, 1, 1) the steps negated
+    central: bool
+    h: float
+    scale: float  # 1 / (2 h N) or 1 / (h N)
+    real: object  # the network's dtype
+    work: object  # real (central) or its complex dtype (complex step)
+    itemsize: int  # bytes of one working element
+    eps: float
+    chunk_bytes: int
+    n_threads: int
+    oom: tuple
+    host: bool  # NumPy: the host's caches and threads
+
+    @property
+    def n_steps(self) -> int:
+        return 2 if self.central else 1
+
+    def loss(self, moved):
+        """Perturbed losses (S, ...) -> their contribution to the gradient."""
+        if self.central:
+            plus, minus = self.xp.unstack(moved)
+            return (plus - minus) * self.scale
+        return self.xp.imag(moved[0, ...]) * self.scale
+
+    def negative_log(self, q):
+        """The same for losses ``-log(q)``: ``log(q-) - log(q+)`` as one log."""
+        xp = self.xp
+        if self.central:
+            q_plus, q_minus = xp.unstack(q)
+            return xp.log(q_minus / q_plus) * self.scale
+        return -xp.imag(xp.log(q[0, ...])) * self.scale
+
+    def run(self, tasks):
+        """Results of ``tasks`` in order, on ``n_threads`` threads (NumPy only)."""
+        if self.n_threads <= 1 or len(tasks) <= 1:
+            return [task() for task in tasks]
+        results = [None] * len(tasks)
+        pending = iter(range(len(tasks)))
+        lock = threading.Lock()
+
+        def work():
+            while True:
+                with lock:
+                    index = next(pending, None)
+                if index is None:
+                    return
+                results[index] = tasks[index]()
+
+        # the calling thread works too: its core is busy, so the scheduler wakes
+        # the pool's threads on the other cores at once
+        workers = min(self.n_threads, len(tasks)) - 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(work) for _ in range(workers)]
+            work()
+            for future in futures:
+                future.result()
+        return results
+
+    def split_on_oom(self, compute, lo, hi):
+        """``compute(lo, hi)``; a chunk that runs out of memory is computed as its
+        two halves instead (same arithmetic), down to single items. Only the
+        failing chunk is retried."""
+        try:
+            return compute(lo, hi)
+        except self.oom:
+            if hi - lo <= 1:
+                raise
+            mid = (lo + hi) // 2
+            halves = [self.split_on_oom(compute, lo, mid), self.split_on_oom(compute, mid, hi)]
+            return self.xp.concat(halves, axis=0)
+
+    def chunked(self, count, size, compute):
+        """``compute(lo, hi)`` over ``range(count)`` in chunks, concatenated."""
+        tasks = [
+            (lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi))
+            for lo, hi in planner.chunks(count, size)
+        ]
+        parts = self.run(tasks)
+        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
+
+
+def make_context(xp, spec, x, h, mode, chunk_bytes, n_threads) -> Context:
+    real = x.dtype
+    info = dtype_info(xp, real)
+    dev = device_of(x)
+    n_samples = x.shape[0]
+    if mode == "central":
+        steps = [h, -h]
+        work, itemsize, scale = real, info.itemsize, 1.0 / (2 * h * n_samples)
+    else:
+        work = info.complex(xp)
+        try:
+            if work is None:
+                raise TypeError(f"{info.complex_name} is missing")
+            steps = [1j * h]
+            xp.asarray(steps, dtype=work, device=dev)  # complex arrays are supported
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"method='complex' needs complex dtypes on this backend: {exc}"
+            ) from exc
+        itemsize, scale = 2 * info.itemsize, 1.0 / (h * n_samples)
+    threads = host_threads(n_threads) if is_numpy(xp) else 1
+    return Context(
+        xp,
+        spec,
+        xp.asarray([[[s]] for s in steps], dtype=work, device=dev),
+        xp.asarray([[[-s]] for s in steps], dtype=work, device=dev),
+        mode == "central",
+        float(h),
+        scale,
+        real,
+        work,
+        itemsize,
+        info.eps,
+        chunk_bytes,
+        threads,
+        out_of_memory_errors(xp),
+        is_numpy(xp),
+    )
