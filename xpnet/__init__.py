@@ -8,9 +8,10 @@ from .cluster import ClusterError
 from .datasets import load_digits, load_fashion_mnist, load_mnist
 from .gradcheck import GradientCheck, gradient_check
 from .gradient import default_step, numerical_gradient, numerical_gradient_batched
-from .network import METHODS, MultiLayerNet, TwoLayerNet
+from .network import METHODS, MultiLayerNet
 from .sweep import SweepConfig, sweep
 from .train import TrainConfig, TrainingDiverged, train
+from .two_layer import TwoLayerNet
 
 __version__ = "0.1.0"
 

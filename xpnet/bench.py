@@ -67,7 +67,7 @@ def bench_methods(
     ``rel_vs_loop`` (worst normwise difference from the loop on b1, W2, b2).
     ``log``, if given, receives a line as each method starts and ends.
     """
-    from .network import TwoLayerNet
+    from .two_layer import TwoLayerNet
 
     say = log or (lambda line: None)
 

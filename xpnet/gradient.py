@@ -27,13 +27,14 @@ from array_api_compat import array_namespace
 
 from .checks import check_float_array, check_step
 from .device import free_memory, out_of_memory_errors
-from .dtypes import dtype_info
+from .dtypes import DTYPES, dtype_info
 
 __all__ = [
     "numerical_gradient",
     "numerical_gradient_batched",
     "default_step",
     "resolve_step",
+    "check_step_range",
     "memory_budget",
     "itemsize",
     "DEFAULT_HOST_BYTES",
@@ -217,3 +218,34 @@ def numerical_gradient_batched(
         parts.append((values[:k] - values[k:]) / (2 * h))
         start += k
     return xp.reshape(xp.concat(parts), x.shape)
+
+
+def check_step_range(h: float, dtype_name: str, *, complex_step: bool = False) -> None:
+    """``h`` within the range where the dtype's central difference
+    (:attr:`~xpnet.dtypes.DType.step_range`) or complex step
+    (:attr:`~xpnet.dtypes.DType.complex_step_range`) can work."""
+    if complex_step:
+        _check_complex_step(h, dtype_name)
+    else:
+        _check_central_step(h, dtype_name)
+
+
+def _check_central_step(h: float, dtype_name: str) -> None:
+    """``h`` within the dtype's :attr:`~xpnet.dtypes.DType.step_range`."""
+    low, high = DTYPES[dtype_name].step_range
+    if not low <= h <= high:
+        raise ValueError(
+            f"h={h:g} cannot give a {dtype_name} central difference: use {low:g} <= h <= "
+            f"{high:g} (default h=None), or method='complex' for tiny steps"
+        )
+
+
+def _check_complex_step(h: float, dtype_name: str) -> None:
+    """``h`` of the complex step: tiny enough that the step's own curvature is
+    below rounding, large enough that ``h`` times the derivative is not lost."""
+    low, high = DTYPES[dtype_name].complex_step_range
+    if not low <= h <= high:
+        raise ValueError(
+            f"h={h:g} cannot give a {dtype_name} complex step: use {low:g} <= h <= {high:g} "
+            "(default h=None: 1e-20)"
+        )

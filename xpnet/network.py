@@ -29,14 +29,14 @@ import numpy as np  # host
 from . import checks, model
 from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
-from .dtypes import DTYPES
 from .functions import ACTIVATIONS
-from .gradient import resolve_step
+from .gradient import check_step_range, resolve_step
 from .heads import HEADS
-from .io import load_npz, npz_shapes, save_npz
+from .io import save_npz
+from .netfile import network_arrays, read_network_file
 from .numerical import METHODS, model_gradient
 
-__all__ = ["MultiLayerNet", "TwoLayerNet", "METHODS", "INITS", "read_network_file"]
+__all__ = ["MultiLayerNet", "METHODS", "INITS", "check_init"]
 
 #: Named weight scales (the book's): He for ReLU, Xavier for sigmoid.
 INITS = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
@@ -57,27 +57,6 @@ def check_init(weight_init_std, name: str = "weight_init_std"):
         raise ValueError(
             f"{name} must be a finite float >= 0 or one of {sorted(INITS)}, got {weight_init_std!r}"
         ) from None
-
-
-def _check_central_step(h: float, dtype_name: str) -> None:
-    """``h`` within the dtype's :attr:`~xpnet.dtypes.DType.step_range`."""
-    low, high = DTYPES[dtype_name].step_range
-    if not low <= h <= high:
-        raise ValueError(
-            f"h={h:g} cannot give a {dtype_name} central difference: use {low:g} <= h <= "
-            f"{high:g} (default h=None), or method='complex' for tiny steps"
-        )
-
-
-def _check_complex_step(h: float, dtype_name: str) -> None:
-    """``h`` of the complex step: tiny enough that the step's own curvature is
-    below rounding, large enough that ``h`` times the derivative is not lost."""
-    low, high = DTYPES[dtype_name].complex_step_range
-    if not low <= h <= high:
-        raise ValueError(
-            f"h={h:g} cannot give a {dtype_name} complex step: use {low:g} <= h <= {high:g} "
-            "(default h=None: 1e-20)"
-        )
 
 
 def _on_device(method):
@@ -371,65 +350,39 @@ class MultiLayerNet:
             With ``client``: sample shards and parameter blocks (default: two
             tasks per worker thread, from sample shards first).
         """
-        method = checks.one_of("method", method, METHODS)
-        if method == "auto":
-            method = "structured"
-        h = resolve_step(h, self.dtype, self.xp, complex_step=method == "complex")
-        if method == "complex":
-            _check_complex_step(h, self.backend.dtype_name)
-        else:
-            _check_central_step(h, self.backend.dtype_name)
-        if n_threads is not None:
-            n_threads = checks.positive_int("n_threads", n_threads)
-        if max_bytes is not None:
-            max_bytes = checks.positive_int("max_bytes", max_bytes)
-        if chunk_size is not None:
-            chunk_size = checks.positive_int("chunk_size", chunk_size)
-        batch = self.batch(x, t)
-        layers = self.checked_layers()
+        method, h = self._method_and_step(method, h)
+        sizes = {"n_threads": n_threads, "max_bytes": max_bytes, "chunk_size": chunk_size}
+        sizes = {k: None if v is None else checks.positive_int(k, v) for k, v in sizes.items()}
+        batch, layers = self.batch(x, t), self.checked_layers()
         if client is not None:
             from .distributed import sharded_gradient
 
             blocks = sharded_gradient(
-                self.spec,
-                layers,
-                batch,
-                client,
-                backend=self.backend,
-                h=h,
-                method=method,
-                max_bytes=max_bytes,
-                shards=shards,
-                param_blocks=param_blocks,
-            )
+                self.spec, layers, batch, client, backend=self.backend, h=h, method=method,
+                max_bytes=sizes["max_bytes"], shards=shards, param_blocks=param_blocks,
+            )  # fmt: skip
         else:
             if shards is not None or param_blocks is not None:
                 raise ValueError("shards and param_blocks split work for a client: give client=")
-            blocks = model_gradient(
-                self.spec,
-                layers,
-                batch,
-                h=h,
-                method=method,
-                chunk_size=chunk_size,
-                max_bytes=max_bytes,
-                n_threads=n_threads,
-            )
+            blocks = model_gradient(self.spec, layers, batch, h=h, method=method, **sizes)
         return model.params_of([(block[:-1, :], block[-1, :]) for block in blocks])
+
+    def _method_and_step(self, method, h) -> tuple[str, float]:
+        """The checked method (``auto`` resolved) and its step for this dtype."""
+        method = checks.one_of("method", method, METHODS)
+        if method == "auto":
+            method = "structured"
+        complex_step = method == "complex"
+        h = resolve_step(h, self.dtype, self.xp, complex_step=complex_step)
+        check_step_range(h, self.backend.dtype_name, complex_step=complex_step)
+        return method, h
 
     # -- persistence ---------------------------------------------------------
     def save(self, path):
         """Save sizes, activation, head, decay and parameters as ``.npz`` (atomic,
         no pickle)."""
-        arrays = {k: to_numpy(v) for k, v in model.params_of(self.checked_layers()).items()}
-        arrays.update(
-            {
-                "sizes": np.asarray(self.sizes),  # host
-                "activation": np.asarray(self.activation),  # host
-                "output": np.asarray(self.output),  # host
-                "weight_decay_lambda": np.asarray(self.weight_decay_lambda),  # host
-            }
-        )
+        host = {k: to_numpy(v) for k, v in model.params_of(self.checked_layers()).items()}
+        arrays = network_arrays(self.spec, host)
         return save_npz(path, arrays)
 
     def set_host_params(self, arrays: dict) -> None:
@@ -472,123 +425,3 @@ class MultiLayerNet:
 
 def _names(n_layers: int):
     return [(f"W{k}", f"b{k}") for k in range(1, n_layers + 1)]
-
-
-def read_network_file(path) -> tuple[dict, model.ModelSpec]:
-    """Stored parameters and spec of a network file, checked against each other
-    from the headers before any weight is read."""
-    shapes = npz_shapes(path)
-    missing = {"sizes", "activation"} - set(shapes)
-    if missing:
-        raise ValueError(f"{path} is not an xpnet network file (missing {sorted(missing)})")
-    sizes_shape, sizes_dtype = shapes["sizes"]
-    if len(sizes_shape) != 1 or not 2 <= sizes_shape[0] <= 1000 or sizes_dtype.kind not in "iu":
-        raise ValueError(
-            f"{path}: 'sizes' must be 2 or more integer layer sizes, got shape "
-            f"{sizes_shape} of {sizes_dtype}"
-        )
-    config_keys = ("sizes", "activation", "output", "weight_decay_lambda")
-    small = load_npz(path, keys=config_keys)
-    sizes = tuple(int(v) for v in small["sizes"])
-    if min(sizes) <= 0:
-        raise ValueError(f"{path}: 'sizes' must be positive, got {sizes}")
-    expected = model.ModelSpec(sizes).param_shapes()
-    for name, shape in expected.items():
-        if name not in shapes:
-            raise ValueError(f"{path} is not an xpnet network file (missing {name!r})")
-        stored, dtype = shapes[name]
-        if stored != shape or dtype.kind != "f":
-            raise ValueError(
-                f"{path}: {name} is stored with shape {stored} ({dtype}) but 'sizes' "
-                f"{sizes} needs {shape} floats: not an xpnet file or damaged"
-            )
-    for key in ("activation", "output", "weight_decay_lambda"):
-        if key in small and small[key].shape != ():
-            raise ValueError(f"{path}: {key!r} must be a single value")
-    activation = str(small["activation"])
-    output = str(small["output"]) if "output" in small else "softmax"
-    for key, value, known in (("activation", activation, ACTIVATIONS), ("output", output, HEADS)):
-        if value not in known:
-            raise ValueError(f"{path}: unknown {key} {value!r}")
-    decay = float(small.get("weight_decay_lambda", 0.0))
-    if not (math.isfinite(decay) and decay >= 0):
-        raise ValueError(f"{path}: 'weight_decay_lambda' must be a finite float >= 0, got {decay}")
-    spec = model.ModelSpec(sizes, activation, output, decay)
-    return load_npz(path, keys=set(expected)), spec
-
-
-class TwoLayerNet(MultiLayerNet):
-    """The book's chapter 4-5 network: affine - activation - affine - softmax.
-
-    ``MultiLayerNet`` with one hidden layer, the softmax head and no decay, with
-    the book's constructor.
-
-    Parameters
-    ----------
-    input_size, hidden_size, output_size : int
-        Layer sizes (``D``, ``H``, ``C``), e.g. 784, 50, 10.
-    weight_init_std : float
-        Standard deviation of the initial weights (biases start at 0).
-    activation : {"sigmoid", "relu"}
-        Hidden activation (the book's chapter 4 uses sigmoid).
-    backend, device, dtype, seed
-        As for :class:`MultiLayerNet`.
-
-    Attributes
-    ----------
-    params : dict
-        ``W1 (D, H)``, ``b1 (H,)``, ``W2 (H, C)``, ``b2 (C,)`` backend arrays.
-    """
-
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        output_size,
-        weight_init_std=0.01,
-        *,
-        activation="sigmoid",
-        backend="numpy",
-        device=None,
-        dtype="float64",
-        seed=None,
-    ):
-        super().__init__(
-            input_size,
-            [check_size("hidden_size", hidden_size)],
-            output_size,
-            activation,
-            weight_init_std,
-            backend=backend,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-        )
-
-    @property
-    def hidden_size(self) -> int:
-        return self.sizes[1]
-
-    def __repr__(self) -> str:
-        return (
-            f"TwoLayerNet(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-            f"output_size={self.output_size}, activation={self.activation!r}, "
-            f"backend={self.backend.name!r}, device={self.device!r}, "
-            f"dtype={self.backend.dtype_name!r})"
-        )
-
-    @classmethod
-    def load(cls, path, *, backend="numpy", device=None, dtype="float64"):
-        """Load a two-layer softmax network written by :meth:`save`."""
-        arrays, spec = read_network_file(path)
-        if len(spec.sizes) != 3 or spec.output != "softmax" or spec.weight_decay:
-            raise ValueError(
-                f"{path} holds a network of sizes {spec.sizes} with output {spec.output!r}; "
-                "TwoLayerNet needs one hidden layer and softmax: use MultiLayerNet.load"
-            )
-        net = cls(
-            *spec.sizes, activation=spec.activation, backend=backend, device=device, dtype=dtype
-        )
-        net.weight_init_std = None
-        net.set_host_params(arrays)
-        return net

@@ -41,10 +41,11 @@ from .functions import ACTIVATIONS
 from .gradient import resolve_step
 from .heads import HEADS
 from .io import load_npz, save_npz
-from .network import INITS, METHODS, MultiLayerNet, TwoLayerNet
+from .network import INITS, METHODS, MultiLayerNet
 from .numerical import model_gradient
 from .optimizers import OPTIMIZERS, make_optimizer
 from .rundir import RunDirectory, RunDirectoryError
+from .two_layer import TwoLayerNet
 
 __all__ = [
     "TrainConfig",
