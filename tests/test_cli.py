@@ -174,11 +174,11 @@ def test_gradcheck_with_directions_and_a_deep_net(capsys):
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("--hidden", "10,0", "expected positive integers separated by commas"),
-        ("--hidden", "a", "expected positive integers separated by commas"),
-        ("--weight-decay", "-1", "expected a finite number >= 0"),
-        ("--weight-decay", "inf", "expected a finite number >= 0"),
-        ("--init", "kaiming", "expected a standard deviation or one of"),
+        ("--hidden", "10,0", "argument --hidden: item 1 must be a positive int, got 0"),
+        ("--hidden", "a", "must be positive ints separated by commas (e.g. 100,100)"),
+        ("--weight-decay", "-1", "argument --weight-decay: must be a finite float >= 0"),
+        ("--weight-decay", "inf", "must be a finite float >= 0, got inf"),
+        ("--init", "kaiming", "'kaiming' is not known; expected a float >= 0 or one of"),
         ("--output", "tanh", "invalid choice"),
     ],
 )
@@ -224,7 +224,7 @@ def test_lr_inf_is_refused_up_front(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(_quick(tmp_path / "i", "--lr", "inf"))
     assert exc.value.code == 2
-    assert "expected a positive finite number" in capsys.readouterr().err
+    assert "argument --lr: must be a positive finite float, got inf" in capsys.readouterr().err
     assert not (tmp_path / "i").exists()
 
 

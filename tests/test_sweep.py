@@ -142,7 +142,7 @@ def test_cli_sweep_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--lr-range", "1e-2,1e-6"])
     assert exit_info.value.code == 2
-    assert "expected 0 < LOW <= HIGH" in capsys.readouterr().err
+    assert "argument --lr-range: must satisfy 0 < low <= high" in capsys.readouterr().err
 
 
 @pytest.mark.slow

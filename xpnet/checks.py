@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import re
 
 from array_api_compat import array_namespace
 
@@ -143,7 +144,9 @@ def argparse_type(check, *args, **kwargs):
             value = _parse_text(check, text)
             return check("the value", value, *args, **kwargs)
         except (TypeError, ValueError) as exc:
-            message = str(exc).replace("the value ", "").replace("the value=", "")
+            # "the value[1] must be ..." -> "item 1 must be ...", "the value must" -> "must"
+            message = re.sub(r"the value\[(\d+)\]", r"item \1", str(exc))
+            message = message.replace("the value ", "").replace("the value=", "")
             raise argparse.ArgumentTypeError(message) from None
 
     parse.__name__ = check.__name__

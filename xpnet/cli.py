@@ -13,8 +13,9 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from . import checks
 from .dtypes import DTYPES
-from .network import INITS, METHODS
+from .network import METHODS, check_init
 from .sweep import BOOK_SEARCH
 
 __all__ = ["main", "parse_args"]
@@ -35,82 +36,26 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _positive_int(text: str) -> int:
+def _init(name: str, value):
+    """A weight init: a standard deviation >= 0 or one of :data:`INITS`."""
+    return check_init(value.strip() if isinstance(value, str) else value, name)
+
+
+def _init_text(name: str, text: str):
     try:
-        value = int(text)
+        return _init(name, float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+        return _init(name, text)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
-    return value
-
-
-def _hidden(text: str) -> list[int]:
-    sizes = []
-    for part in text.split(","):
-        try:
-            sizes.append(_positive_int(part.strip()))
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(
-                f"expected positive integers separated by commas (e.g. 100,100), got {text!r}"
-            ) from None
-    return sizes
-
-
-def _log_range(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected two numbers LOW,HIGH (e.g. 1e-6,1e-2), got {text!r}"
-        ) from None
-    if not 0 < low <= high < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, got {text!r}")
-    return low, high
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1), got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
-    return value
-
-
-def _init(text: str):
-    if text.lower() in INITS:
-        return text.lower()
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a standard deviation or one of {', '.join(sorted(INITS))}, got {text!r}"
-        ) from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite standard deviation >= 0, got {value}")
-    return value
+# argparse type= adapters of the shared validators (xpnet.checks): one wording
+_positive_int = checks.argparse_type(checks.positive_int)
+_positive_float = checks.argparse_type(checks.positive_float)
+_non_negative_float = checks.argparse_type(checks.non_negative_float)
+_hidden = checks.argparse_type(checks.sizes)
+_log_range = checks.argparse_type(checks.log_range)
+_share = checks.argparse_type(checks.share)
+_init_type = checks.argparse_type(_init_text)
 
 
 # how the text of a TrainConfig flag is parsed (its metadata's "kind")
@@ -121,13 +66,16 @@ _KINDS = {
     "positive_float": _positive_float,
     "non_negative_float": _non_negative_float,
     "sizes": _hidden,
-    "init": _init,
+    "init": _init_type,
 }
 
 
-def _config_flags(p: argparse.ArgumentParser, command: str) -> None:
-    """One option per TrainConfig field that offers itself to ``command``."""
-    from .train import TrainConfig
+def _config_flags(p: argparse.ArgumentParser, command: str, helps=None) -> None:
+    """One option per TrainConfig field that offers itself to ``command``
+    (``helps``: another help text for some flags)."""
+    from .config import TrainConfig
+
+    helps = helps or {}
 
     exclusive = {}
     for f in fields(TrainConfig):
@@ -139,9 +87,9 @@ def _config_flags(p: argparse.ArgumentParser, command: str) -> None:
             if meta["exclusive"] not in exclusive:
                 exclusive[meta["exclusive"]] = p.add_mutually_exclusive_group()
             group = exclusive[meta["exclusive"]]
-        options = {"dest": f.name, "default": f.default, "help": meta["help"]}
-        options["type"] = _KINDS[meta["kind"]]
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        options = {"dest": f.name, "default": f.default, "help": helps.get(flag, meta["help"])}
+        options["type"] = _KINDS[meta["kind"]]
         if meta["choices"] is not None:
             options["choices"] = tuple(meta["choices"])
         else:
@@ -159,10 +107,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser.add_argument("--version", action="version", version=f"xpnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = _Formatter
+    _train_parser(sub)
+    _gradcheck_parser(sub)
+    _sweep_parser(sub)
+    _bench_parser(sub)
+    return parser.parse_args(argv)
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser(
-        "train", help="train and write history, plots and parameters", formatter_class=fmt
+        "train", help="train and write history, plots and parameters", formatter_class=_Formatter
     )
     _config_flags(t, "train")
     t.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
@@ -179,8 +133,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _gradcheck_parser(sub) -> None:
     g = sub.add_parser(
-        "gradcheck", help="numerical vs backprop gradient, per parameter", formatter_class=fmt
+        "gradcheck",
+        help="numerical vs backprop gradient, per parameter",
+        formatter_class=_Formatter,
     )
     _config_flags(g, "gradcheck")
     g.add_argument("--h", type=_positive_float, default=None, help="step (default: from dtype)")
@@ -191,36 +149,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="check K random directions per parameter array instead of every coordinate",
     )
 
+
+# the sweep's flags whose defaults are the book's search, not the book's run
+_SWEEP_HELPS = {
+    "--hidden": "hidden units per hidden layer (default: 6 layers of 100, the book's search)",
+    "--epochs": "epochs of each trial (default: 50, the book's)",
+    "--iters": "iterations of each trial, instead of --epochs",
+    "--seed": "seed of the trials' draws, the validation split, weights and minibatches",
+}
+
+
+def _sweep_parser(sub) -> None:
     w = sub.add_parser(
         "sweep",
         help="random search of learning rate and weight decay, every trial a Dask task",
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
-    _config_flags(w, "sweep")
+    _config_flags(w, "sweep", _SWEEP_HELPS)
     # the book's search (chapter 6): 6 x 100 ReLU, He init, backprop, 500 samples
     w.set_defaults(**BOOK_SEARCH)
-    for flag, text in {
-        "--hidden": "hidden units per hidden layer (default: 6 layers of 100, the book's search)",
-        "--epochs": "epochs of each trial (default: 50, the book's)",
-        "--iters": "iterations of each trial, instead of --epochs",
-        "--seed": "seed of the trials' draws, the validation split, weights and minibatches",
-    }.items():
-        w._option_string_actions[flag].help = text
     w.add_argument("--trials", type=_positive_int, default=20, help="trials")
-    w.add_argument(
-        "--lr-range",
-        type=_log_range,
-        default=(1e-6, 1e-2),
-        metavar="LOW,HIGH",
-        help="log-uniform learning rates (default: 1e-6,1e-2, the book's)",
-    )
-    w.add_argument(
-        "--weight-decay-range",
-        type=_log_range,
-        default=(1e-8, 1e-4),
-        metavar="LOW,HIGH",
-        help="log-uniform weight decays (default: 1e-8,1e-4, the book's)",
-    )
+    for flag, default, what in (
+        ("--lr-range", (1e-6, 1e-2), "learning rates (default: 1e-6,1e-2, the book's)"),
+        ("--weight-decay-range", (1e-8, 1e-4), "weight decays (default: 1e-8,1e-4, the book's)"),
+    ):
+        w.add_argument(
+            flag, type=_log_range, default=default, metavar="LOW,HIGH", help="log-uniform " + what
+        )
     w.add_argument(
         "--validation",
         type=_share,
@@ -249,8 +204,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     w.add_argument("--force", action="store_true", help="replace an earlier sweep in OUT")
     w.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser(
-        "bench", help="time the gradient methods on one configuration", formatter_class=fmt
+        "bench", help="time the gradient methods on one configuration", formatter_class=_Formatter
     )
     b.add_argument(
         "--backend",
@@ -259,16 +216,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     b.add_argument("--device", default=None, help="backend device")
     b.add_argument("--dtype", choices=tuple(DTYPES), default="float64", help="floating dtype")
-    b.add_argument("--input", type=_positive_int, default=784, help="input size")
-    b.add_argument("--hidden", type=_positive_int, default=50, help="hidden units")
-    b.add_argument("--batch-size", type=_positive_int, default=100, help="samples")
-    b.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats")
-    b.add_argument(
-        "--loop-sample",
-        type=_positive_int,
-        default=200,
-        help="coordinates timed to extrapolate the book's loop",
-    )
+    for flag, default, text in (
+        ("--input", 784, "input size"),
+        ("--hidden", 50, "hidden units"),
+        ("--batch-size", 100, "samples"),
+        ("--repeats", 5, "timed repeats"),
+        ("--loop-sample", 200, "coordinates timed to extrapolate the book's loop"),
+    ):
+        b.add_argument(flag, type=_positive_int, default=default, help=text)
     b.add_argument(
         "--methods",
         default=None,
@@ -276,12 +231,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "backprop; batched too on a GPU: on a CPU it is as slow as the loop)",
     )
     b.add_argument("--seed", type=int, default=0, help="seed of weights and data")
-    return parser.parse_args(argv)
 
 
 def _config(args):
     """The TrainConfig of the flags a command generated from it (:func:`_config_flags`)."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if isinstance(given.get("hidden"), list) and len(given["hidden"]) == 1:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import warnings
 
+from . import checks
+
 __all__ = [
     "ClusterError",
     "connect",
@@ -78,10 +80,8 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
         timeout = connect_timeout()
     if scheduler is not None:
         return _remote(distributed, scheduler, timeout)
-    if not (workers is None and cuda) and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-    ):
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if not (workers is None and cuda):
+        checks.positive_int("workers", workers)
     import dask
 
     # a nanny started earlier in this process may have exported it to our environ

@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from . import checks
 from .checks import check_size
 from .datasets import DATASETS
 from .dtypes import DTYPES
 from .functions import ACTIVATIONS
 from .heads import HEADS
-from .network import INITS, METHODS
+from .network import METHODS, check_init
 from .optimizers import OPTIMIZERS, make_optimizer
 
 __all__ = ["TrainConfig", "GRADS"]
@@ -170,38 +171,23 @@ class TrainConfig:
     def resolved(self, train_size: int) -> TrainConfig:
         """A copy with defaults filled in and every field validated."""
         c = TrainConfig(**asdict(self))
-        if c.dataset not in DATASETS:
-            raise ValueError(f"dataset={c.dataset!r} is not known; expected one of {DATASETS}")
-        if c.grad not in GRADS:
-            raise ValueError(f"grad={c.grad!r} is not known; expected 'numerical' or 'backprop'")
-        if c.method not in METHODS:
-            raise ValueError(f"method={c.method!r} is not known; expected one of {METHODS}")
-        if c.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer={c.optimizer!r} is not known; expected one of {sorted(OPTIMIZERS)}"
-            )
+        checks.one_of("dataset", c.dataset, DATASETS)
+        checks.one_of("grad", c.grad, GRADS)
+        checks.one_of("method", c.method, METHODS)
+        checks.one_of("optimizer", c.optimizer, OPTIMIZERS)
+        checks.one_of("output", c.output, HEADS)
         if isinstance(c.hidden, (list, tuple)):
-            if not c.hidden:
-                raise ValueError("hidden must name at least one hidden layer, got []")
-            c.hidden = [check_size(f"hidden[{i}]", v) for i, v in enumerate(c.hidden)]
+            c.hidden = checks.sizes("hidden", list(c.hidden))
         else:
             c.hidden = check_size("hidden", c.hidden)
-        if c.output not in HEADS:
-            raise ValueError(f"output={c.output!r} is not known; expected one of {sorted(HEADS)}")
-        if isinstance(c.weight_init_std, str) and c.weight_init_std.lower() not in INITS:
-            raise ValueError(
-                f"weight_init_std={c.weight_init_std!r} is not known; expected a float or "
-                f"one of {sorted(INITS)}"
-            )
-        if not (isinstance(c.weight_decay, (int, float)) and 0 <= c.weight_decay < math.inf):
-            raise ValueError(f"weight_decay must be a finite float >= 0, got {c.weight_decay!r}")
+        check_init(c.weight_init_std)
+        checks.non_negative_float("weight_decay", c.weight_decay)
         check_size("batch_size", c.batch_size)
         check_size("eval_batch", c.eval_batch)
         if c.lr is None:
             default = make_optimizer(c.optimizer).lr
             c.lr = (0.5 if c.dataset == "digits" else 0.1) if c.optimizer == "sgd" else default
-        if not (isinstance(c.lr, (int, float)) and 0 < c.lr < math.inf):
-            raise ValueError(f"lr must be a positive finite number, got {c.lr}")
+        checks.positive_float("lr", c.lr)
         if c.iters is not None and c.epochs is not None:
             raise ValueError("give iters or epochs, not both")
         per_epoch = self.iters_per_epoch(train_size)

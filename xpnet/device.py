@@ -21,6 +21,7 @@ import array_api_compat
 import numpy as np  # host: the namespace of plain host code
 
 from .backend import is_numpy
+from .checks import positive_int
 
 __all__ = [
     "free_memory",
@@ -93,9 +94,7 @@ def host_threads(requested=None) -> int:
         ``requested`` or ``$XPNET_NUM_THREADS`` is not a positive integer.
     """
     if requested is not None:
-        if isinstance(requested, bool) or int(requested) != requested or requested < 1:
-            raise ValueError(f"n_threads must be a positive int, got {requested!r}")
-        return int(requested)
+        return positive_int("n_threads", requested)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cap = os.environ.get(THREADS_VARIABLE, "").strip()
     if cap:

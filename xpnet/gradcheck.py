@@ -19,12 +19,11 @@ Rules of this module:
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np  # host: random directions
 
-from . import model
+from . import checks, model
 from .dtypes import DTYPES
 from .gradient import resolve_step
 
@@ -115,10 +114,7 @@ def _check(net, x, t, method, h, tolerance, verbose, directions, seed):
         numeric = net.numerical_gradient(x, t, method=method, h=h)
         label = method
     else:
-        if isinstance(directions, bool) or not isinstance(directions, numbers.Integral):
-            raise TypeError(f"directions must be a positive int, got {directions!r}")
-        if directions <= 0:
-            raise ValueError(f"directions must be a positive int, got {directions}")
+        directions = checks.positive_int("directions", directions)
         if method != "auto":
             raise ValueError(
                 f"directions= uses central differences of the loss; method={method!r} "

@@ -25,7 +25,7 @@ import array_api_compat
 import array_api_extra as xpx
 from array_api_compat import array_namespace
 
-from .checks import check_float_array, check_step
+from .checks import check_float_array, check_step, positive_int
 from .device import free_memory, out_of_memory_errors
 from .dtypes import DTYPES, dtype_info
 
@@ -81,8 +81,8 @@ def memory_budget(xp, device, max_bytes=None, *, host_default=DEFAULT_HOST_BYTES
     free = free_memory(xp, device)
     if max_bytes is None:
         max_bytes = host_default if free is None else DEFAULT_DEVICE_BYTES
-    elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    else:
+        max_bytes = positive_int("max_bytes", max_bytes)
     if free is not None:
         max_bytes = min(max_bytes, free // 2)
     return max(int(max_bytes), 1)
@@ -193,8 +193,8 @@ def numerical_gradient_batched(
     if chunk_size is None:
         per_item = 2 * (size * itemsize(xp, x.dtype) * 2 + (item_bytes or 0))
         chunk_size = max(1, memory_budget(xp, device, max_bytes) // per_item)
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    else:
+        chunk_size = positive_int("chunk_size", chunk_size)
     flat = xp.reshape(x, (1, size))
     oom = out_of_memory_errors(xp)
     parts = []

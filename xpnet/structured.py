@@ -52,7 +52,7 @@ import numpy as np  # host: unpacking the plan's one transfer
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from . import model, series
+from . import checks, model, series
 from . import plan as planner
 from .backend import to_numpy
 from .device import tune_host_allocator
@@ -141,8 +141,8 @@ def structured_gradient(
     xp = array_namespace(x, t, *(a for pair in layers for a in pair))
     if mode not in ("central", "complex"):
         raise ValueError(f"mode must be 'central' or 'complex', got {mode!r}")
-    if n_threads is not None and (isinstance(n_threads, bool) or int(n_threads) < 1):
-        raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
+    if n_threads is not None:
+        checks.positive_int("n_threads", n_threads)
     spans = _spans(spec, rows)
     chunk = max_bytes // 8 if chunk_bytes is None else min(chunk_bytes, max_bytes // 2)
     ctx = make_context(xp, spec, x, h, mode, max(1, chunk), n_threads)

@@ -18,7 +18,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np  # host: draws, splits and records
 
+from . import checks
 from .cluster import ClusterError, close, connect, require_distributed, worker_address
 from .datasets import load_dataset
 from .heads import get_head
@@ -47,6 +47,10 @@ BOOK_SEARCH = {
 SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
 _FORMAT = 1
+
+
+# the log-uniform ranges a sweep draws from
+_RANGES = ("lr_range", "weight_decay_range")
 
 
 @dataclass
@@ -79,27 +83,10 @@ class SweepConfig:
 
     def checked(self) -> SweepConfig:
         """A copy with defaults filled in; one clear ValueError for a bad field."""
-        for name in ("trials",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        ranges = {}
-        for name in ("lr_range", "weight_decay_range"):
-            value = getattr(self, name)
-            try:
-                low, high = (float(v) for v in value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
-            if not 0 < low <= high < math.inf:
-                raise ValueError(f"{name} must satisfy 0 < low <= high, got {value!r}")
-            ranges[name] = (low, high)
-        if not 0 < self.validation < 1:
-            raise ValueError(f"validation must be a share in (0, 1), got {self.validation!r}")
-        if self.train_size is not None and (
-            isinstance(self.train_size, bool)
-            or not isinstance(self.train_size, int)
-            or self.train_size < 2
-        ):
+        checks.positive_int("trials", self.trials)
+        ranges = {name: checks.log_range(name, getattr(self, name)) for name in _RANGES}
+        checks.share("validation", self.validation)
+        if self.train_size is not None and checks.positive_int("train_size", self.train_size) < 2:
             raise ValueError(f"train_size must be an int >= 2, got {self.train_size!r}")
         base = self.train
         if not get_head(base.output).has_accuracy:
