@@ -286,3 +286,12 @@ def test_evaluate_counts_outputs_for_the_sigmoid_head(digits):
     t = np.eye(10)[labels]  # 0/1 targets, ten outputs per sample
     net = xpnet.MultiLayerNet(64, [8], 10, "sigmoid", 1.0, output="sigmoid", seed=0)
     assert evaluate(net, x, t, batch=97) == pytest.approx(net.accuracy(x, t), abs=1e-12)
+
+
+def test_resolving_a_resolved_config_changes_nothing():
+    """The CLI resolves a config to print it and hands it to train, which
+    resolves it again: with --epochs both iters and epochs are then set."""
+    once = TrainConfig(epochs=2).resolved(1_000)
+    assert once.resolved(1_000) == once
+    with pytest.raises(ValueError, match="give iters or epochs, not both"):
+        TrainConfig(epochs=2, iters=7).resolved(1_000)

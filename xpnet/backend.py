@@ -40,6 +40,7 @@ __all__ = [
     "to_numpy",
     "library_version",
     "is_numpy",
+    "one_worker_per_gpu",
 ]
 
 # name -> (module to import, pip command that provides it)
@@ -132,6 +133,11 @@ class Backend:
                 array = self.xp.astype(array, dtype)
             return array
         return self.from_host(to_numpy(array), dtype=dtype)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether this backend computes on a GPU (CuPy, or torch on CUDA)."""
+        return self.name == "cupy" or "cuda" in str(self.device)
 
     def worker_device(self):
         """The device a Dask worker should compute this backend's work on: its own
@@ -331,3 +337,9 @@ def _distributions() -> dict:
     """Top-level module name -> the distributions that install it (cupy ships as
     cupy-cuda12x and others)."""
     return importlib.metadata.packages_distributions()
+
+
+def one_worker_per_gpu(backend_name: str) -> bool:
+    """Whether a Dask cluster for ``backend_name`` wants one worker per GPU
+    (dask-cuda's way): CuPy's."""
+    return backend_name == "cupy"

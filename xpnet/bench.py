@@ -70,7 +70,6 @@ def bench_methods(
     from .two_layer import TwoLayerNet
 
     say = log or (lambda line: None)
-
     net = TwoLayerNet(*sizes, backend=backend, device=device, dtype=dtype, seed=seed)
     xp = net.xp
     if data is None:
@@ -85,63 +84,14 @@ def bench_methods(
         host, net.activation, to_numpy(chosen.x), to_numpy(chosen.t), loop_sample
     )
     say(f"the book's loop: {format_duration(loop_s)} per gradient (extrapolated)")
-    reference = {}
-    for index, which in ((0, "b"), (1, "W"), (1, "b")):
-        value = layers[index][0 if which == "W" else 1]
-        reference[f"{which}{index + 1}"] = numerical_gradient(
-            lambda w, i=index, k=which: model.stacked_loss(
-                net.spec, layers, chosen, i, k, w[None, ...]
-            )[0],
-            xp.asarray(value, copy=True),
-        )
-    rows = [
-        {
-            "method": "loop",
-            "median_s": loop_s,
-            "min_s": loop_s,
-            "max_s": loop_s,
-            "speedup": 1.0,
-            "peak_bytes": None,
-            "rel_vs_loop": 0.0,
-            "note": (
-                f"the book's loop (plain NumPy, 1 BLAS thread), extrapolated from {timed} "
-                "timed coordinates"
-            ),
-        }
-    ]
+    reference = _reference(net, layers, chosen)
+    note = (
+        f"the book's loop (plain NumPy, 1 BLAS thread), extrapolated from {timed} timed coordinates"
+    )
+    loop = {"median_s": loop_s, "min_s": loop_s, "max_s": loop_s, "speedup": 1.0}
+    rows = [{"method": "loop", **loop, "peak_bytes": None, "rel_vs_loop": 0.0, "note": note}]
     for method in methods:
-        if method == "backprop":
-
-            def call():
-                return net.gradient(chosen.x, chosen.t)
-        else:
-
-            def call(method=method):
-                return net.numerical_gradient(chosen.x, chosen.t, method=method)
-
-        say(f"{method}: timing {repeats} repeats ...")
-        try:
-            stats = time_call(call, xp=xp, device=net.device, repeats=repeats, memory=True)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            rows.append({"method": method, "error": str(exc)})
-            say(f"{method}: error: {exc}")
-            continue
-        say(f"{method}: {format_duration(stats['median_s'])} median")
-        grads = stats.pop("result")
-        rel = max(
-            float(xp.linalg.vector_norm(grads[k] - reference[k]))
-            / max(float(xp.linalg.vector_norm(reference[k])), 1e-300)
-            for k in reference
-        )
-        rows.append(
-            {
-                "method": method,
-                **stats,
-                "speedup": loop_s / stats["median_s"],
-                "rel_vs_loop": rel,
-                "note": "analytic" if method == "backprop" else "",
-            }
-        )
+        rows.append(_timed(net, chosen, method, repeats, reference, loop_s, say))
     meta = {
         "backend": net.backend.name,
         "device": str(net.device),
@@ -151,6 +101,56 @@ def bench_methods(
         "zero_fraction": float(xp.mean(xp.astype(chosen.x == 0, net.dtype))),
     }
     return [{**meta, **row} for row in rows]
+
+
+def _reference(net, layers, chosen) -> dict:
+    """xpnet's one-weight loop on ``b1``, ``W2``, ``b2`` (affordable there): what
+    every timed method is compared with."""
+    xp = net.xp
+    reference = {}
+    for index, which in ((0, "b"), (1, "W"), (1, "b")):
+        value = layers[index][0 if which == "W" else 1]
+        reference[f"{which}{index + 1}"] = numerical_gradient(
+            lambda w, i=index, k=which: model.stacked_loss(
+                net.spec, layers, chosen, i, k, w[None, ...]
+            )[0],
+            xp.asarray(value, copy=True),
+        )
+    return reference
+
+
+def _timed(net, chosen, method, repeats, reference, loop_s, say) -> dict:
+    """One method's row: timing, speed-up over the loop, agreement with it."""
+    xp = net.xp
+    if method == "backprop":
+
+        def call():
+            return net.gradient(chosen.x, chosen.t)
+    else:
+
+        def call():
+            return net.numerical_gradient(chosen.x, chosen.t, method=method)
+
+    say(f"{method}: timing {repeats} repeats ...")
+    try:
+        stats = time_call(call, xp=xp, device=net.device, repeats=repeats, memory=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        say(f"{method}: error: {exc}")
+        return {"method": method, "error": str(exc)}
+    say(f"{method}: {format_duration(stats['median_s'])} median")
+    grads = stats.pop("result")
+    rel = max(
+        float(xp.linalg.vector_norm(grads[k] - reference[k]))
+        / max(float(xp.linalg.vector_norm(reference[k])), 1e-300)
+        for k in reference
+    )
+    return {
+        "method": method,
+        **stats,
+        "speedup": loop_s / stats["median_s"],
+        "rel_vs_loop": rel,
+        "note": "analytic" if method == "backprop" else "",
+    }
 
 
 def format_rows(rows) -> str:

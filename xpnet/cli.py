@@ -274,10 +274,9 @@ def _train(args) -> int:
         if run_dir.replaced:
             print(f"replacing the earlier run in {out} (--force): {', '.join(run_dir.replaced)}")
         history = train(
-            config,
-            out=out,
+            resolved,
+            out=run_dir,  # locked once, here
             resume=args.resume,
-            force=args.force,
             progress=False if args.no_progress else None,
             data=data,
         )
@@ -332,7 +331,7 @@ def _bench(args) -> int:
     from .timing import blas_threads
 
     backend = resolve_backend(args.backend, args.device, args.dtype)
-    on_gpu = backend.name == "cupy" or "cuda" in str(backend.device)
+    on_gpu = backend.on_gpu
     if args.methods is None:
         methods = ["structured", "complex", "backprop"] + (["batched"] if on_gpu else [])
         if not on_gpu:

@@ -188,9 +188,11 @@ class TrainConfig:
             default = make_optimizer(c.optimizer).lr
             c.lr = (0.5 if c.dataset == "digits" else 0.1) if c.optimizer == "sgd" else default
         checks.positive_float("lr", c.lr)
-        if c.iters is not None and c.epochs is not None:
-            raise ValueError("give iters or epochs, not both")
         per_epoch = self.iters_per_epoch(train_size)
+        if c.iters is not None and c.epochs is not None:
+            if c.iters != check_size("epochs", c.epochs) * per_epoch:
+                raise ValueError("give iters or epochs, not both")
+            # resolved before: its iters are the epochs' (resolving is idempotent)
         if c.epochs is not None:
             c.iters = check_size("epochs", c.epochs) * per_epoch
         elif c.iters is None:

@@ -149,25 +149,16 @@ def sharded_gradient(
     worker = WorkerSpec.of(spec, backend)
     futures = {}
     try:
+        # inputs go to the cluster once, held as tasks' results (recomputed from
+        # their specs if a worker dies; scattered data would be lost with it)
         params = client.submit(_held, host_layers, pure=False, retries=retries)
-        data = [
-            client.submit(_held, (x_host[a:b], t_host[a:b]), pure=False, retries=retries)
-            for a, b in samples
-        ]
-        for s in range(len(samples)):
+        for s, (a, b) in enumerate(samples):
+            data = client.submit(_held, (x_host[a:b], t_host[a:b]), pure=False, retries=retries)
             for j, rows in enumerate(blocks):
                 future = client.submit(
-                    _shard_task,
-                    worker,
-                    params,
-                    data[s],
-                    rows,
-                    method,
-                    h,
-                    max_bytes,
-                    retries=retries,
-                    pure=False,
-                )
+                    _shard_task, worker, params, data, rows, method, h, max_bytes,
+                    retries=retries, pure=False,
+                )  # fmt: skip
                 futures[future] = (s, j)
         results = {}
         for future in distributed.as_completed(list(futures)):

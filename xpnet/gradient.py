@@ -202,22 +202,27 @@ def numerical_gradient_batched(
     while start < size:
         k = min(chunk_size, size - start)
         try:
-            basis = xp.eye(k, size, k=start, dtype=x.dtype, device=device)
-            stack = xp.concat([flat + h * basis, flat - h * basis], axis=0)
-            values = f_batched(xp.reshape(stack, (2 * k, *x.shape)))
+            parts.append(_batched_chunk(f_batched, xp, flat, x, start, k, h))
         except oom:
             if k == 1:
                 raise
-            chunk_size = k // 2
+            chunk_size = k // 2  # the same chunk again, in halves
             continue
-        if tuple(values.shape) != (2 * k,):
-            raise ValueError(
-                f"f_batched must return shape ({2 * k},) for a stack of {2 * k} inputs, "
-                f"got {tuple(values.shape)}"
-            )
-        parts.append((values[:k] - values[k:]) / (2 * h))
         start += k
     return xp.reshape(xp.concat(parts), x.shape)
+
+
+def _batched_chunk(f_batched, xp, flat, x, start, k, h):
+    """Central differences of coordinates ``start:start + k`` in one call."""
+    basis = xp.eye(k, flat.shape[1], k=start, dtype=x.dtype, device=array_api_compat.device(x))
+    stack = xp.concat([flat + h * basis, flat - h * basis], axis=0)
+    values = f_batched(xp.reshape(stack, (2 * k, *x.shape)))
+    if tuple(values.shape) != (2 * k,):
+        raise ValueError(
+            f"f_batched must return shape ({2 * k},) for a stack of {2 * k} inputs, "
+            f"got {tuple(values.shape)}"
+        )
+    return (values[:k] - values[k:]) / (2 * h)
 
 
 def check_step_range(h: float, dtype_name: str, *, complex_step: bool = False) -> None:

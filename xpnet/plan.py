@@ -208,19 +208,7 @@ def layer_plan(
     if terms is None:
         slots = None
     width = 0 if terms is None else (n_units if slots is None else int(slots.shape[1]))
-    per_sample = direct.sum(axis=1)  # host
-    if per_sample.any():  # (pair, unit) items of the direct path, grouped by pair
-        direct_pair, direct_unit = np.nonzero(direct[pairs.sample])  # host
-    else:
-        direct_pair = direct_unit = np.zeros(0, dtype=np.int64)  # host
-    pair_base = None
-    if position is not None:
-        rank = np.cumsum(direct, axis=1) - 1  # host
-        position = np.where(direct, width + rank, position).astype(np.int64)  # host
-        starts = np.cumsum(per_sample[pairs.sample]) - per_sample[pairs.sample]  # host
-        series_base = np.arange(pairs.count, dtype=np.int64) * width  # host
-        direct_base = pairs.count * width + starts - width
-        pair_base = np.stack([series_base, direct_base], axis=1).astype(np.int64)  # host
+    direct_pair, direct_unit, position, pair_base = _direct_items(pairs, direct, position, width)
     series_pair = max(1, series_item_bytes * max(1, width))
     return LayerPlan(
         layer,
@@ -236,6 +224,25 @@ def layer_plan(
         max(1, chunk_bytes // series_pair),
         max(1, chunk_bytes // max(1, direct_item_bytes)),
     )
+
+
+def _direct_items(pairs: Pairs, direct: np.ndarray, position, width: int):  # host
+    """The direct path's (pair, unit) items, grouped by pair, and the position
+    table and pair bases that place every result (:class:`LayerPlan`)."""
+    per_sample = direct.sum(axis=1)  # host
+    if per_sample.any():
+        direct_pair, direct_unit = np.nonzero(direct[pairs.sample])  # host
+    else:
+        direct_pair = direct_unit = np.zeros(0, dtype=np.int64)  # host
+    pair_base = None
+    if position is not None:
+        rank = np.cumsum(direct, axis=1) - 1  # host
+        position = np.where(direct, width + rank, position).astype(np.int64)  # host
+        starts = np.cumsum(per_sample[pairs.sample]) - per_sample[pairs.sample]  # host
+        series_base = np.arange(pairs.count, dtype=np.int64) * width  # host
+        direct_base = pairs.count * width + starts - width
+        pair_base = np.stack([series_base, direct_base], axis=1).astype(np.int64)  # host
+    return direct_pair, direct_unit, position, pair_base
 
 
 @dataclass(frozen=True)

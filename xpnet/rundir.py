@@ -62,7 +62,6 @@ class RunDirectory:
         self.resume = resume
         self.force = force
         self._lock = self.path / LOCK
-        self._nested = False  # this process holds the lock already (CLI around train)
         self.replaced = []  # an earlier run's outputs removed because of ``force``
 
     def __enter__(self) -> RunDirectory:
@@ -78,7 +77,7 @@ class RunDirectory:
         self._take_lock()
         try:
             earlier = [name for name in self.outputs if (path / name).exists()]
-            if earlier and not self._nested and not self.resume:
+            if earlier and not self.resume:
                 if not self.force:
                     raise RunDirectoryError(
                         f"--out {path} already holds a run ({', '.join(earlier)}): use "
@@ -106,8 +105,10 @@ class RunDirectory:
                 except (OSError, ValueError):
                     pid = 0
                 if pid == os.getpid():
-                    self._nested = True
-                    return
+                    raise RunDirectoryError(
+                        f"--out {self.path} is already open in this process: pass the open "
+                        "RunDirectory instead of its path"
+                    ) from None
                 if pid and _alive(pid):
                     raise RunDirectoryError(
                         f"--out {self.path} is being written by another xpnet run (pid {pid}); "
@@ -125,8 +126,6 @@ class RunDirectory:
         raise RunDirectoryError(f"--out {self.path}: could not take its lock {self._lock}")
 
     def _release(self) -> None:
-        if self._nested:
-            return
         try:
             if self._lock.read_text().strip() == str(os.getpid()):
                 self._lock.unlink()

@@ -102,36 +102,29 @@ def structured_gradient(
     ----------
     spec : ModelSpec
     layers : list of (W, b)
-        ``W_l (H_{l-1}, H_l)``, ``b_l (H_l,)``; same namespace, device and dtype
-        as ``x``.
+        ``W_l (H_{l-1}, H_l)``, ``b_l (H_l,)``, in ``x``'s namespace, device, dtype.
     x : array (N, D), real floating
     t : array
-        Validated targets of the head: ``(N,)`` int64 labels for softmax,
-        ``(N, C)`` in ``x``'s dtype for the other heads.
+        Validated targets: ``(N,)`` int64 labels (softmax), else ``(N, C)``.
     h : float
         Step: ``+-h`` (central) or ``i h`` (complex).
     mode : {"central", "complex"}
     max_bytes : int
-        Bound on the extra memory of the whole gradient: samples are taken in
-        blocks whose plans, stored results and cached forward pass fit in it.
+        Bound on the extra memory of the whole gradient (sample blocks fit in it).
     chunk_bytes : int, optional
-        Budget of one chunk's intermediates; default ``max_bytes // 8``, at most
-        ``max_bytes // 2``.
+        One chunk's intermediates; default ``max_bytes // 8``, at most half.
     n_threads : int, optional
-        Chunks evaluated at once on NumPy (default :func:`xpnet.device.host_threads`:
-        the cores this process may use, or ``XPNET_NUM_THREADS``). Other backends
-        queue their work on one device: ignored there.
+        Threads on NumPy (default :func:`xpnet.device.host_threads`); ignored
+        by other backends, which queue their work on one device.
     rows : list, optional
-        A block of parameters only (what one task of a sharded gradient computes):
-        per layer ``None`` (skip it) or ``(r0, r1)``, rows of the stacked ``[W_l;
-        b_l]`` (``b_l`` is row ``H_{l-1}``).
+        Per layer ``None`` (skip it) or ``(r0, r1)``, rows of the stacked
+        ``[W_l; b_l]`` (``b_l`` is row ``H_{l-1}``): a sharded gradient's task.
 
     Returns
     -------
     list
-        Per layer the stacked ``[dW_l; db_l]`` (``(H_{l-1} + 1, H_l)``, or its rows
-        ``r0:r1``), or None for a layer that ``rows`` skips. Same namespace,
-        device and dtype as ``x``.
+        Per layer the stacked ``[dW_l; db_l]`` (or its rows ``r0:r1``; None where
+        ``rows`` skips it), in ``x``'s namespace, device and dtype.
 
     Raises
     ------
@@ -139,47 +132,49 @@ def structured_gradient(
         ``mode="complex"`` on a backend without complex dtypes.
     """
     xp = array_namespace(x, t, *(a for pair in layers for a in pair))
-    if mode not in ("central", "complex"):
-        raise ValueError(f"mode must be 'central' or 'complex', got {mode!r}")
+    checks.one_of("mode", mode, ("central", "complex"))
     if n_threads is not None:
         checks.positive_int("n_threads", n_threads)
     spans = _spans(spec, rows)
     chunk = max_bytes // 8 if chunk_bytes is None else min(chunk_bytes, max_bytes // 2)
     ctx = make_context(xp, spec, x, h, mode, max(1, chunk), n_threads)
+    return _run_blocks(ctx, layers, x, t, spans, max_bytes)
+
+
+def _run_blocks(ctx, layers, x, t, spans, max_bytes):
+    """The gradient as the sum of its sample blocks' (n_threads at a time, added
+    in block order whatever thread finishes first)."""
+    xp = ctx.xp
     work_layers = layers
-    if mode == "complex":  # complex activations need complex weights (torch does not promote)
+    if not ctx.central:  # complex activations need complex weights (torch does not promote)
         work_layers = [(xp.astype(W, ctx.work), xp.astype(b, ctx.work)) for W, b in layers]
     x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
-    # every thread holds one block and one chunk at a time
+    blocks = _sample_blocks(ctx, x_host, spans, max_bytes)
+    single = replace(ctx, n_threads=1)
+
+    def block(r):
+        return _block(single, layers, work_layers, x[r, ...], t[r, ...], x_host[r], spans)
+
+    total = None
+    for lo, hi in planner.chunks(len(blocks), ctx.n_threads):
+        for part in ctx.run([lambda a=a, b=b: block(slice(a, b)) for a, b in blocks[lo:hi]]):
+            total = (
+                part if total is None else [_add(u, v) for u, v in zip(total, part, strict=True)]
+            )
+    return total
+
+
+def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
+    """The gradient's sample blocks: each within its thread's share of
+    ``max_bytes`` (every thread holds one block and one chunk at a time)."""
     budget = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
     if ctx.host:  # blocks larger than this ran slower on the host (measured 8-999 MiB)
         budget = min(budget, HOST_BLOCK_BYTES)
     per_sample = _per_sample_bytes(ctx, x_host, spans)
     blocks = planner.sample_blocks(per_sample, budget, ctx.n_threads, _THREAD_SHARE_BYTES)
-    single = replace(ctx, n_threads=1)
     if len(blocks) > 1 and ctx.n_threads > 1:
         tune_host_allocator()  # else threads spend their time in page faults
-
-    def block(start, stop):
-        return _block(
-            single,
-            layers,
-            work_layers,
-            x[start:stop, ...],
-            t[start:stop, ...],
-            x_host[start:stop],
-            spans,
-        )
-
-    total = None
-    # n_threads blocks at a time (only their results are held at once), added in
-    # block order whatever thread finishes first
-    for lo, hi in planner.chunks(len(blocks), ctx.n_threads):
-        for part in ctx.run([lambda r=r: block(*r) for r in blocks[lo:hi]]):
-            total = (
-                part if total is None else [_add(a, b) for a, b in zip(total, part, strict=True)]
-            )
-    return total
+    return blocks
 
 
 def _add(a, b):

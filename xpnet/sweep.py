@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np  # host: draws, splits and records
 
 from . import checks
+from .backend import one_worker_per_gpu
 from .cluster import ClusterError, close, connect, require_distributed, worker_address
 from .datasets import load_dataset
 from .heads import get_head
@@ -237,54 +238,22 @@ def _finished(out: Path, config: SweepConfig) -> dict:
 
 
 def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict:
-    import sys
-
-    from tqdm.auto import tqdm
-
-    distributed = require_distributed()
     results = dict(done)
     todo = [i for i in range(config.trials) if i not in results]
     record = {"format": _FORMAT, "settings": config.record(), "trials": []}
     if todo:
         own = client is None
-        if own:
-            import importlib.util
-
-            cuda = config.train.backend == "cupy" and importlib.util.find_spec("dask_cuda")
-            client = connect(
-                scheduler,
-                # default: 2 local workers; with dask-cuda, one per GPU
-                workers=workers if workers is not None else (None if cuda else 2),
-                cuda=bool(cuda),
-            )
+        client = _client(config, workers, scheduler) if own else client
         futures = {}
         try:
-            data = _split(config)
-            shared = client.scatter([data], broadcast=True, hash=False)[0]
+            # the data go to the cluster once, held as a task's result: recomputed
+            # if its worker dies (scattered data would be lost with it)
+            shared = client.submit(_held, _split(config), pure=False)
             settings = asdict(config.train)
             for i in todo:
                 lr, decay = trial_values(config, i)
                 futures[client.submit(_trial, settings, shared, i, lr, decay, pure=False)] = i
-            show = sys.stderr.isatty() if progress is None else progress
-            with tqdm(
-                total=config.trials, initial=len(done), unit="trial", disable=not show
-            ) as bar:
-                for future in distributed.as_completed(futures):
-                    try:
-                        result = future.result()
-                    except CancelledError as exc:
-                        raise ClusterError(
-                            f"a sweep trial was lost with the cluster: {exc}"
-                        ) from None
-                    results[result["trial"]] = result
-                    if out is not None:
-                        record["trials"] = [results[k] for k in sorted(results)]
-                        save_json(out / SWEEP_JSON, record)
-                    bar.update(1)
-                    if show:
-                        bar.write(_line(result))
-                    else:
-                        say(_line(result))
+            _collect(config, futures, results, record, out, progress, say)
         except OSError as exc:
             raise ClusterError(f"lost the Dask cluster during the sweep: {exc}") from None
         except KeyboardInterrupt:
@@ -304,6 +273,44 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
 
         save_sweep_plot(record, out / SWEEP_PNG)
     return record
+
+
+def _held(value):
+    """On a worker: ``value`` (sent with the task), held for the trials."""
+    return value
+
+
+def _client(config, workers, scheduler):
+    """A client of ``scheduler``, or of a local cluster started for the sweep
+    (default: 2 workers; with dask-cuda and CuPy, one per GPU)."""
+    import importlib.util
+
+    cuda = one_worker_per_gpu(config.train.backend) and importlib.util.find_spec("dask_cuda")
+    count = workers if workers is not None else (None if cuda else 2)
+    return connect(scheduler, workers=count, cuda=bool(cuda))
+
+
+def _collect(config, futures, results, record, out, progress, say) -> None:
+    """Trial results as they finish, each recorded (and saved) at once."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    distributed = require_distributed()
+    show = sys.stderr.isatty() if progress is None else progress
+    initial = len(results)
+    with tqdm(total=config.trials, initial=initial, unit="trial", disable=not show) as bar:
+        for future in distributed.as_completed(futures):
+            try:
+                result = future.result()
+            except CancelledError as exc:
+                raise ClusterError(f"a sweep trial was lost with the cluster: {exc}") from None
+            results[result["trial"]] = result
+            if out is not None:
+                record["trials"] = [results[k] for k in sorted(results)]
+                save_json(out / SWEEP_JSON, record)
+            bar.update(1)
+            (bar.write if show else say)(_line(result))
 
 
 def _line(r: dict) -> str:

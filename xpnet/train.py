@@ -171,10 +171,12 @@ def train(
     Parameters
     ----------
     config : TrainConfig
-    out : str or Path, optional
+    out : str, Path or RunDirectory, optional
         Directory for ``checkpoint.npz`` (written every epoch, atomically). It is
         locked for the run (see :mod:`xpnet.rundir`); a directory holding an
-        earlier run is refused unless ``resume`` or ``force``.
+        earlier run is refused unless ``resume`` or ``force``. An open
+        :class:`~xpnet.rundir.RunDirectory` (what the CLI passes) is used as it
+        is: its opener holds the lock.
     resume : bool
         Continue from ``out/checkpoint.npz``; refused when there is none, or when
         it already has ``config.iters`` iterations or more.
@@ -202,6 +204,8 @@ def train(
         if resume:
             raise ValueError("resume=True needs out= (the directory of the run to continue)")
         return _train(config, None, False, progress, log, data)
+    if isinstance(out, RunDirectory):  # opened (and locked) by the caller: used as it is
+        return _train(config, out.path, resume, progress, log, data)
     with RunDirectory(out, resume=resume, force=force):
         return _train(config, Path(out), resume, progress, log, data)
 
