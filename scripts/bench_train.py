@@ -75,13 +75,12 @@ def main(argv=None) -> int:
             lr=0.1,
             seed=args.seed,
         )
-        history = xpnet.train(
+        _, history, _ = xpnet.train(
             config,
             data=data,
             progress=False if args.no_progress else None,
             log=lambda line, name=name: print(f"[{name}] {line}"),
         )
-        history.pop("net")
         tag = f"{name}-{device or 'default'}"
         save_accuracy_plot(history, out / f"accuracy-{tag}.png")
         results.append(

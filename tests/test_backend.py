@@ -172,5 +172,5 @@ def test_a_training_run_steps_in_the_device_context(monkeypatch):
     for module in ("xpnet.network", "xpnet.train"):
         monkeypatch.setattr(sys.modules[module], "resolve_backend", lambda *a, **k: backend)
     config = TrainConfig(hidden=8, batch_size=50, iters=30, seed=0)
-    h = train(config, data=load_digits(), log=None, progress=False)
+    h = train(config, data=load_digits(), log=None, progress=False).history
     assert h["iters_done"] == 30 and fake.depth == 0 and fake.entered >= 1

@@ -18,16 +18,16 @@ def _small(**kw):
 
 @pytest.mark.parametrize("grad", ["numerical", "backprop"])
 def test_history_has_the_books_lists(digits, grad):
-    h = train(_small(grad=grad), data=digits, log=None, progress=False)
+    net_of_h, h, _ = train(_small(grad=grad), data=digits, log=None, progress=False)
     assert len(h["loss"]) == 58 and h["iters_done"] == 58
     assert h["eval_iters"] == [29, 58] and len(h["train_acc"]) == len(h["test_acc"]) == 2
     assert all(np.isfinite(h["loss"]))
     assert h["config"]["lr"] == 0.5 and h["config"]["iters"] == 58
-    assert isinstance(h["net"], xpnet.TwoLayerNet)
+    assert isinstance(net_of_h, xpnet.TwoLayerNet)
 
 
 def test_training_learns(digits):
-    h = train(
+    net_of_h, h, _ = train(
         _small(grad="backprop", iters=290, weight_init_std=0.3),
         data=digits,
         log=None,
@@ -41,7 +41,7 @@ def test_training_learns(digits):
 def test_default_run_is_the_main_job(digits):
     """What `xpnet train` does with no options: numerical gradient on the digits,
     at least 90% test accuracy (the README's promise)."""
-    h = train(TrainConfig(), data=digits, log=None, progress=False)
+    net_of_h, h, _ = train(TrainConfig(), data=digits, log=None, progress=False)
     c = h["config"]
     assert (c["dataset"], c["grad"], c["method"], c["iters"]) == (
         "digits",
@@ -55,19 +55,19 @@ def test_default_run_is_the_main_job(digits):
 def test_numerical_and_backprop_training_agree(digits):
     """Same seed, same minibatches: the two gradients differ by ~1e-6, so the
     trajectories stay close over a short run."""
-    a = train(_small(grad="numerical"), data=digits, log=None, progress=False)
-    b = train(_small(grad="backprop"), data=digits, log=None, progress=False)
+    a = train(_small(grad="numerical"), data=digits, log=None, progress=False).history
+    b = train(_small(grad="backprop"), data=digits, log=None, progress=False).history
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
 
 
 def test_runs_on_strict_device1(digits):
-    h = train(
+    net_of_h, h, _ = train(
         _small(backend="array_api_strict", device="device1", iters=10),
         data=digits,
         log=None,
         progress=False,
     )
-    assert h["net"].params["W1"].device == h["net"].device
+    assert net_of_h.params["W1"].device == net_of_h.device
 
 
 def test_resume_equals_uninterrupted(tmp_path, digits):
@@ -77,10 +77,10 @@ def test_resume_equals_uninterrupted(tmp_path, digits):
     resumed = train(
         _small(iters=87), data=digits, out=tmp_path / "b", resume=True, log=None, progress=False
     )
-    assert resumed["loss"] == full["loss"]
-    assert resumed["test_acc"] == full["test_acc"]
-    for name in full["net"].params:
-        np.testing.assert_array_equal(resumed["net"].params[name], full["net"].params[name])
+    assert resumed.history["loss"] == full.history["loss"]
+    assert resumed.history["test_acc"] == full.history["test_acc"]
+    for name in full.net.params:
+        np.testing.assert_array_equal(resumed.net.params[name], full.net.params[name])
 
 
 def test_resume_refuses_other_settings(tmp_path, digits):
@@ -151,7 +151,7 @@ def test_fashion_mnist_learns_with_numerical_gradient():
     data = xpnet.datasets.load_fashion_mnist()
     (x, t), (xt, tt) = data
     small = ((x[:6000], t[:6000]), (xt[:2000], tt[:2000]))
-    h = train(
+    net_of_h, h, _ = train(
         TrainConfig(dataset="fashion-mnist", iters=300, lr=0.1),
         data=small,
         log=None,
@@ -162,7 +162,7 @@ def test_fashion_mnist_learns_with_numerical_gradient():
 
 def test_deep_net_any_head_and_online_learning(digits):
     """Depth 2, the sigmoid head (one-hot 0/1 targets) and batch size 1 train."""
-    h = train(
+    net_of_h, h, _ = train(
         _small(
             hidden=[12, 8],
             activation="relu",
@@ -176,7 +176,7 @@ def test_deep_net_any_head_and_online_learning(digits):
         log=None,
         progress=False,
     )
-    net = h["net"]
+    net = net_of_h
     assert isinstance(net, xpnet.MultiLayerNet) and not isinstance(net, xpnet.TwoLayerNet)
     assert net.sizes == (64, 12, 8, 10) and net.output == "sigmoid"
     assert len(h["loss"]) == 40 and all(np.isfinite(h["loss"]))
@@ -188,7 +188,7 @@ def test_regression_with_float_targets_records_loss_not_accuracy():
     x = rng.uniform(-1, 1, (300, 2))
     t = 0.5 * x[:, 0] - x[:, 1]  # 1-D float targets: one output
     data = ((x[:200], t[:200]), (x[200:], t[200:]))
-    h = train(
+    net_of_h, h, _ = train(
         TrainConfig(
             hidden=[6, 6],
             activation="sigmoid",
@@ -205,7 +205,7 @@ def test_regression_with_float_targets_records_loss_not_accuracy():
         progress=False,
     )
     assert h["train_acc"] == [] and h["test_acc"] == []
-    assert h["net"].sizes == (2, 6, 6, 1)
+    assert net_of_h.sizes == (2, 6, 6, 1)
     untrained = xpnet.MultiLayerNet(2, [6, 6], 1, "sigmoid", 1.0, output="identity", seed=0)
     assert h["test_loss"][-1] < 0.5 * float(untrained.loss(x[200:], t[200:]))
 
@@ -215,7 +215,7 @@ def test_weight_decay_keeps_weights_smaller(digits):
     decayed = train(
         _small(grad="backprop", iters=100, weight_decay=0.5), data=digits, log=None, progress=False
     )
-    norm = lambda h: float(np.linalg.norm(xpnet.to_numpy(h["net"].params["W1"])))  # noqa: E731
+    norm = lambda run: float(np.linalg.norm(xpnet.to_numpy(run.net.params["W1"])))  # noqa: E731
     assert norm(decayed) < norm(plain)
 
 
@@ -249,13 +249,14 @@ def test_resume_of_a_deep_run_equals_uninterrupted(tmp_path, digits):
         log=None,
         progress=False,
     )
-    assert resumed["loss"] == full["loss"] and resumed["test_acc"] == full["test_acc"]
+    assert resumed.history["loss"] == full.history["loss"]
+    assert resumed.history["test_acc"] == full.history["test_acc"]
 
 
 # ---- device -> host transfers ----------------------------------------------------
 def test_a_backprop_step_makes_at_most_one_transfer_on_average(digits, transfers):
     config = _small(grad="backprop", backend="array_api_strict", device="device1", iters=100)
-    h = train(config, data=digits, log=None, progress=False)
+    net_of_h, h, _ = train(config, data=digits, log=None, progress=False)
     steps = h["iters_done"]
     assert steps == 100 and len(h["loss"]) == 100
     # measured 19 for 100 steps: validation of the data once, the initial loss,
@@ -295,3 +296,27 @@ def test_resolving_a_resolved_config_changes_nothing():
     assert once.resolved(1_000) == once
     with pytest.raises(ValueError, match="give iters or epochs, not both"):
         TrainConfig(epochs=2, iters=7).resolved(1_000)
+
+
+def test_the_api_writes_what_the_cli_writes_and_its_history_is_json(tmp_path, digits):
+    import json
+
+    from xpnet.rundir import OUTPUTS
+
+    net, history, written = train(
+        _small(iters=30), data=digits, out=tmp_path, log=None, progress=False
+    )
+    assert sorted(written) == sorted(OUTPUTS)
+    assert all((tmp_path / name).is_file() for name in OUTPUTS)
+    assert json.loads(json.dumps(history)) == json.loads((tmp_path / "history.json").read_text())
+    assert history["iters_done"] == 30 and isinstance(net, xpnet.TwoLayerNet)
+    loaded = xpnet.MultiLayerNet.load(tmp_path / "params.npz")
+    for name in net.params:
+        np.testing.assert_array_equal(xpnet.to_numpy(loaded.params[name]), net.params[name])
+
+
+def test_plot_history_is_a_figure_of_the_curves(digits):
+    _, history, _ = train(_small(iters=30), data=digits, log=None, progress=False)
+    fig = xpnet.plot_history(history)
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].lines[0].get_xdata()) == 30

@@ -8,9 +8,11 @@ from .cluster import ClusterError
 from .datasets import load_digits, load_fashion_mnist, load_mnist
 from .gradcheck import GradientCheck, gradient_check
 from .gradient import default_step, numerical_gradient, numerical_gradient_batched
+from .history import History
 from .network import METHODS, MultiLayerNet
+from .plots import plot_history
 from .sweep import SweepConfig, sweep
-from .train import TrainConfig, TrainingDiverged, train
+from .train import TrainConfig, Trained, TrainingDiverged, train
 from .two_layer import TwoLayerNet
 
 __version__ = "0.1.0"
@@ -19,10 +21,12 @@ __all__ = [
     "Backend",
     "ClusterError",
     "GradientCheck",
+    "History",
     "METHODS",
     "MultiLayerNet",
     "SweepConfig",
     "TrainConfig",
+    "Trained",
     "TrainingDiverged",
     "TwoLayerNet",
     "datasets",
@@ -34,6 +38,7 @@ __all__ = [
     "numerical_gradient",
     "numerical_gradient_batched",
     "optimizers",
+    "plot_history",
     "resolve_backend",
     "sweep",
     "to_numpy",

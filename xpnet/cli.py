@@ -245,8 +245,6 @@ def _config(args):
 
 def _train(args) -> int:
     from .datasets import dataset_source, load_dataset
-    from .io import save_json
-    from .plots import save_accuracy_plot, save_loss_plot
     from .train import train
 
     config = _config(args)
@@ -273,29 +271,19 @@ def _train(args) -> int:
     with RunDirectory(out, resume=args.resume, force=args.force) as run_dir:
         if run_dir.replaced:
             print(f"replacing the earlier run in {out} (--force): {', '.join(run_dir.replaced)}")
-        history = train(
+        _, history, written = train(
             resolved,
             out=run_dir,  # locked once, here
             resume=args.resume,
             progress=False if args.no_progress else None,
             data=data,
         )
-        net = history.pop("net")
-        net.save(out / "params.npz")
-        save_json(out / "history.json", history)
-        written = ["history.json", "loss.png", "params.npz", "checkpoint.npz"]
-        save_loss_plot(history, out / "loss.png")
-        if history["train_acc"]:
-            save_accuracy_plot(history, out / "accuracy.png")
-            written.insert(1, "accuracy.png")
-            final = (
-                f"train acc {history['train_acc'][-1]:.4f}, test acc {history['test_acc'][-1]:.4f}"
-            )
-        else:
-            final = (
-                f"train loss {history['train_loss'][-1]:.6g}, "
-                f"test loss {history['test_loss'][-1]:.6g}"
-            )
+    if history["train_acc"]:
+        final = f"train acc {history['train_acc'][-1]:.4f}, test acc {history['test_acc'][-1]:.4f}"
+    else:
+        final = (
+            f"train loss {history['train_loss'][-1]:.6g}, test loss {history['test_loss'][-1]:.6g}"
+        )
     print(
         f"done: {history['iters_done']} iterations in {history['wall_time']:.1f} s "
         f"({history['time_per_iter'] * 1e3:.1f} ms/iter); final {final}"

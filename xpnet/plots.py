@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .io import atomic_write_bytes
 
-__all__ = ["save_accuracy_plot", "save_loss_plot", "save_sweep_plot"]
+__all__ = ["plot_history", "save_accuracy_plot", "save_loss_plot", "save_sweep_plot"]
 
 
 def _figure():
@@ -24,6 +24,32 @@ def _figure():
     fig = Figure(figsize=(6, 4), dpi=100)
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
     return fig, fig.add_subplot()
+
+
+def plot_history(history: dict):
+    """A run's curves as one matplotlib ``Figure`` (shown inline in a notebook,
+    ``fig.savefig(path)`` to keep it): the minibatch loss per iteration and,
+    for heads with an accuracy, train and test accuracy per epoch.
+
+    ``history``: what :func:`xpnet.train` returns (or ``history.json`` read back).
+    """
+    from matplotlib.figure import Figure
+
+    panels = 2 if history["train_acc"] else 1
+    fig = Figure(figsize=(5 * panels, 3.6), dpi=100)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.88, wspace=0.3)
+    loss_ax = fig.add_subplot(1, panels, 1)
+    loss_ax.plot(range(1, len(history["loss"]) + 1), history["loss"], linewidth=0.7)
+    loss_ax.set(xlabel="iteration", ylabel="minibatch loss", yscale="log")
+    if panels == 2:
+        acc_ax = fig.add_subplot(1, 2, 2)
+        epochs = range(1, len(history["train_acc"]) + 1)
+        acc_ax.plot(epochs, history["train_acc"], marker="o", markersize=3, label="train acc")
+        acc_ax.plot(epochs, history["test_acc"], marker="s", markersize=3, label="test acc")
+        acc_ax.set(xlabel="epochs", ylabel="accuracy", ylim=(0, 1.0))
+        acc_ax.legend(loc="lower right")
+    fig.suptitle(_title(history), fontsize=9)
+    return fig
 
 
 def _save(fig, path) -> Path:

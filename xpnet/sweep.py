@@ -145,7 +145,7 @@ def _trial(train_settings: dict, data, trial: int, lr: float, weight_decay: floa
     record = {"trial": trial, "lr": lr, "weight_decay": weight_decay}
     start = time.perf_counter()
     try:
-        history = train(config, data=data, log=None, progress=False)
+        history = train(config, data=data, log=None, progress=False).history
     except TrainingDiverged as exc:
         record.update(val_acc=None, train_acc=None, loss=None, diverged=str(exc))
         record.update(val_acc_curve=[], train_acc_curve=[])

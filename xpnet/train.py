@@ -26,8 +26,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np  # host
 
@@ -37,6 +38,7 @@ from .checkpoint import CHECKPOINT, Checkpoint
 from .config import TrainConfig
 from .datasets import load_dataset
 from .gradient import resolve_step
+from .history import History, new_history, write_outputs
 from .metrics import evaluate, evaluate_loss, set_metrics
 from .network import MultiLayerNet
 from .numerical import model_gradient
@@ -45,6 +47,7 @@ from .rundir import RunDirectory, RunDirectoryError
 from .two_layer import TwoLayerNet
 
 __all__ = [
+    "Trained",
     "TrainConfig",
     "TrainingDiverged",
     "train",
@@ -54,6 +57,14 @@ __all__ = [
     "targets_for",
     "CHECKPOINT",
 ]
+
+
+class Trained(NamedTuple):
+    """What :func:`train` returns: ``net, history = xpnet.train(config)``."""
+
+    net: object  # the trained TwoLayerNet or MultiLayerNet
+    history: History  # JSON values only (json.dumps works)
+    written: list  # the files written into ``out`` (none without ``out``)
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,21 +118,6 @@ def targets_for(output: str, t):
 
 # per-step losses are brought to the host (and checked) every this many steps
 _FLUSH = 50
-
-
-def _new_history(config: TrainConfig) -> dict:
-    return {
-        "config": asdict(config),
-        "loss": [],
-        "train_acc": [],
-        "test_acc": [],
-        "train_loss": [],
-        "test_loss": [],
-        "eval_iters": [],
-        "initial_loss": None,
-        "wall_time": 0.0,
-        "iters_done": 0,
-    }
 
 
 def build_network(config: TrainConfig, input_size: int, output_size: int):
@@ -193,12 +189,15 @@ def train(
 
     Returns
     -------
-    dict
-        ``config`` (resolved), ``loss`` (per iteration), ``train_acc``/``test_acc``
-        (per evaluation; empty for the identity head), ``train_loss``/``test_loss``
-        (whole sets, per evaluation), ``eval_iters``, ``wall_time`` (s),
-        ``iters_done``, ``time_per_iter`` (s), and ``net`` (the trained
-        :class:`TwoLayerNet` or :class:`MultiLayerNet`).
+    Trained
+        ``(net, history, written)``: the trained network; the
+        :class:`~xpnet.history.History` (``config`` resolved, ``loss`` per
+        iteration, ``train_acc``/``test_acc``/``train_loss``/``test_loss`` and
+        ``eval_iters`` per evaluation, ``wall_time``, ``iters_done``,
+        ``time_per_iter``), a plain dict of JSON values; and the files written
+        into ``out``: with ``out``, the same files as ``xpnet train`` writes
+        (``params.npz``, ``history.json``, ``loss.png``, ``accuracy.png``,
+        ``checkpoint.npz``).
     """
     if out is None:
         if resume:
@@ -273,8 +272,8 @@ def _run(config, out, resume, progress, log, data) -> dict:
         bar.close()
     history["wall_time"] = time.perf_counter() - started
     history["time_per_iter"] = history["wall_time"] / max(history["iters_done"], 1)
-    history["net"] = run.net
-    return history
+    written = write_outputs(out, run.net, history) if out is not None else []
+    return Trained(run.net, history, written)
 
 
 def _prepare(config, out, data, log) -> _Run:
@@ -299,7 +298,7 @@ def _prepare(config, out, data, log) -> _Run:
         net.batch(x_test, t_test),
         make_optimizer(config.optimizer, config.lr),
         np.random.default_rng(config.seed),  # host: minibatch indices
-        _new_history(config),
+        new_history(config),
         Checkpoint.of(out) if out is not None else None,
         log if log is not None else (lambda line: None),
     )
