@@ -368,3 +368,17 @@ def gpu_budget(monkeypatch):
 
     for module in (xpnet.gradient, xpnet.numerical):
         monkeypatch.setattr(module, "free_memory", lambda *args: 80 * 2**30)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Skips in one line per reason (pytest's ``-rs`` gives one per test location:
+    dozens of lines of "cupy is not installed")."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skipped, by reason", sep="-")
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{count:5d}  {reason}")

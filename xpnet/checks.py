@@ -43,12 +43,6 @@ __all__ = [
 ]
 
 
-def _integral(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
-
-
 def positive_int(name: str, value) -> int:
     """An integer ``>= 1``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -60,7 +54,9 @@ def positive_int(name: str, value) -> int:
 
 def non_negative_int(name: str, value) -> int:
     """An integer ``>= 0``."""
-    value = _integral(name, value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    value = int(value)
     if value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value}")
     return value

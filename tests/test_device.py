@@ -1,0 +1,68 @@
+"""Host threads, the allocator setting and what a device reports, on the host."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import xpnet.device as device
+from xpnet.device import host_threads, out_of_memory_errors, tune_host_allocator
+
+
+def test_host_threads_default_to_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.delenv("XPNET_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert host_threads() == cores
+    assert host_threads(3) == 3
+
+
+def test_host_threads_are_capped_by_the_environment(monkeypatch):
+    monkeypatch.setenv("XPNET_NUM_THREADS", "1")
+    assert host_threads() == 1
+    assert host_threads(4) == 4  # an explicit request wins
+    monkeypatch.setenv("XPNET_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match=r"\$XPNET_NUM_THREADS must be a positive integer"):
+        host_threads()
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_thread_counts_name_n_threads(bad, error):
+    with pytest.raises(error, match="n_threads must be a positive int"):
+        host_threads(bad)
+
+
+def test_out_of_memory_errors_of_numpy():
+    assert MemoryError in out_of_memory_errors(device.np)
+
+
+def test_free_memory_is_unknown_on_the_host():
+    import array_api_compat.numpy as xp
+
+    assert device.free_memory(xp, "cpu") is None
+
+
+def _allocator_in_a_fresh_process(env):
+    code = "import xpnet.device as d; print(d.tune_host_allocator(), d.tune_host_allocator())"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux")
+def test_the_allocator_is_tuned_once_unless_the_user_says_otherwise():
+    clean = {"XPNET_TUNE_MALLOC": "1", "MALLOC_MMAP_THRESHOLD_": "", "MALLOC_TRIM_THRESHOLD_": ""}
+    tuned = _allocator_in_a_fresh_process(clean)
+    assert tuned[0] == tuned[1]  # remembered, not redone
+    assert _allocator_in_a_fresh_process({**clean, "XPNET_TUNE_MALLOC": "0"}) == ["False"] * 2
+    user = {**clean, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    assert _allocator_in_a_fresh_process(user) == ["False"] * 2
+
+
+def test_tune_host_allocator_returns_a_bool():
+    assert tune_host_allocator() in (True, False)

@@ -1,0 +1,117 @@
+"""The heads against the losses they must equal: every shortcut a head offers
+the structured gradient (moved score columns, series in a unit's change) is
+compared with the head's own loss evaluated at the moved scores.
+
+Tolerances: the shortcuts are exact identities (``exp(a + d) = exp(a) exp(d)``)
+or series whose remainder is below rounding, so they agree with direct
+evaluation to rounding of O(1) losses: 1e-12 relative on differences of
+~1e-4 scaled back, i.e. loss differences agree to ~1e-15 absolute.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from xpnet import series
+from xpnet.backend import to_numpy
+from xpnet.heads import HEADS, get_head
+
+
+class _Combine:
+    """The central difference of two stacked perturbed losses, unscaled."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def loss(self, moved):
+        return moved[0, ...] - moved[1, ...]
+
+    def negative_log(self, q):
+        return self.xp.log(q[1, ...] / q[0, ...])
+
+
+def _case(backend, name, n=5, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    a = backend.from_host(rng.standard_normal((n, c)))
+    if name == "softmax":
+        t = backend.from_host(rng.integers(0, c, n), dtype=backend.xp.int64)
+    elif name == "sigmoid":
+        t = backend.from_host((rng.random((n, c)) < 0.5).astype(float))
+    else:
+        t = backend.from_host(rng.standard_normal((n, c)))
+    return a, t
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_column_differences_are_the_losses_at_moved_columns(backend, name):
+    xp = backend.xp
+    head = get_head(name)
+    a, t = _case(backend, name)
+    n, c = a.shape
+    steps = np.array([1e-3, -1e-3])
+    inputs = np.random.default_rng(1).random((3, n))  # (I, N): how much each column moves
+    delta = backend.from_host(steps[:, None, None] * inputs[None, :, :])  # (S, I, N)
+    got = to_numpy(head.column_differences(head.cache(a, t), delta, _Combine(xp)))
+    a_host = to_numpy(a)
+    expected = np.zeros((3, c))
+    for i in range(3):
+        for k in range(c):
+            moved = []
+            for s in steps:
+                shifted = np.array(a_host, copy=True)
+                shifted[:, k] += s * inputs[i]
+                moved.append(head.losses(backend.from_host(shifted), t))
+            expected[i, k] = float(to_numpy(xp.sum(moved[0] - moved[1])))
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_series_in_a_units_change_equals_the_losses(backend, name):
+    """Scores moving linearly, ``a + dz * V[j]``: the head's series evaluated at
+    ``dz`` equals its loss at the moved scores."""
+    xp = backend.xp
+    head = get_head(name)
+    a, t = _case(backend, name, n=3, c=4)
+    rng = np.random.default_rng(2)
+    V = rng.standard_normal((1, 2, 4))  # (1, J, C): shared by the samples
+    dz = np.array([[2e-4, -3e-4], [1e-4, 5e-5], [-2e-4, 1e-4]])  # (N, J)
+    dz_steps = backend.from_host(np.stack([dz, -0.5 * dz]))  # (S, N, J)
+    terms = series.terms_for_linear(3e-4 * float(np.ptp(V)), np.finfo(float).eps)
+    cache = head.cache(a, t)
+    coefficients = head.series_coefficients(cache, slice(0, 3), [None, backend.from_host(V)], terms)
+
+    def per_sample(array):
+        return array[:, None, ...]
+
+    got = to_numpy(head.series_differences(cache, coefficients, dz_steps, per_sample, _Combine(xp)))
+    a_host = to_numpy(a)
+    for n in range(3):
+        for j in range(2):
+            losses = []
+            for step in (dz[n, j], -0.5 * dz[n, j]):
+                moved = a_host[n : n + 1] + step * V[0, j][None, :]
+                loss = head.losses(backend.from_host(moved), t[n : n + 1, ...])
+                losses.append(float(to_numpy(loss)[0]))
+            assert math.isclose(
+                float(got[n, j]), losses[0] - losses[1], rel_tol=1e-9, abs_tol=1e-15
+            ), (n, j)
+
+
+def test_unknown_head_is_one_clear_error():
+    with pytest.raises(ValueError, match="output='tanh' is not known"):
+        get_head("tanh")
+
+
+@pytest.mark.parametrize(
+    "name, t, error, words",
+    [
+        ("softmax", np.array([0, 7]), ValueError, "label"),
+        ("sigmoid", np.array([[0.5, 1.0], [0.0, 1.0]]), ValueError, "only 0 and 1"),
+        ("identity", np.array([[0, 1], [1, 0]]), TypeError, "float targets"),
+        ("identity", np.array([[np.nan, 1.0], [1.0, 0.0]]), ValueError, "NaN or inf"),
+    ],
+)
+def test_targets_that_do_not_fit_a_head(backend, name, t, error, words):
+    with pytest.raises(error, match=words):
+        get_head(name).targets(backend.from_host(t), 2, 2, backend.dtype)
