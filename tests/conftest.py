@@ -382,3 +382,16 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("skipped, by reason", sep="-")
         for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
             terminalreporter.write_line(f"{count:5d}  {reason}")
+
+
+def xp_assert_close(actual, desired, *, rtol, atol=0.0, backend=None, err_msg=""):
+    """``actual`` is ``desired`` to ``rtol`` normwise (``||a - d|| <= rtol *
+    max(||a||, ||d||) + atol``), and lives where it should: with ``backend``,
+    an array of that backend's library, on its device, in its dtype, of
+    ``desired``'s shape (``desired`` may be a host reference)."""
+    if backend is not None:
+        assert_on_backend(actual, backend, shape=tuple(np.shape(xpnet.to_numpy(desired))))
+    a, d = xpnet.to_numpy(actual), xpnet.to_numpy(desired)
+    assert a.shape == d.shape, (a.shape, d.shape, err_msg)
+    scale = max(np.linalg.norm(a), np.linalg.norm(d))
+    assert np.linalg.norm(a - d) <= rtol * scale + atol, (rel_error(a, d), rtol, err_msg)

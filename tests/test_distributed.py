@@ -24,7 +24,7 @@ from conftest import (
     make_multi,
     make_net,
     make_targets,
-    rel_error,
+    xp_assert_close,
 )
 
 import xpnet
@@ -57,7 +57,7 @@ def _assert_equal(got, expected, bound=1e-9):
     assert list(got) == list(expected)
     for name in expected:
         assert got[name].shape == expected[name].shape
-        assert rel_error(got[name], expected[name]) <= bound, name
+        xp_assert_close(got[name], expected[name], rtol=bound, err_msg=name)
 
 
 @pytest.mark.parametrize("method", METHODS)

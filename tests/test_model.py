@@ -15,7 +15,7 @@ from conftest import (
     make_multi,
     make_targets,
     ref_multi_gradient,
-    rel_error,
+    xp_assert_close,
 )
 
 import xpnet
@@ -32,7 +32,7 @@ def test_backprop_is_the_analytic_gradient(backend, output):
     grads = model.params_of(model.backprop(net.spec, net.checked_layers(), batch))
     expected = ref_multi_gradient(host_params(net), x, t, "relu", output, 0.02)
     for name in expected:
-        assert rel_error(grads[name], expected[name]) <= 1e-10, name
+        xp_assert_close(grads[name], expected[name], rtol=1e-10, backend=backend, err_msg=name)
 
 
 def test_a_network_without_hidden_layers_is_logistic_regression(backend):
@@ -45,8 +45,10 @@ def test_a_network_without_hidden_layers_is_logistic_regression(backend):
     exact = net.gradient(x, t)
     for name in loop:
         # backprop leaves out the book's +1e-7 inside the log: ~1e-6 relative
-        assert rel_error(loop[name], exact[name]) <= 1e-5, name
-        assert rel_error(net.numerical_gradient(x, t)[name], loop[name]) <= 1e-8, name
+        xp_assert_close(loop[name], exact[name], rtol=1e-5, backend=backend, err_msg=name)
+        xp_assert_close(
+            net.numerical_gradient(x, t)[name], loop[name], rtol=1e-8, backend=backend, err_msg=name
+        )
 
 
 def test_stacked_loss_is_the_loss_at_each_stacked_value(backend):

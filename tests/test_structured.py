@@ -20,6 +20,7 @@ from conftest import (
     ref_gradient,
     ref_multi_gradient,
     rel_error,
+    xp_assert_close,
 )
 
 import xpnet
@@ -56,7 +57,7 @@ def test_methods_equal_loop(backend, method, case):
     fast = net.numerical_gradient(x, t, method=method)
     for name in loop:
         assert_on_backend(fast[name], backend, shape=loop[name].shape)
-        assert rel_error(fast[name], loop[name]) <= 1e-7, name
+        xp_assert_close(fast[name], loop[name], rtol=1e-7, backend=backend, err_msg=name)
 
 
 def test_auto_is_the_structured_method(backend):
@@ -78,7 +79,7 @@ def test_complex_step_equals_exact_gradient_of_book_loss(backend, case):
     exact = ref_gradient(host_params(net), x, t, activation, log_eps=1e-7)
     got = net.numerical_gradient(x, _targets(t, sizes[2], one_hot), method="complex")
     for name in exact:
-        assert rel_error(got[name], exact[name]) <= 1e-12, name
+        xp_assert_close(got[name], exact[name], rtol=1e-12, backend=backend, err_msg=name)
 
 
 def test_complex_step_is_not_backprop_in_disguise(backend):
@@ -126,7 +127,7 @@ def test_chunking_and_threads_do_not_change_result(backend, xp, method):
     ]:
         other = _structured(net, x, t, method, **kwargs)
         for name in base:
-            assert rel_error(other[name], base[name]) <= bound, (kwargs, name)
+            xp_assert_close(other[name], base[name], rtol=bound, err_msg=(kwargs, name))
 
 
 def test_batched_chunk_sizes_agree(backend):
@@ -138,7 +139,7 @@ def test_batched_chunk_sizes_agree(backend):
     a = net.numerical_gradient(x, t, method="batched", chunk_size=1)
     b = net.numerical_gradient(x, t, method="batched", max_bytes=10**9)
     for name in a:
-        assert rel_error(a[name], b[name]) <= 1e-10
+        xp_assert_close(a[name], b[name], rtol=1e-10, backend=backend)
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
@@ -153,7 +154,9 @@ def test_repeated_input_values_are_shared_exactly(backend, activation):
     for method in ("structured", "complex"):
         fast = net.numerical_gradient(x, t, method=method)
         for name in loop:
-            assert rel_error(fast[name], loop[name]) <= 1e-7, (method, name)
+            xp_assert_close(
+                fast[name], loop[name], rtol=1e-7, backend=backend, err_msg=(method, name)
+            )
     # inputs with equal columns have equal W1 gradient rows, bit for bit
     x[:, 5] = x[:, 2]
     fast = xpnet.to_numpy(net.numerical_gradient(x, t)["W1"])
@@ -169,7 +172,7 @@ def test_inputs_all_zero_and_all_zero_features(backend):
         fast = net.numerical_gradient(batch, t)
         assert np.all(to_numpy(fast["W1"])[2] == 0.0)
         for name in loop:
-            assert rel_error(fast[name], loop[name]) <= 1e-7
+            xp_assert_close(fast[name], loop[name], rtol=1e-7, backend=backend)
 
 
 def test_float32_accuracy_is_as_documented(backend):
@@ -230,7 +233,7 @@ def test_out_of_memory_retries_only_the_failing_chunk(backend, monkeypatch, hidd
     assert len(caches) == 1  # the forward pass was not redone
     assert max(sizes) > 2 and sizes.count(1) + sizes.count(2) > len(hidden)  # halved
     for name in expected:
-        assert rel_error(got[name], expected[name]) <= 1e-13, name
+        xp_assert_close(got[name], expected[name], rtol=1e-13, backend=backend, err_msg=name)
 
 
 def test_out_of_memory_with_nothing_left_to_halve_propagates(monkeypatch):
@@ -274,7 +277,7 @@ def test_any_depth_methods_equal_loop(backend, method, case):
     assert list(fast) == list(loop) == list(net.params)
     for name in loop:
         assert_on_backend(fast[name], backend, shape=loop[name].shape)
-        assert rel_error(fast[name], loop[name]) <= 1e-7, name
+        xp_assert_close(fast[name], loop[name], rtol=1e-7, backend=backend, err_msg=name)
 
 
 @pytest.mark.parametrize("case", MULTI_CASES, ids=_multi_id)
@@ -286,7 +289,7 @@ def test_any_depth_complex_step_equals_exact_gradient(backend, case):
     exact = ref_multi_gradient(host_params(net), x, t, activation, output, decay, log_eps=1e-7)
     got = net.numerical_gradient(x, t, method="complex")
     for name in exact:
-        assert rel_error(got[name], exact[name]) <= 1e-12, name
+        xp_assert_close(got[name], exact[name], rtol=1e-12, backend=backend, err_msg=name)
 
 
 def test_any_depth_structured_equals_exact_gradient_within_central_difference_error(backend):
@@ -298,7 +301,7 @@ def test_any_depth_structured_equals_exact_gradient_within_central_difference_er
     exact = ref_multi_gradient(host_params(net), x, t, activation, output, 0.01, log_eps=1e-7)
     got = net.numerical_gradient(x, t)
     for name in exact:
-        assert rel_error(got[name], exact[name]) <= 1e-6, name
+        xp_assert_close(got[name], exact[name], rtol=1e-6, backend=backend, err_msg=name)
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
@@ -322,7 +325,7 @@ def test_relu_units_that_stay_off_are_skipped_not_lost(backend):
     loop = host_loop_gradient(net, x, t)
     fast = net.numerical_gradient(x, t)
     for name in loop:
-        assert rel_error(fast[name], loop[name]) <= 1e-7, name
+        xp_assert_close(fast[name], loop[name], rtol=1e-7, backend=backend, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -376,7 +379,7 @@ def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
     # the calling thread works beside two pool threads, on three blocks
     assert started == [2] and len(blocks) == 3 and sum(blocks) == 9
     for name in single:
-        assert rel_error(threaded[name], single[name]) <= _BLOCKS
+        xp_assert_close(threaded[name], single[name], rtol=_BLOCKS)
 
 
 def test_a_block_of_rows_that_are_zero_for_every_sample_is_zero(backend):
@@ -433,7 +436,7 @@ def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
     fast = net.numerical_gradient(x, t, h=1e-1)
     assert None in used
     for name in loop:
-        assert rel_error(fast[name], loop[name]) <= 1e-7, name
+        xp_assert_close(fast[name], loop[name], rtol=1e-7, backend=backend, err_msg=name)
 
 
 # ---- array operations: a GPU's kernel launches, counted (not timed) -------------

@@ -78,7 +78,10 @@ def test_a_sweep_scores_on_a_validation_split_and_never_reads_the_test_set(
     assert [r["trial"] for r in trials] == [0, 1, 2]
     for r in trials:
         assert (r["lr"], r["weight_decay"]) == trial_values(_small().checked(), r["trial"])
-        assert 0 <= r["val_acc"] <= 1 and 0 <= r["train_acc"] <= 1 and r["loss"] > 0
+        # accuracies are counts of hits: multiples of 1 / (samples scored)
+        n_val = round(_small().checked().validation * _small().checked().train_size)
+        assert abs(r["val_acc"] * n_val - round(r["val_acc"] * n_val)) < 1e-9
+        assert r["train_acc"] == r["train_acc_curve"][-1] and r["loss"] > 0
         assert len(r["val_acc_curve"]) == 2 and r["val_acc_curve"][-1] == r["val_acc"]
         assert r["seconds"] > 0 and r["worker"].startswith("inproc://")
         assert r["diverged"] is None
