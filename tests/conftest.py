@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -395,3 +396,79 @@ def xp_assert_close(actual, desired, *, rtol, atol=0.0, backend=None, err_msg=""
     assert a.shape == d.shape, (a.shape, d.shape, err_msg)
     scale = max(np.linalg.norm(a), np.linalg.norm(d))
     assert np.linalg.norm(a - d) <= rtol * scale + atol, (rel_error(a, d), rtol, err_msg)
+
+
+class _FakeCudaDevice:
+    """Stands in for ``cupy.cuda.Device``: an id, a context that makes it
+    current, equality by id."""
+
+    current = [0]
+
+    def __init__(self, device_id=None):
+        self.id = _FakeCudaDevice.current[-1] if device_id is None else int(device_id)
+
+    def __enter__(self):
+        _FakeCudaDevice.current.append(self.id)
+        return self
+
+    def __exit__(self, *exc):
+        _FakeCudaDevice.current.pop()
+
+    def __eq__(self, other):
+        return isinstance(other, _FakeCudaDevice) and other.id == self.id
+
+    def __hash__(self):
+        return hash(self.id)
+
+    def __repr__(self):
+        return f"<CUDA Device {self.id}>"
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A CuPy-like module named ``cupy`` (devices, memory queries, an ``ndarray``
+    with ``.get()``, the OOM error, memory hooks), so that the code paths only a
+    GPU takes run on a CPU. It computes nothing: it answers what xpnet asks."""
+    import types
+
+    cupy = types.ModuleType("cupy")
+
+    class ndarray:  # noqa: N801 - CuPy's name, which array-api-compat looks for
+        def __init__(self, host):
+            self.host = np.asarray(host)
+
+        def get(self):
+            return self.host.copy()
+
+    ndarray.__module__ = "cupy"
+
+    class OutOfMemoryError(MemoryError):
+        pass
+
+    class MemoryHook:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    class Pool:
+        def free_bytes(self):
+            return 2**20
+
+    cuda = types.SimpleNamespace(
+        Device=_FakeCudaDevice,
+        MemoryHook=MemoryHook,
+        memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+        runtime=types.SimpleNamespace(
+            memGetInfo=lambda: (3 * 2**30, 8 * 2**30),
+            getDeviceProperties=lambda i: {"name": f"Fake GPU {i}".encode()},
+        ),
+    )
+    cupy.ndarray, cupy.cuda = ndarray, cuda
+    cupy.get_default_memory_pool = Pool
+    for name in ("float64", "float32", "complex128", "complex64"):
+        setattr(cupy, name, np.dtype(name))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    # the module is also the namespace: array-api-compat recognises CuPy by name
+    return types.SimpleNamespace(module=cupy, xp=cupy)

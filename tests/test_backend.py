@@ -174,3 +174,34 @@ def test_a_training_run_steps_in_the_device_context(monkeypatch):
     config = TrainConfig(hidden=8, batch_size=50, iters=30, seed=0)
     h = train(config, data=load_digits(), log=None, progress=False).history
     assert h["iters_done"] == 30 and fake.depth == 0 and fake.entered >= 1
+
+
+# ---- the CuPy branches, on a CuPy-like stand-in (no GPU needed) ------------------
+def test_cupy_devices_resolve_from_every_spelling(fake_cupy):
+    from xpnet.backend import _resolve_device
+
+    Device = fake_cupy.module.cuda.Device
+    assert _resolve_device("cupy", fake_cupy.xp, None) == Device(0)
+    for spelling in (1, "1", "cuda:1", "gpu:1", Device(1)):
+        assert _resolve_device("cupy", fake_cupy.xp, spelling) == Device(1)
+
+
+def test_a_cupy_array_comes_to_the_host_with_get(fake_cupy):
+    from xpnet.backend import to_numpy
+
+    host = np.arange(6.0).reshape(2, 3)
+    copy = to_numpy(fake_cupy.module.ndarray(host))
+    assert isinstance(copy, np.ndarray) and np.array_equal(copy, host)
+
+
+def test_a_cupy_backend_sends_workers_to_their_own_gpu(fake_cupy):
+    from xpnet.backend import Backend
+    from xpnet.distributed import WorkerSpec
+    from xpnet.model import ModelSpec
+
+    device = fake_cupy.module.cuda.Device(1)
+    backend = Backend("cupy", fake_cupy.xp, device, fake_cupy.xp.float64, context=device)
+    assert backend.on_gpu and backend.worker_device() is None
+    assert WorkerSpec.of(ModelSpec((4, 3, 2)), backend).device is None
+    with backend.activate():
+        assert fake_cupy.module.cuda.Device() == device  # current inside the context

@@ -66,3 +66,20 @@ def test_the_allocator_is_tuned_once_unless_the_user_says_otherwise():
 
 def test_tune_host_allocator_returns_a_bool():
     assert tune_host_allocator() in (True, False)
+
+
+# ---- the CuPy branches, on a CuPy-like stand-in (no GPU needed) ------------------
+def test_cupy_free_memory_counts_the_pool(fake_cupy):
+    free = device.free_memory(fake_cupy.xp, fake_cupy.module.cuda.Device(1))
+    assert free == 3 * 2**30 + 2**20
+
+
+def test_cupy_out_of_memory_is_a_chunk_that_did_not_fit(fake_cupy):
+    errors = out_of_memory_errors(fake_cupy.xp)
+    assert fake_cupy.module.cuda.memory.OutOfMemoryError in errors and MemoryError in errors
+
+
+def test_cupy_device_names_and_peak_memory_hook(fake_cupy):
+    assert device.device_name(fake_cupy.xp, fake_cupy.module.cuda.Device(2)) == "Fake GPU 2"
+    result, peak, how = device.track_peak_memory(fake_cupy.xp, None, lambda: 7)
+    assert (result, peak, how) == (7, 0, "cupy memory hook")
