@@ -400,16 +400,18 @@ def test_a_params_file_with_sizes_of_the_wrong_length_is_refused(tmp_path):
 
 
 def test_train_and_gradcheck_flags_are_generated_from_train_config():
-    """Every TrainConfig field with flag metadata is an option of the commands it
-    names, and the flags' defaults give TrainConfig's defaults."""
+    """Every TrainConfig field has its flag (xpnet.cli.FLAGS), an option of the
+    commands it names, and the flags' defaults give TrainConfig's defaults."""
     from dataclasses import fields
 
-    from xpnet.cli import _config, parse_args
-    from xpnet.train import TrainConfig
+    from xpnet.cli import FLAGS, parse_args
+    from xpnet.commands import _config
+    from xpnet.config import TrainConfig
 
+    assert set(FLAGS) == {f.name for f in fields(TrainConfig)}
     for command in ("train", "gradcheck"):
         args = parse_args([command])
-        offered = {f.name for f in fields(TrainConfig) if command in f.metadata["commands"]}
+        offered = {f.name for f in fields(TrainConfig) if command in FLAGS[f.name]["commands"]}
         assert offered <= set(vars(args))
         config = _config(args)
         for f in fields(TrainConfig):

@@ -17,7 +17,7 @@ TIERS = {
         "gradcheck"],
     5: ["network", "two_layer"],
     6: ["config", "train", "sweep", "bench"],
-    7: ["cli", "__init__"],
+    7: ["cli", "commands", "__init__"],
 }  # fmt: skip
 TIER = {module: tier for tier, modules in TIERS.items() for module in modules}
 MODULES = {path.stem: path for path in PACKAGE.glob("*.py")}

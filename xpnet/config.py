@@ -1,26 +1,23 @@
-"""What defines a training run: :class:`TrainConfig`, whose fields are also the
-command line's flags.
+"""What defines a training run: :class:`TrainConfig`.
 
 Rules of this module:
 
 * A config holds plain values (``json``-serialisable with ``asdict``); ``None``
   fields get the dataset's defaults in :meth:`TrainConfig.resolved`, which also
   validates every field once, before anything is loaded or written.
-* Each field's metadata (help, choices, how its text is parsed, which commands
-  offer it) is its flag: :mod:`xpnet.cli` generates the ``train``,
-  ``gradcheck`` and ``sweep`` options from it.
+* Every field is also a flag of the command line: the flags' words (help,
+  choices, how the text is parsed, which commands offer them) are
+  :mod:`xpnet.cli`'s, not this module's.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from . import checks
 from .checks import check_size
 from .datasets import DATASETS
-from .dtypes import DTYPES
-from .functions import ACTIVATIONS
 from .heads import HEADS
 from .network import METHODS, check_init
 from .optimizers import OPTIMIZERS, make_optimizer
@@ -28,20 +25,6 @@ from .optimizers import OPTIMIZERS, make_optimizer
 __all__ = ["TrainConfig", "GRADS"]
 
 GRADS = ("numerical", "backprop")
-# the commands a flag belongs to: all three; training only (train and the sweep's
-# trials); and the two the sweep draws instead of taking
-_ALL = ("train", "gradcheck", "sweep")
-_TRAIN = ("train", "sweep")
-
-
-def _flag(help_text, choices=None, *, kind="str", commands=_ALL, **more):
-    """Metadata of a TrainConfig field that the command line offers as a flag.
-
-    ``kind`` names how the text of the flag is parsed (``xpnet.cli`` holds the
-    parsers); ``flag`` overrides ``--field-name``; fields with the same
-    ``exclusive`` exclude each other.
-    """
-    return {"help": help_text, "choices": choices, "kind": kind, "commands": commands, **more}
 
 
 @dataclass
@@ -57,116 +40,28 @@ class TrainConfig:
     ``weight_init_std`` a float or ``"he"``/``"relu"``/``"xavier"``/``"sigmoid"``;
     ``output`` the head; ``weight_decay`` the ``lambda`` of the decay term.
 
-    Each field's metadata (help, choices, how to parse it) is also its flag: the
-    ``train`` and ``gradcheck`` commands generate their options from this class.
+    Every field is also a flag of the command line (:data:`xpnet.cli.FLAGS`).
     """
 
-    dataset: str = field(
-        default="digits",
-        metadata=_flag("data set; digits is embedded (scikit-learn), no download", DATASETS),
-    )
-    data_dir: str | None = field(
-        default=None,
-        metadata=_flag("directory with the four IDX files (mnist, fashion-mnist)"),
-    )
-    backend: str = field(
-        default="numpy",
-        metadata=_flag("numpy, cupy, torch, array_api_strict or jax (pip install 'xpnet[jax]')"),
-    )
-    device: str | None = field(
-        default=None,
-        metadata=_flag("backend device, e.g. cuda:0 (torch), 0 (cupy)"),
-    )
-    dtype: str = field(default="float64", metadata=_flag("floating dtype", tuple(DTYPES)))
-    grad: str = field(
-        default="numerical",
-        metadata=_flag("gradient used for the updates", GRADS, commands=_TRAIN),
-    )
-    method: str = field(
-        default="auto",
-        metadata=_flag(
-            "numerical-gradient method (auto = structured); used with --grad numerical "
-            "(train) and by gradcheck, ignored by --grad backprop",
-            METHODS,
-        ),
-    )
-    hidden: int | list = field(
-        default=50,
-        metadata=_flag("hidden units, one number per hidden layer, e.g. 100,100", kind="sizes"),
-    )
-    activation: str = field(
-        default="sigmoid", metadata=_flag("hidden activation", tuple(ACTIVATIONS))
-    )
-    output: str = field(
-        default="softmax",
-        metadata=_flag(
-            "head: softmax (labels), sigmoid (0/1 outputs), identity (regression)",
-            tuple(sorted(HEADS)),
-        ),
-    )
-    weight_decay: float = field(
-        default=0.0,
-        metadata=_flag(
-            "lambda of the decay term 0.5*lambda*sum ||W||^2",
-            kind="non_negative_float",
-            commands=("train", "gradcheck"),
-        ),
-    )
-    optimizer: str = field(
-        default="sgd",
-        metadata=_flag(
-            "the book's chapter 6 optimizers", tuple(sorted(OPTIMIZERS)), commands=_TRAIN
-        ),
-    )
-    lr: float | None = field(
-        default=None,
-        metadata=_flag(
-            "learning rate (default: 0.1, the book's, for SGD; 0.5 on digits; "
-            "the book's defaults for the other optimizers)",
-            kind="positive_float",
-            commands=("train",),
-        ),
-    )
-    batch_size: int = field(
-        default=100,
-        metadata=_flag(
-            "minibatch size (gradcheck: the first samples of the training set it checks on)",
-            kind="positive_int",
-        ),
-    )
-    iters: int | None = field(
-        default=None,
-        metadata=_flag(
-            "iterations (default: 1000 on digits, 10000 otherwise)",
-            kind="positive_int",
-            commands=_TRAIN,
-            exclusive="length",
-        ),
-    )
-    epochs: int | None = field(
-        default=None,
-        metadata=_flag(
-            "epochs of ceil(N / batch-size) iterations",
-            kind="positive_int",
-            commands=_TRAIN,
-            exclusive="length",
-        ),
-    )
-    seed: int = field(default=0, metadata=_flag("seed of weights and minibatches", kind="int"))
-    weight_init_std: float | str = field(
-        default=0.01,
-        metadata=_flag(
-            "initial weight std, or he/relu (sqrt(2/n)) or xavier/sigmoid (sqrt(1/n))",
-            kind="init",
-            flag="--init",
-        ),
-    )
-    eval_batch: int = field(
-        default=10_000,
-        metadata=_flag(
-            "samples per batch when evaluating a whole set", kind="positive_int", commands=_TRAIN
-        ),
-    )
+    dataset: str = "digits"
+    data_dir: str | None = None
+    backend: str = "numpy"
+    device: str | None = None
+    dtype: str = "float64"
+    grad: str = "numerical"
+    method: str = "auto"
+    hidden: int | list = 50
+    activation: str = "sigmoid"
+    output: str = "softmax"
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    lr: float | None = None
+    batch_size: int = 100
+    iters: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    weight_init_std: float | str = 0.01
+    eval_batch: int = 10_000
 
     def resolved(self, train_size: int) -> TrainConfig:
         """A copy with defaults filled in and every field validated."""
