@@ -1,8 +1,10 @@
-"""The ``xpnet`` command line: ``train``, ``gradcheck`` and ``bench``.
+"""The ``xpnet`` command line: ``train``, ``gradcheck``, ``sweep`` and ``bench``.
 
 Rules of this module: argparse only; every flag has its default in ``--help``;
-bad input (unknown data set, missing files, bad values) prints one line
-``xpnet: error: ...`` and exits with status 2, without a traceback.
+the words of every TrainConfig flag are here (:data:`FLAGS`), their values are
+checked by :mod:`xpnet.checks`' validators; bad input (unknown data set,
+missing files, bad values) prints one line ``xpnet: error: ...`` and exits with
+status 2, without a traceback. What a command does is :mod:`xpnet.commands`.
 """
 
 from __future__ import annotations
