@@ -1,9 +1,10 @@
-"""The book's 784-50-10 default numerical gradient: this checkout against an older one.
+"""The default numerical gradient of the benchmark nets: this checkout against an older one.
 
 Each side runs in its own child process (both are packages named ``xpnet``),
-alternating ``--rounds`` times, each child timing ``--repeats`` gradients after a
-warm-up, on the first 100 Fashion-MNIST images (synthetic MNIST-like without
-them). Prints medians and min-max and writes JSON.
+alternating ``--rounds`` times, each child timing ``--repeats`` gradients of every
+net after a warm-up, on the first 100 Fashion-MNIST images (128 for the Keras
+net; synthetic MNIST-like without them). Both sides run with their own defaults
+(threads included). Prints medians and min-max and writes JSON.
 
     git worktree add /tmp/xpnet-before 49c1adf
     OPENBLAS_NUM_THREADS=1 python scripts/bench_before_after.py --baseline-src /tmp/xpnet-before
@@ -29,19 +30,32 @@ from xpnet.io import save_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
+NETS = {
+    # name: (hidden sizes, activation, batch)
+    "784-50-10 sigmoid (book)": ([50], "sigmoid", 100),
+    "784-100-100-10 relu": ([100, 100], "relu", 100),
+    "784-100-100-10 sigmoid": ([100, 100], "sigmoid", 100),
+    "784-512-10 relu (Keras)": ([512], "relu", 128),
+}
+
 _CHILD = """
 import json, sys, time
 import numpy as np, xpnet
+assert xpnet.__file__.startswith(sys.argv[5]), (xpnet.__file__, sys.argv[5])
+repeats, seed, nets = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[4])
 batch = np.load(sys.argv[3])
-x, t = batch["x"], batch["t"]
-net = xpnet.TwoLayerNet(784, 50, 10, seed=int(sys.argv[2]))
-net.numerical_gradient(x, t)
-times = []
-for _ in range(int(sys.argv[1])):
-    start = time.perf_counter()
+out = {}
+for name, (hidden, activation, n) in nets.items():
+    x, t = batch["x"][:n], batch["t"][:n]
+    net = xpnet.MultiLayerNet(784, hidden, 10, activation, 0.01, seed=seed)
     net.numerical_gradient(x, t)
-    times.append(time.perf_counter() - start)
-print(json.dumps(times))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        net.numerical_gradient(x, t)
+        times.append(time.perf_counter() - start)
+    out[name] = times
+print(json.dumps(out))
 """
 
 
@@ -53,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=4, help="alternations of the two sides")
     p.add_argument("--repeats", type=int, default=7, help="timed gradients per child")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights")
+    p.add_argument("--nets", default=",".join(NETS), help="networks to time (comma-separated)")
     p.add_argument("--out", default="bench-out/before-after.json", help="JSON output")
     return p.parse_args(argv)
 
@@ -62,17 +77,29 @@ def _batch(path: Path) -> Path:
     baseline has no say in the data)."""
     try:
         (x, t), _ = xpnet.load_fashion_mnist()
-        x, t = x[:100].astype("float64"), t[:100]
+        x, t = x[:128].astype("float64"), t[:128]
     except xpnet.datasets.DataNotFoundError:
-        x, t = mnist_like_batch(100, 784, 10)
+        x, t = mnist_like_batch(128, 784, 10)
     np.savez(path, x=x, t=t)
     return path
 
 
-def _child(source: str, repeats: int, seed: int, batch: Path) -> list[float]:
+def _child(source: str, repeats: int, seed: int, batch: Path, nets: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=source)
+    # run from the batch's scratch directory: `python -c` puts the working
+    # directory first on sys.path, and from a checkout that is its own xpnet
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(repeats), str(seed), str(batch)],
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(repeats),
+            str(seed),
+            str(batch),
+            json.dumps(nets),
+            source,
+        ],
+        cwd=batch.parent,
         env=env,
         capture_output=True,
         text=True,
@@ -86,17 +113,20 @@ def main(argv=None) -> int:
     if not Path(args.baseline_src, "xpnet").is_dir():
         print(f"bench_before_after: no xpnet package in {args.baseline_src}", file=sys.stderr)
         return 2
-    sides = {"before": args.baseline_src, "now": str(ROOT)}
-    times = {name: [] for name in sides}
+    sides = {"before": str(Path(args.baseline_src).resolve()), "now": str(ROOT)}
+    nets = {name.strip(): NETS[name.strip()] for name in args.nets.split(",")}
+    times = {(side, net): [] for side in sides for net in nets}
     with tempfile.TemporaryDirectory() as scratch:
         batch = _batch(Path(scratch) / "batch.npz")
         for _ in range(args.rounds):
-            for name, source in sides.items():
-                times[name] += _child(source, args.repeats, args.seed, batch)
+            for side, source in sides.items():
+                for net, values in _child(source, args.repeats, args.seed, batch, nets).items():
+                    times[(side, net)] += values
     rows = []
-    for name, values in times.items():
+    for (side, net), values in times.items():
         row = {
-            "side": name,
+            "net": net,
+            "side": side,
             "median_s": statistics.median(values),
             "min_s": min(values),
             "max_s": max(values),
@@ -104,7 +134,7 @@ def main(argv=None) -> int:
         }
         rows.append(row)
         print(
-            f"{name:<7} median {row['median_s'] * 1e3:.1f} ms, "
+            f"{net:<26} {side:<7} median {row['median_s'] * 1e3:8.1f} ms, "
             f"min-max {row['min_s'] * 1e3:.1f}-{row['max_s'] * 1e3:.1f} ms (n={row['n']})"
         )
     info = machine_info([("numpy", None)])

@@ -158,6 +158,7 @@ def test_bench_before_after_against_this_checkout(tmp_path, capsys):
     out = tmp_path / "ab.json"
     root = str(SCRIPTS.parent)
     args = ["--baseline-src", root, "--rounds", "1", "--repeats", "1", "--out", str(out)]
+    args += ["--nets", "784-50-10 sigmoid (book)"]
     assert _load("bench_before_after").main(args) == 0
     rows = {r["side"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"before", "now"} and all(r["n"] == 1 for r in rows.values())
