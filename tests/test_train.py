@@ -320,3 +320,17 @@ def test_plot_history_is_a_figure_of_the_curves(digits):
     fig = xpnet.plot_history(history)
     assert len(fig.axes) == 2
     assert len(fig.axes[0].lines[0].get_xdata()) == 30
+
+
+def test_resume_refuses_another_method_or_backend(tmp_path, digits):
+    train(_small(iters=29), data=digits, out=tmp_path, log=None, progress=False)
+    for change in (dict(method="complex"), dict(backend="array_api_strict")):
+        with pytest.raises(ValueError, match="different settings"):
+            train(
+                _small(iters=58, **change),
+                data=digits,
+                out=tmp_path,
+                resume=True,
+                log=None,
+                progress=False,
+            )

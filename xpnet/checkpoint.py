@@ -40,6 +40,9 @@ SETTINGS = (
     "grad",
     "dtype",
     "weight_init_std",
+    # what the history records of the run: a resumed run must be the same run
+    "method",
+    "backend",
 )
 
 

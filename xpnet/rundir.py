@@ -2,10 +2,11 @@
 
 Rules of this module:
 
-* A run takes the directory's lock (``.xpnet.lock``, created with ``O_EXCL``,
-  holding the writer's pid) before anything is written, and gives it back at the
-  end. A lock whose process is gone is stale and is taken over; a live one is
-  refused: two runs never write one directory.
+* A run takes the directory's lock before anything is written and gives it back
+  at the end: an OS lock (``fcntl.flock``) on ``.xpnet.lock``, which holds the
+  writer's pid for the message. The kernel releases it when the process ends,
+  however it ends: a second run is refused while the first lives, and never
+  after. Two runs never write one directory.
 * A directory that already holds a run's outputs is refused unless the run
   resumes it (``resume``) or replaces it on purpose (``force``).
 * The directory is created and proven writable (the lock file itself) before any
@@ -32,16 +33,6 @@ class RunDirectoryError(ValueError):
     """The output directory cannot be used for this run (the message says why)."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 class RunDirectory:
     """Context manager owning ``path`` for one run.
 
@@ -57,11 +48,16 @@ class RunDirectory:
     """
 
     def __init__(self, path, *, resume=False, force=False, outputs=OUTPUTS):
+        if resume and force:
+            raise RunDirectoryError(
+                "--resume continues the run in --out and --force replaces it: give one"
+            )
         self.path = Path(path)
         self.outputs = tuple(outputs)
         self.resume = resume
         self.force = force
         self._lock = self.path / LOCK
+        self._fd = None  # the open, locked lock file while the run holds it
         self.replaced = []  # an earlier run's outputs removed because of ``force``
 
     def __enter__(self) -> RunDirectory:
@@ -96,38 +92,52 @@ class RunDirectory:
         self._release()
 
     def _take_lock(self) -> None:
-        for _ in range(2):
+        """An OS lock (``flock``) on ``.xpnet.lock``, held for the run: the kernel
+        releases it when the process ends however it ends, so there is no stale
+        lock to judge by pid (and no pid reuse to be fooled by)."""
+        import fcntl  # POSIX: xpnet's run directories need it
+
+        for _ in range(3):
             try:
-                fd = os.open(self._lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(self._lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid == os.getpid():
-                    raise RunDirectoryError(
-                        f"--out {self.path} is already open in this process: pass the open "
-                        "RunDirectory instead of its path"
-                    ) from None
-                if pid and _alive(pid):
-                    raise RunDirectoryError(
-                        f"--out {self.path} is being written by another xpnet run (pid {pid}); "
-                        "wait for it or use another --out"
-                    ) from None
-                self._lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
+                fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise RunDirectoryError(
                     f"--out {self.path} is not writable ({exc.strerror or exc})"
                 ) from None
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
-            return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                if holder == str(os.getpid()):
+                    raise RunDirectoryError(
+                        f"--out {self.path} is already open in this process: pass the open "
+                        "RunDirectory instead of its path"
+                    ) from None
+                raise RunDirectoryError(
+                    f"--out {self.path} is being written by another xpnet run "
+                    f"(pid {holder or '?'}); wait for it or use another --out"
+                ) from None
+            # its last holder may have removed the file after we opened it: a lock
+            # on a file no longer at the path locks nothing
+            try:
+                current = os.stat(self._lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return
+            os.close(fd)
         raise RunDirectoryError(f"--out {self.path}: could not take its lock {self._lock}")
 
     def _release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
         try:
-            if self._lock.read_text().strip() == str(os.getpid()):
-                self._lock.unlink()
+            self._lock.unlink()  # while still holding it: the next run starts afresh
         except OSError:
             pass
+        os.close(fd)  # releases the lock
