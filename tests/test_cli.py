@@ -243,18 +243,24 @@ def test_a_new_run_does_not_replace_an_earlier_one(tmp_path, capsys):
     assert not (out / ".xpnet.lock").exists()
 
 
-def test_a_directory_locked_by_a_live_run_is_refused_and_a_stale_lock_taken(tmp_path, capsys):
+def test_a_directory_locked_by_a_live_run_is_refused_and_freed_when_it_dies(tmp_path, capsys):
     out = tmp_path / "locked"
-    out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = (
+        "import sys, time\nfrom xpnet.rundir import RunDirectory\n"
+        "with RunDirectory(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        (out / ".xpnet.lock").write_text(f"{sleeper.pid}\n")
+        assert holder.stdout.readline().strip() == "held"
         assert main(_quick(out)) == 2
-        assert f"another xpnet run (pid {sleeper.pid})" in _err_line(capsys)
+        assert f"another xpnet run (pid {holder.pid})" in _err_line(capsys)
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert main(_quick(out)) == 0  # its process is gone: the lock is stale
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert main(_quick(out)) == 0  # its process is gone, and the kernel freed its lock
     assert not (out / ".xpnet.lock").exists()
 
 

@@ -213,8 +213,10 @@ def _write(directory, name, array):
         ("train-images-idx3-ubyte.gz", -np.ones((6, 28, 28), np.int16), "unsigned bytes"),
         ("train-images-idx3-ubyte.gz", np.full((6, 28, 28), 2.0, np.float32), "unsigned bytes"),
         ("t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), np.uint8), "holds no images"),
+        ("train-images-idx3-ubyte.gz", np.zeros((6, 0, 0), np.uint8), "images of 0x0 pixels"),
+        ("t10k-images-idx3-ubyte.gz", np.zeros((4, 10, 10), np.uint8), "test images of 10x10"),
     ],
-    ids=["label-range", "rank", "negative", "float-pixels", "empty"],
+    ids=["label-range", "rank", "negative", "float-pixels", "empty", "no-pixels", "other-size"],
 )
 def test_bad_idx_content_is_refused_naming_the_file(tmp_path, name, array, match):
     directory = tmp_path / "d"

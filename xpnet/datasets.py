@@ -151,6 +151,8 @@ def _check_set(images, labels, image_file, label_file):
         )
     if images.shape[0] == 0:
         raise IdxError(f"{image_file}: holds no images")
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise IdxError(f"{image_file}: images of {images.shape[1]}x{images.shape[2]} pixels")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise IdxError(
             f"{label_file}: labels must be 1-D integers, got {labels.shape} {labels.dtype}"
@@ -213,6 +215,13 @@ def _load_idx_set(directories, normalize, flatten, one_hot_label, download=None,
         ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
     ):
         _check_set(arrays[images], arrays[labels], found[images], found[labels])
+    train_shape = arrays["train-images-idx3-ubyte.gz"].shape[1:]
+    test_shape = arrays["t10k-images-idx3-ubyte.gz"].shape[1:]
+    if train_shape != test_shape:
+        raise IdxError(
+            f"{found['t10k-images-idx3-ubyte.gz']}: test images of {test_shape[0]}x{test_shape[1]} "
+            f"pixels beside training images of {train_shape[0]}x{train_shape[1]}"
+        )
     train = _convert(
         arrays["train-images-idx3-ubyte.gz"],
         arrays["train-labels-idx1-ubyte.gz"],
