@@ -4,6 +4,8 @@ the README's printed output is what the example really prints."""
 import contextlib
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,35 @@ def test_printout_comparison_can_fail():
 _SLOW_DOCS = {"index.md", "distributed.md"}
 
 
+def _examples(text):
+    """``(code, expected output or None)`` of every Python block: a ``text``
+    block right after it (at most a few lines of prose between) is its output."""
+    fences = list(re.finditer(r"```(\w*)\n(.*?)```", text, flags=re.S))
+    examples = []
+    for here, after in zip(fences, [*fences[1:], None], strict=True):
+        if here.group(1) != "python":
+            continue
+        expected = None
+        if after is not None and after.group(1) == "text":
+            between = text[here.end() : after.start()].strip().splitlines()
+            if len(between) <= 3:
+                expected = after.group(2)
+        examples.append((here.group(2), expected))
+    return examples
+
+
+def _run_as_script(code, directory):
+    """Run ``code`` as ``python script.py`` would (a missing ``__main__`` guard
+    around worker processes fails), in ``directory``; its printed output."""
+    script = Path(directory) / "example.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=directory, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -71,9 +102,21 @@ _SLOW_DOCS = {"index.md", "distributed.md"}
         for p in DOCS
     ],
 )
-def test_doc_code_blocks_run(path):
-    for code in _blocks(path.read_text(), "python"):
-        _run(code)
+def test_doc_examples_run_as_scripts_and_print_what_the_page_says(path, tmp_path):
+    for code, expected in _examples(path.read_text()):
+        out = _run_as_script(code, tmp_path)
+        if expected is not None:
+            _same_printout(out, expected, rel=2e-3)
+
+
+def test_an_example_that_needs_a_main_guard_fails_without_one(tmp_path):
+    code = (
+        "import multiprocessing as mp\n"
+        "ctx = mp.get_context('spawn')\n"
+        "p = ctx.Process(target=print)\np.start()\np.join()\nassert p.exitcode == 0\n"
+    )
+    with pytest.raises(AssertionError):
+        _run_as_script(code, tmp_path)
 
 
 def test_docs_exist_and_are_linked_from_readme():
