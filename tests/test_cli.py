@@ -292,7 +292,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     # batch 100: epochs of 15 iterations, a checkpoint before the interruption
     assert main(_quick(tmp_path / "c", "--iters", "40", "--batch-size", "100")) == 130
     err = capsys.readouterr().err
-    assert "interrupted at iteration 19" in err and "iteration 15" in err and "--resume" in err
+    assert "xpnet: interrupted: at iteration 19" in err
+    assert "iteration 15" in err and "--resume" in err
     assert not (tmp_path / "c" / ".xpnet.lock").exists()
 
 
@@ -433,3 +434,25 @@ def test_train_and_gradcheck_flags_are_generated_from_train_config():
             assert getattr(swept, f.name) == BOOK_SEARCH.get(f.name, f.default), f.name
     config = _config(parse_args(["train", "--init", "he", "--eval-batch", "7", "--hidden", "4,3"]))
     assert (config.weight_init_std, config.eval_batch, config.hidden) == ("he", 7, [4, 3])
+
+
+def test_the_default_out_never_collides_and_errors_come_before_any_directory(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    quick = ["train", "--iters", "3", "--hidden", "5", "--no-progress"]
+    assert main(quick) == 0
+    assert main(quick) == 0
+    assert (tmp_path / "runs" / "digits" / "history.json").is_file()
+    assert (tmp_path / "runs" / "digits-2" / "history.json").is_file()
+    assert "runs/digits-2" in capsys.readouterr().out
+    # a backend that is not installed: one line, and no directory made for it
+    assert main([*quick, "--backend", "jax_not_a_backend", "--out", "runs/bad"]) == 2
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path, capsys):
+    out = tmp_path / "diverges"
+    assert main(["train", "--iters", "30", "--lr", "1e9", "--out", str(out), "--no-progress"]) == 2
+    assert "diverged" in _err_line(capsys)
+    assert not out.exists()

@@ -173,3 +173,10 @@ def test_memory_budget_is_capped_at_half_the_free_device_memory(monkeypatch):
     monkeypatch.setattr(gradient, "free_memory", lambda xp, device: None)
     assert gradient.memory_budget(xp, "cpu") == gradient.DEFAULT_HOST_BYTES
     assert gradient.memory_budget(xp, "cpu", host_default=123) == 123
+
+
+def test_the_float32_step_warning_points_at_the_callers_line():
+    net = xpnet.TwoLayerNet(4, 3, 2, dtype="float32", seed=0)
+    with pytest.warns(UserWarning, match="swamps the gradient") as caught:
+        net.numerical_gradient(np.ones((2, 4)), np.array([0, 1]), h=1e-4)
+    assert caught[0].filename == __file__

@@ -83,6 +83,7 @@ def test_terms_for_linear_leave_out_less_than_the_rounding(bound):
 def test_no_term_count_where_the_series_cannot_be_proven_exact():
     eps = np.finfo(float).eps
     assert series.terms_for_linear(5.0, eps) is None
+    assert series.terms_for_linear(1e300, eps) is None  # no overflow: huge weights
     assert series.terms_for_linear(float("nan"), eps) is None
     assert series.terms_for_cauchy(0.5, eps) is None
     assert series.terms_for_cauchy(0.4, eps, growth=2.0) is None  # needs > 8 terms

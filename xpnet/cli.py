@@ -27,7 +27,7 @@ __all__ = ["main", "parse_args", "FLAGS"]
 
 # every error a user can cause, including OSError (a bad --out, a full disk):
 # one line, exit 2
-_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError, KeyError)
+_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError, KeyError, ArithmeticError)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -14,7 +14,19 @@ from pathlib import Path
 
 from .network import METHODS
 
-__all__ = ["train", "gradcheck", "sweep", "bench"]
+__all__ = ["train", "gradcheck", "sweep", "bench", "fresh_run_directory"]
+
+
+def fresh_run_directory(base: Path) -> Path:
+    """``base`` if nothing is there yet, else the first free ``base-2``,
+    ``base-3``, ... (the default ``--out``: a new run never collides with an
+    earlier one; an explicit ``--out`` keeps the refuse/--resume/--force rules)."""
+    if not base.exists():
+        return base
+    k = 2
+    while base.with_name(f"{base.name}-{k}").exists():
+        k += 1
+    return base.with_name(f"{base.name}-{k}")
 
 
 def _config(args):
@@ -28,13 +40,16 @@ def _config(args):
 
 
 def train(args) -> int:
+    from .backend import resolve_backend
     from .datasets import dataset_source, load_dataset
     from .train import train
 
     config = _config(args)
     data = load_dataset(config.dataset, path=config.data_dir)
     resolved = config.resolved(len(data[0][1]))
-    out = Path(args.out or Path("runs") / args.dataset)
+    # every error of the configuration before any directory is touched
+    resolve_backend(resolved.backend, resolved.device, resolved.dtype)
+    out = Path(args.out) if args.out else fresh_run_directory(Path("runs") / args.dataset)
     print("xpnet train")
     for key, value in asdict(resolved).items():
         print(f"  {key:<16}{value}")
@@ -45,9 +60,6 @@ def train(args) -> int:
     print(f"  {'data from':<16}{dataset_source(config.dataset, path=config.data_dir)}")
     print(f"  {'out':<16}{out}")
     if args.dry_run:
-        from .backend import resolve_backend
-
-        resolve_backend(resolved.backend, resolved.device, resolved.dtype)  # as train() will
         print("dry run: configuration and data are valid; nothing trained or written")
         return 0
     from .rundir import RunDirectory

@@ -69,7 +69,7 @@ def resolve_step(h, dtype, xp, *, complex_step=False) -> float:
             f"gradient; use the default h=None ({info.central_step:.2g}), "
             "float64, or method='complex'",
             UserWarning,
-            stacklevel=3,
+            stacklevel=_outside_xpnet(),
         )
     return h
 
@@ -254,3 +254,15 @@ def _check_complex_step(h: float, dtype_name: str) -> None:
             f"h={h:g} cannot give a {dtype_name} complex step: use {low:g} <= h <= {high:g} "
             "(default h=None: 1e-20)"
         )
+
+
+def _outside_xpnet() -> int:
+    """The ``stacklevel`` of a warning that points at the first caller outside
+    the package (the user's line, however deep the call came in)."""
+    import inspect
+
+    package = __name__.rsplit(".", 1)[0]
+    frame, level = inspect.currentframe().f_back, 1  # the caller of this function: level 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(package + "."):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -58,12 +58,14 @@ class RunDirectory:
         self.force = force
         self._lock = self.path / LOCK
         self._fd = None  # the open, locked lock file while the run holds it
+        self._created = False  # this run made the directory
         self.replaced = []  # an earlier run's outputs removed because of ``force``
 
     def __enter__(self) -> RunDirectory:
         path = self.path
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"--out {path} is a file, not a directory")
+        self._created = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -88,8 +90,14 @@ class RunDirectory:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self._release()
+        if kind is not None and self._created:
+            # a run that failed before writing anything leaves no directory behind
+            try:
+                self.path.rmdir()  # only if empty
+            except OSError:
+                pass
 
     def _take_lock(self) -> None:
         """An OS lock (``flock``) on ``.xpnet.lock``, held for the run: the kernel

@@ -146,8 +146,8 @@ def terms_for_linear(bound: float, eps: float, *, complex_step: bool = False) ->
     With ``complex_step`` the quantity of interest is the imaginary part, of
     order ``bound``: the remainder is compared with ``bound`` times that scale.
     """
-    if not math.isfinite(bound) or bound < 0:
-        return None
+    if not math.isfinite(bound) or bound < 0 or bound >= 1.0:
+        return None  # from 1 on no K <= MAX_TERMS is enough (and exp would overflow)
     if bound == 0:
         return 1
     for k in range(2, MAX_TERMS + 1):

@@ -430,4 +430,4 @@ def _interrupted(run: _Run, out, i: int, saved_at: int) -> str:
         )
     else:
         hint = "no checkpoint was written yet (one is written after every epoch)"
-    return f"interrupted at iteration {i}; {hint}"
+    return f"at iteration {i}; {hint}"
