@@ -71,7 +71,7 @@ def _examples(text):
     block right after it (at most a few lines of prose between) is its output."""
     fences = list(re.finditer(r"```(\w*)\n(.*?)```", text, flags=re.S))
     examples = []
-    for here, after in zip(fences, [*fences[1:], None], strict=True):
+    for here, after in zip(fences, [*fences[1:], None][: len(fences)], strict=True):
         if here.group(1) != "python":
             continue
         expected = None
@@ -143,3 +143,20 @@ def test_readme_commands_are_what_ci_runs():
     test_command = re.search(r"&& (python -m pytest[^\n`]*)", readme).group(1)
     assert test_command in ci
     assert 'pip install -e ".[test]"' in readme and '-e ".[test]"' in ci
+
+
+@pytest.mark.slow  # a Jupyter kernel and 600 numerical-gradient steps
+def test_the_learners_notebook_runs(tmp_path):
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+
+    notebook = nbformat.read(ROOT / "docs" / "notebooks" / "chapters-4-5.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the figures, inline
+    assert not any(o.output_type == "error" for o in outputs)

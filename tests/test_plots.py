@@ -1,6 +1,7 @@
 import numpy as np
 from matplotlib.image import imread
 
+import xpnet
 from xpnet.plots import _title, save_accuracy_plot, save_loss_plot
 
 
@@ -42,3 +43,14 @@ def test_short_runs_plot_too(tmp_path):
     save_loss_plot(_history(n_iters=3), tmp_path / "loss.png")
     save_accuracy_plot(_history(n_epochs=1), tmp_path / "acc.png")
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_plot_history_shows_inline_as_png():
+    history = {
+        "loss": [2.3, 2.0, 1.5],
+        "train_acc": [0.5, 0.7],
+        "test_acc": [0.4, 0.6],
+        "config": {"grad": "numerical", "method": "auto"},
+    }
+    fig = xpnet.plot_history(history)
+    assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"

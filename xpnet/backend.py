@@ -23,6 +23,7 @@ import functools
 import importlib
 import importlib.metadata
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -169,13 +170,13 @@ def _backend_name(backend) -> str:
             )
         return name
     if isinstance(backend, ModuleType):
-        name = _MODULE_NAMES.get(backend.__name__)
-        if name is None:
+        known = _MODULE_NAMES.get(backend.__name__)
+        if known is None:
             raise ValueError(
                 f"backend module {backend.__name__!r} is not supported; expected one of "
                 f"{sorted(BACKENDS)}"
             )
-        return name
+        return known
     raise TypeError(f"backend must be a string or a namespace module, got {type(backend).__name__}")
 
 
@@ -333,7 +334,7 @@ def library_version(name: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _distributions() -> dict:
+def _distributions() -> Mapping[str, list[str]]:
     """Top-level module name -> the distributions that install it (cupy ships as
     cupy-cuda12x and others)."""
     return importlib.metadata.packages_distributions()

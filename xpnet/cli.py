@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from typing import Any
 
 from . import checks
 from .config import GRADS
@@ -161,7 +162,7 @@ def _config_flags(p: argparse.ArgumentParser, command: str, helps=None) -> None:
         meta = FLAGS[f.name]
         if command not in meta["commands"]:
             continue
-        group = p
+        group: Any = p  # the parser, or a mutually exclusive group of it
         if meta.get("exclusive"):
             if meta["exclusive"] not in exclusive:
                 exclusive[meta["exclusive"]] = p.add_mutually_exclusive_group()

@@ -103,7 +103,8 @@ def _read_capped(response, url: str) -> bytes:
     """The whole body, refusing more than MAX_DOWNLOAD_BYTES or DOWNLOAD_DEADLINE."""
     deadline = time.monotonic() + DOWNLOAD_DEADLINE
     promised = response.headers.get("Content-Length")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = response.read(2**20)
         if not chunk:

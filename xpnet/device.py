@@ -41,7 +41,7 @@ THREADS_VARIABLE = "XPNET_NUM_THREADS"
 #: Set to 0 to keep glibc's malloc settings as they are (:func:`tune_host_allocator`).
 ALLOCATOR_VARIABLE = "XPNET_TUNE_MALLOC"
 
-_ALLOCATOR = {"tuned": None}
+_ALLOCATOR: dict[str, bool | None] = {"tuned": None}
 
 
 def tune_host_allocator() -> bool:

@@ -46,7 +46,7 @@ __all__ = ["WorkerSpec", "plan", "sharded_gradient"]
 class WorkerSpec:
     """What a worker needs besides the data: the model and where to compute."""
 
-    model: model.ModelSpec
+    model_spec: model.ModelSpec
     backend: str
     device: object
     dtype: str
@@ -72,7 +72,7 @@ def _shard_task(worker: WorkerSpec, host_layers, shard, rows, method, h, max_byt
             backend.from_host(x_host, dtype=backend.dtype), backend.from_host(t_host)
         )
         blocks = model_gradient(
-            worker.model, layers, batch, h=h, method=method, max_bytes=max_bytes, rows=rows
+            worker.model_spec, layers, batch, h=h, method=method, max_bytes=max_bytes, rows=rows
         )
     return [None if block is None else to_numpy(block) for block in blocks]
 
@@ -113,7 +113,7 @@ def plan(n_samples, sizes, n_slots, method, *, shards=None, param_blocks=None):
 
 
 # clients whose workers' malloc setting was checked (one warning per client)
-_CHECKED = weakref.WeakSet()
+_CHECKED: weakref.WeakSet = weakref.WeakSet()
 
 
 def sharded_gradient(

@@ -262,7 +262,8 @@ def _outside_xpnet() -> int:
     import inspect
 
     package = __name__.rsplit(".", 1)[0]
-    frame, level = inspect.currentframe().f_back, 1  # the caller of this function: level 1
+    here = inspect.currentframe()
+    frame, level = (here.f_back if here else None), 1  # the caller of this function: level 1
     while frame is not None and frame.f_globals.get("__name__", "").startswith(package + "."):
         frame, level = frame.f_back, level + 1
     return level

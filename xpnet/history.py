@@ -66,9 +66,9 @@ def write_outputs(out, net, history: History) -> list[str]:
     out = Path(out)
     net.save(out / "params.npz")
     save_json(out / "history.json", dict(history))
-    save_loss_plot(history, out / "loss.png")
+    save_loss_plot(dict(history), out / "loss.png")
     written = ["history.json", "loss.png", "params.npz", "checkpoint.npz"]
     if history["train_acc"]:
-        save_accuracy_plot(history, out / "accuracy.png")
+        save_accuracy_plot(dict(history), out / "accuracy.png")
         written.insert(1, "accuracy.png")
     return written

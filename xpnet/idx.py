@@ -32,7 +32,7 @@ MAX_IDX_BYTES = 2**30
 MAX_DIMENSIONS = 4
 
 # type code -> big-endian NumPy dtype
-_TYPES = {
+_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),  # host
     0x09: np.dtype(">i1"),  # host
     0x0B: np.dtype(">i2"),  # host

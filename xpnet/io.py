@@ -110,7 +110,7 @@ def save_npz(path, arrays: dict) -> Path:
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})  # host
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # host
     return atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -43,6 +43,6 @@ def set_metrics(net, data: model.Batch, batch: int, layers=None):
             hits_sum = hits if hits_sum is None else hits_sum + hits
             judged += total
     if hits_sum is None:
-        return None, float(loss_sum) / n
+        return None, float(to_numpy(loss_sum)) / n
     hits_total, loss_total = (float(v) for v in to_numpy(xp.stack([hits_sum, loss_sum])))
     return hits_total / judged, loss_total / n

@@ -22,6 +22,7 @@ Rules of this module:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
@@ -77,7 +78,7 @@ class ModelSpec:
 
     def param_shapes(self) -> dict:
         """``{"W1": (D, H1), "b1": (H1,), ...}`` in the book's order."""
-        shapes = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for k, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True), 1):
             shapes[f"W{k}"], shapes[f"b{k}"] = (n_in, n_out), (n_out,)
         return shapes
@@ -93,8 +94,8 @@ class Batch:
     (:meth:`xpnet.MultiLayerNet.batch`); the functions here trust it.
     """
 
-    x: object
-    t: object
+    x: Any
+    t: Any
 
     @property
     def size(self) -> int:
@@ -193,7 +194,7 @@ def backprop(spec: ModelSpec, layers, batch: Batch) -> list:
     head = spec.head
     derivative = ACTIVATIONS[spec.activation].derivative
     da = head.delta(head.output(a[-1]), batch.t) / batch.size
-    grads = [None] * len(layers)
+    grads: list[Any] = [None] * len(layers)
     for k in range(len(layers) - 1, -1, -1):
         W = layers[k][0]
         dW = z[k].T @ da  # .T: a view, no copy

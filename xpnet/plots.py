@@ -35,8 +35,16 @@ def plot_history(history: dict):
     """
     from matplotlib.figure import Figure
 
+    class HistoryFigure(Figure):
+        """A Figure that a notebook shows inline without pyplot."""
+
+        def _repr_png_(self):
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png")
+            return buffer.getvalue()
+
     panels = 2 if history["train_acc"] else 1
-    fig = Figure(figsize=(5 * panels, 3.6), dpi=100)
+    fig = HistoryFigure(figsize=(5 * panels, 3.6), dpi=100)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.88, wspace=0.3)
     loss_ax = fig.add_subplot(1, panels, 1)
     loss_ax.plot(range(1, len(history["loss"]) + 1), history["loss"], linewidth=0.7)

@@ -22,6 +22,7 @@ import time
 from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np  # host: draws, splits and records
 
@@ -38,7 +39,7 @@ __all__ = ["SweepConfig", "sweep", "trial_values", "SWEEP_JSON", "SWEEP_PNG"]
 
 #: The network and training of the book's search (chapter 6): MultiLayerNet with
 #: six hidden layers of 100 ReLUs, He initialisation, SGD, backprop
-BOOK_SEARCH = {
+BOOK_SEARCH: dict[str, Any] = {
     "grad": "backprop",
     "hidden": [100] * 6,
     "activation": "relu",
@@ -97,7 +98,12 @@ class SweepConfig:
             )
         if base.iters is None and base.epochs is None:
             base = replace(base, epochs=50)
-        return replace(self, train=base, **ranges)
+        return replace(
+            self,
+            train=base,
+            lr_range=ranges["lr_range"],
+            weight_decay_range=ranges["weight_decay_range"],
+        )
 
     def record(self) -> dict:
         """The settings a resumed sweep must share (JSON)."""
@@ -142,7 +148,7 @@ def _trial(train_settings: dict, data, trial: int, lr: float, weight_decay: floa
     """On a worker: one training run, scored on the validation split."""
     worker = worker_address()
     config = TrainConfig(**{**train_settings, "lr": lr, "weight_decay": weight_decay})
-    record = {"trial": trial, "lr": lr, "weight_decay": weight_decay}
+    record: dict[str, Any] = {"trial": trial, "lr": lr, "weight_decay": weight_decay}
     start = time.perf_counter()
     try:
         history = train(config, data=data, log=None, progress=False).history

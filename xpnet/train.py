@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np  # host
 
@@ -161,7 +161,7 @@ def train(
     progress=None,
     log=print,
     data=None,
-) -> dict:
+) -> Trained:
     """Run the book's training loop; return the history.
 
     Parameters
@@ -209,7 +209,7 @@ def train(
         return _train(config, Path(out), resume, progress, log, data)
 
 
-def _train(config, out, resume, progress, log, data) -> dict:
+def _train(config, out, resume, progress, log, data) -> Trained:
     config = config or TrainConfig()
     backend = resolve_backend(config.backend, config.device, config.dtype)
     with backend.activate():  # CuPy: every step on the run's GPU
@@ -221,17 +221,17 @@ class _Run:
     """What one run holds while it trains (the loop's state, not its result)."""
 
     config: TrainConfig
-    net: object
+    net: Any  # TwoLayerNet or MultiLayerNet
     train_set: model.Batch
     test_set: model.Batch
-    optimizer: object
-    rng: object
-    history: dict
-    checkpoint: Checkpoint | None
-    say: object
+    optimizer: Any
+    rng: np.random.Generator
+    history: Any  # History: a dict filled in as the run goes
+    checkpoint: Any  # Checkpoint, or None without a directory
+    say: Any
 
 
-def _run(config, out, resume, progress, log, data) -> dict:
+def _run(config, out, resume, progress, log, data) -> Trained:
     from tqdm.auto import tqdm
 
     run = _prepare(config, out, data, log)
@@ -369,7 +369,8 @@ class _Losses:
     every :data:`_FLUSH` steps or at an evaluation, in one transfer."""
 
     def __init__(self, run: _Run):
-        self.run, self.pending, self.last = run, [], float("nan")
+        self.run, self.last = run, float("nan")
+        self.pending: list[Any] = []
 
     def append(self, loss, done: int) -> None:
         self.pending.append(loss)
@@ -389,7 +390,7 @@ class _Losses:
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"loss became {value} at iteration {first + k + 1}; the run diverged: "
-                    f"try a smaller learning rate (e.g. --lr {self.run.config.lr / 10:g})"
+                    f"try a smaller learning rate (e.g. --lr {_smaller(self.run.config.lr)})"
                 )
         history["loss"].extend(values)
         self.last = values[-1]
@@ -418,7 +419,7 @@ def _evaluation(run: _Run, done: int, bar, progress, log, last) -> None:
     if why is not None:
         raise TrainingDiverged(
             f"the run diverged at iteration {done}: {why}; try a smaller "
-            f"learning rate (e.g. --lr {config.lr / 10:g})"
+            f"learning rate (e.g. --lr {_smaller(config.lr)})"
         )
 
 
@@ -431,3 +432,8 @@ def _interrupted(run: _Run, out, i: int, saved_at: int) -> str:
     else:
         hint = "no checkpoint was written yet (one is written after every epoch)"
     return f"at iteration {i}; {hint}"
+
+
+def _smaller(lr) -> str:
+    """A tenth of a resolved learning rate, as the divergence messages suggest it."""
+    return f"{float(lr) / 10:g}"
