@@ -160,3 +160,50 @@ def test_the_learners_notebook_runs(tmp_path):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the figures, inline
     assert not any(o.output_type == "error" for o in outputs)
+
+
+# command lines that need what a test machine may lack, and why they are left out
+_NEEDS = {
+    "--backend cupy": "an NVIDIA GPU",
+    "--dataset mnist": "a download of MNIST",
+    "tcp://10.0.0.5": "a Dask cluster of other machines",
+    "pip install ": "the package index (CI installs the package itself)",
+    "python -m pytest": "(the test suite itself)",
+}
+_COMMAND_PAGES = ["README.md", "docs/training.md", "docs/networks.md", "docs/distributed.md"]
+
+
+def _command_lines():
+    """Every ``xpnet`` command of the README and the user-facing pages' bash
+    blocks, in page order (continuation lines joined)."""
+    lines = []
+    for page in _COMMAND_PAGES:
+        for block in _blocks((ROOT / page).read_text(), "bash"):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = line.split("  #")[0].split(" # ")[0].strip()
+                if " && xpnet " in command:  # an install, then a command: the command
+                    command = command.split(" && ", 1)[1]
+                if command.startswith("xpnet "):
+                    lines.append(command)
+    return lines
+
+
+@pytest.mark.slow  # every command line of the pages, iterations divided by 100
+def test_the_pages_command_lines_run_one_after_another(tmp_path):
+    import os
+
+    # the xpnet command installed beside this Python
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, XPNET_SHORTEN="100", PATH=path)
+    ran = 0
+    for command in _command_lines():
+        if any(needs in command for needs in _NEEDS):
+            continue
+        result = subprocess.run(
+            command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        ran += 1
+    assert ran >= 15
+    # the default --out never collided: one directory per run without --out
+    assert (tmp_path / "runs" / "digits-2" / "history.json").is_file()

@@ -334,3 +334,14 @@ def test_resume_refuses_another_method_or_backend(tmp_path, digits):
                 log=None,
                 progress=False,
             )
+
+
+def test_xpnet_shorten_divides_iterations_once(monkeypatch):
+    monkeypatch.setenv("XPNET_SHORTEN", "100")
+    once = TrainConfig(epochs=20).resolved(1_000)
+    assert once.iters == 2  # 20 epochs of 10 iterations, divided by 100
+    assert once.resolved(1_000).iters == 2  # not divided again
+    assert TrainConfig(iters=50).resolved(1_000).iters == 1  # at least one
+    monkeypatch.setenv("XPNET_SHORTEN", "zero")
+    with pytest.raises(ValueError, match=r"\$XPNET_SHORTEN must be a positive integer"):
+        TrainConfig().resolved(1_000)

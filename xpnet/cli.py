@@ -199,7 +199,12 @@ def _train_parser(sub) -> None:
         "train", help="train and write history, plots and parameters", formatter_class=_Formatter
     )
     _config_flags(t, "train")
-    t.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
+    t.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: runs/DATASET, or -2, -3, ... where taken; "
+        "with --resume: runs/DATASET)",
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument(
         "--force",
@@ -279,7 +284,12 @@ def _sweep_parser(sub) -> None:
     where.add_argument(
         "--scheduler", default=None, help="address of a running Dask scheduler, e.g. tcp://h:8786"
     )
-    w.add_argument("--out", default=None, help="output directory (default: runs/sweep-DATASET)")
+    w.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: runs/sweep-DATASET, or -2, -3, ... where taken; "
+        "with --resume: runs/sweep-DATASET)",
+    )
     w.add_argument("--resume", action="store_true", help="continue the sweep in OUT")
     w.add_argument("--force", action="store_true", help="replace an earlier sweep in OUT")
     w.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,6 +17,13 @@ from .network import METHODS
 __all__ = ["train", "gradcheck", "sweep", "bench", "fresh_run_directory"]
 
 
+def _default_out(args, base: Path) -> Path:
+    """``--out`` as given; else ``base`` to resume, or a fresh ``base[-k]``."""
+    if args.out:
+        return Path(args.out)
+    return base if args.resume else fresh_run_directory(base)
+
+
 def fresh_run_directory(base: Path) -> Path:
     """``base`` if nothing is there yet, else the first free ``base-2``,
     ``base-3``, ... (the default ``--out``: a new run never collides with an
@@ -49,7 +56,7 @@ def train(args) -> int:
     resolved = config.resolved(len(data[0][1]))
     # every error of the configuration before any directory is touched
     resolve_backend(resolved.backend, resolved.device, resolved.dtype)
-    out = Path(args.out) if args.out else fresh_run_directory(Path("runs") / args.dataset)
+    out = _default_out(args, Path("runs") / args.dataset)
     print("xpnet train")
     for key, value in asdict(resolved).items():
         print(f"  {key:<16}{value}")
@@ -156,7 +163,7 @@ def sweep(args) -> int:
         validation=args.validation,
         train_size=args.train_size,
     ).checked()
-    out = Path(args.out or Path("runs") / f"sweep-{args.dataset}")
+    out = _default_out(args, Path("runs") / f"sweep-{args.dataset}")
     where = args.scheduler or f"local cluster of {args.workers or 2} workers on 127.0.0.1"
     print("xpnet sweep")
     print(f"  trials          {config.trials}")

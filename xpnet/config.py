@@ -13,6 +13,7 @@ Rules of this module:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 from . import checks
@@ -22,7 +23,22 @@ from .heads import HEADS
 from .network import METHODS, check_init
 from .optimizers import OPTIMIZERS, make_optimizer
 
-__all__ = ["TrainConfig", "GRADS"]
+__all__ = ["TrainConfig", "GRADS", "SHORTEN_VARIABLE", "shortened"]
+
+#: Divides every run's iterations (at least 1 is left): for trying the docs'
+#: commands quickly; the tests that run them use it.
+SHORTEN_VARIABLE = "XPNET_SHORTEN"
+
+
+def shortened(iters: int) -> int:
+    """``iters`` divided by ``$XPNET_SHORTEN`` (unset: as it is)."""
+    factor = os.environ.get(SHORTEN_VARIABLE, "").strip()
+    if not factor:
+        return iters
+    if not factor.isdigit() or int(factor) < 1:
+        raise ValueError(f"${SHORTEN_VARIABLE} must be a positive integer, got {factor!r}")
+    return max(1, iters // int(factor))
+
 
 GRADS = ("numerical", "backprop")
 
@@ -64,7 +80,11 @@ class TrainConfig:
     eval_batch: int = 10_000
 
     def resolved(self, train_size: int) -> TrainConfig:
-        """A copy with defaults filled in and every field validated."""
+        """A copy with defaults filled in and every field validated (a config
+        that is the result of this is returned as it is: resolving is done once,
+        and ``$XPNET_SHORTEN`` applied once)."""
+        if getattr(self, "_resolved_for", None) == train_size:
+            return self
         c = TrainConfig(**asdict(self))
         checks.one_of("dataset", c.dataset, DATASETS)
         checks.one_of("grad", c.grad, GRADS)
@@ -85,14 +105,17 @@ class TrainConfig:
         checks.positive_float("lr", c.lr)
         per_epoch = self.iters_per_epoch(train_size)
         if c.iters is not None and c.epochs is not None:
-            if c.iters != check_size("epochs", c.epochs) * per_epoch:
+            if c.iters != shortened(check_size("epochs", c.epochs) * per_epoch):
                 raise ValueError("give iters or epochs, not both")
             # resolved before: its iters are the epochs' (resolving is idempotent)
-        if c.epochs is not None:
-            c.iters = check_size("epochs", c.epochs) * per_epoch
+        elif c.epochs is not None:
+            c.iters = shortened(check_size("epochs", c.epochs) * per_epoch)
         elif c.iters is None:
-            c.iters = 1_000 if c.dataset == "digits" else 10_000
+            c.iters = shortened(1_000 if c.dataset == "digits" else 10_000)
+        else:
+            c.iters = shortened(check_size("iters", c.iters))
         check_size("iters", c.iters)
+        object.__setattr__(c, "_resolved_for", train_size)  # not a field: not in asdict
         return c
 
     def iters_per_epoch(self, train_size: int) -> int:

@@ -32,6 +32,7 @@ from .cluster import ClusterError, close, connect, require_distributed, worker_a
 from .datasets import load_dataset
 from .heads import get_head
 from .io import save_json
+from .progress import progress_bar, show_progress
 from .rundir import RunDirectory, RunDirectoryError
 from .train import TrainConfig, TrainingDiverged, train
 
@@ -298,14 +299,11 @@ def _client(config, workers, scheduler):
 
 def _collect(config, futures, results, record, out, progress, say) -> None:
     """Trial results as they finish, each recorded (and saved) at once."""
-    import sys
-
-    from tqdm.auto import tqdm
 
     distributed = require_distributed()
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress(progress)
     initial = len(results)
-    with tqdm(total=config.trials, initial=initial, unit="trial", disable=not show) as bar:
+    with progress_bar(total=config.trials, initial=initial, unit="trial", disable=not show) as bar:
         for future in distributed.as_completed(futures):
             try:
                 result = future.result()

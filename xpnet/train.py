@@ -24,7 +24,6 @@ Rules of this module:
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from .metrics import evaluate, evaluate_loss, set_metrics
 from .network import MultiLayerNet
 from .numerical import model_gradient
 from .optimizers import make_optimizer
+from .progress import progress_bar, show_progress
 from .rundir import RunDirectory, RunDirectoryError
 from .two_layer import TwoLayerNet
 
@@ -179,7 +179,8 @@ def train(
     force : bool
         Replace an earlier run in ``out``.
     progress : bool, optional
-        tqdm progress bar; default: only when stderr is a terminal.
+        tqdm progress bar; default: in a terminal or a notebook (a text bar
+        where ipywidgets is missing), none elsewhere.
     log : callable or None
         Receives one line per evaluation (``epoch, train acc, test acc``).
     data : tuple, optional
@@ -232,17 +233,14 @@ class _Run:
 
 
 def _run(config, out, resume, progress, log, data) -> Trained:
-    from tqdm.auto import tqdm
-
     run = _prepare(config, out, data, log)
     if resume:
         _resume(run, out)
     else:
         run.history["initial_loss"] = set_metrics(run.net, run.train_set, run.config.eval_batch)[1]
     config, history = run.config, run.history
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = tqdm(
+    progress = show_progress(progress)
+    bar = progress_bar(
         total=config.iters, initial=history["iters_done"], disable=not progress,
         desc="train", unit="it", dynamic_ncols=True,
     )  # fmt: skip
