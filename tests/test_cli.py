@@ -456,3 +456,14 @@ def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path, capsys):
     assert main(["train", "--iters", "30", "--lr", "1e9", "--out", str(out), "--no-progress"]) == 2
     assert "diverged" in _err_line(capsys)
     assert not out.exists()
+
+
+def test_a_bad_flag_is_one_line_pointing_at_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--hidden", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "xpnet train: error: argument --hidden: item 0 must be a positive int, got 0 "
+        "(see xpnet train --help)"
+    ]

@@ -106,3 +106,10 @@ def test_bad_directions():
         xpnet.gradient_check(net, x, t, directions=1.5)
     with pytest.raises(ValueError, match="method='loop' applies only"):
         xpnet.gradient_check(net, x, t, directions=2, method="loop")
+
+
+@pytest.mark.parametrize("tolerance", [float("nan"), float("inf"), -1.0, 0.0])
+def test_a_tolerance_that_cannot_judge_is_refused(tolerance):
+    net = xpnet.TwoLayerNet(4, 3, 2, seed=0)
+    with pytest.raises(ValueError, match="tolerance must be a positive finite float"):
+        xpnet.gradient_check(net, np.ones((2, 4)), np.array([0, 1]), tolerance=tolerance)

@@ -1,3 +1,4 @@
+import importlib.util
 import re
 
 import numpy as np
@@ -611,3 +612,45 @@ def test_every_method_stays_within_max_bytes_plus_two_copies_of_x(warm, method):
     net = xpnet.MultiLayerNet(36, [6, 5], 10, "sigmoid", 0.1, seed=0)
     peak, x_bytes, result = _peak_extra_bytes(net, x, t, method, 2**18)
     assert peak <= 2**18 + 2 * x_bytes + result, (peak, x_bytes)
+
+
+# ---- hostile or unusual inputs at the boundary -----------------------------------
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_np_matrix_inputs_and_targets_are_plain_arrays():
+    net = xpnet.MultiLayerNet(3, [4], 2, output="identity", seed=0)
+    x = np.random.default_rng(0).random((5, 3))
+    t = np.random.default_rng(1).random((5, 2))
+    plain = float(net.loss(x, t))
+    assert float(net.loss(np.asmatrix(x), np.asmatrix(t))) == plain
+
+
+def test_masked_arrays_are_refused_by_name():
+    net = xpnet.MultiLayerNet(3, [4], 2, seed=0)
+    x = np.ma.masked_array(np.ones((2, 3)), mask=[[0, 1, 0], [0, 0, 0]])
+    with pytest.raises(TypeError, match="x is a masked array"):
+        net.loss(x, np.array([0, 1]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_meta_tensors_are_one_clear_error():
+    import torch
+
+    net = xpnet.MultiLayerNet(3, [4], 2, seed=0, backend="torch")
+    with pytest.raises(ValueError, match="x is a torch tensor on the 'meta' device"):
+        net.loss(torch.ones((2, 3), device="meta", dtype=torch.float64), np.array([0, 1]))
+
+
+def test_numpy_integers_are_sizes_too():
+    net = xpnet.MultiLayerNet(3, [4], 2, seed=0)
+    x, t = np.ones((2, 3)), np.array([0, 1])
+    a = net.numerical_gradient(x, t, max_bytes=np.int64(10**6), n_threads=np.int32(1))
+    b = net.numerical_gradient(x, t, max_bytes=10**6, n_threads=1)
+    for name in a:
+        assert np.array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("h", [1e300, 10.0, 1e-320])
+def test_complex_steps_that_cannot_work_are_refused(h):
+    net = xpnet.MultiLayerNet(3, [4], 2, seed=0)
+    with pytest.raises(ValueError, match="cannot give a float64 complex step"):
+        net.numerical_gradient(np.ones((2, 3)), np.array([0, 1]), method="complex", h=h)

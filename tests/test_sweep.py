@@ -238,3 +238,46 @@ def test_an_interrupted_sweep_keeps_its_finished_trials_and_says_how_to_resume(
     resumed = sweep(_small(), client=client, out=tmp_path, resume=True, log=None, progress=False)
     assert [r["trial"] for r in resumed["trials"]] == [0, 1, 2]
     assert resumed["trials"][kept[0]["trial"]] == kept[0]
+
+
+@pytest.mark.parametrize(
+    "trials, words",
+    [
+        ("not a list", "'trials' must be a list"),
+        (["a string"], "trial record 0 is not a record"),
+        ([{"lr": 0.1}], "'trial' must be int"),
+        ([{"trial": 0, "lr": 0.1, "weight_decay": 1e-6, "seconds": 1.0, "worker": "w",
+           "val_acc_curve": [], "train_acc_curve": [], "diverged": None}], "'val_acc' must be"),
+        ([{"trial": 99, "lr": 0.1, "weight_decay": 1e-6, "seconds": 1.0, "worker": "w",
+           "val_acc_curve": [], "train_acc_curve": [], "val_acc": 0.5, "diverged": None}],
+         "out of range"),
+    ],
+)  # fmt: skip
+def test_a_damaged_sweep_record_is_refused_before_any_work(tmp_path, trials, words):
+    config = _small().checked()
+    (tmp_path / SWEEP_JSON).write_text(
+        json.dumps({"format": 1, "settings": config.record(), "trials": trials})
+    )
+    with pytest.raises(RunDirectoryError, match=words):
+        sweep(_small(), client=object(), out=tmp_path, resume=True, log=None, progress=False)
+
+
+def test_more_workers_than_the_machine_can_hold_are_refused():
+    import os
+
+    too_many = 4 * (os.cpu_count() or 1) + 1
+    with pytest.raises(ValueError, match=f"workers={too_many}: this machine has"):
+        sweep(_small(), workers=too_many, log=None, progress=False)
+
+
+def test_missing_data_is_reported_before_a_cluster_starts(tmp_path, monkeypatch):
+    import xpnet.cluster
+
+    monkeypatch.setattr(
+        sys.modules["xpnet.sweep"], "connect", lambda *a, **k: pytest.fail("a cluster started")
+    )
+    config = _small()
+    config.train.dataset, config.train.data_dir = "fashion-mnist", str(tmp_path / "empty")
+    with pytest.raises(xpnet.datasets.DataNotFoundError):
+        sweep(config, workers=1, log=None, progress=False)
+    assert xpnet.cluster  # the module stays importable without a cluster

@@ -117,12 +117,15 @@ class Backend:
         with self.activate():
             return self.xp.asarray(array, dtype=dtype, device=self.device)
 
-    def asarray(self, array, dtype=None):
+    def asarray(self, array, dtype=None, name="array"):
         """Bring ``array`` (NumPy, Python or any backend's array) to this backend.
 
         Arrays already in this namespace are moved with ``to_device`` (no host
-        round trip); arrays of other libraries go through the host.
+        round trip); arrays of other libraries go through the host. An
+        ``np.matrix`` becomes a plain array; a masked array and a torch tensor
+        on the "meta" device (no values) are refused, naming ``name``.
         """
+        array = _plain(array, name)
         try:
             namespace = array_api_compat.array_namespace(array)
         except TypeError:
@@ -309,6 +312,20 @@ def _strict_cpu():
     import array_api_strict
 
     return array_api_strict.__array_namespace_info__().default_device()
+
+
+def _plain(array, name: str):
+    """``array`` as values the library can compute with, or one clear error."""
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array: fill or drop its masked values first "
+            "(np.ma.filled(a, value) or a[~a.mask])"
+        )
+    if isinstance(array, np.matrix):
+        return np.asarray(array)  # host: a plain 2-D array, no matrix semantics
+    if array_api_compat.is_torch_array(array) and array.device.type == "meta":
+        raise ValueError(f"{name} is a torch tensor on the 'meta' device: it holds no values")
+    return array
 
 
 def library_version(name: str) -> str | None:

@@ -177,8 +177,15 @@ def _config_flags(p: argparse.ArgumentParser, command: str, helps=None) -> None:
         group.add_argument(flag, **options)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line, with where to look, instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xpnet",
         description="Train the book's two-layer network with a fast numerical gradient.",
         formatter_class=_Formatter,

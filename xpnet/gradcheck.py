@@ -109,6 +109,8 @@ def gradient_check(
 
 def _check(net, x, t, method, h, tolerance, verbose, directions, seed):
     xp = net.xp
+    if tolerance is not None:
+        tolerance = checks.positive_float("tolerance", tolerance)
     analytic = net.gradient(x, t)
     if directions is None:
         numeric = net.numerical_gradient(x, t, method=method, h=h)

@@ -232,7 +232,7 @@ class MultiLayerNet:
                 shape = self.param_shapes()[name]
                 if name not in self.params:
                     raise KeyError(f"params is missing {name!r}")
-                value = self.backend.asarray(self.params[name])
+                value = self.backend.asarray(self.params[name], name=f"params[{name!r}]")
                 check_float_array(f"params[{name!r}]", value)
                 if value.dtype != self.dtype:
                     value = self.xp.astype(value, self.dtype)
@@ -256,7 +256,7 @@ class MultiLayerNet:
 
     def inputs(self, x):
         """``x`` checked and moved to this backend: ``(N, D)`` floats, finite."""
-        x = self.backend.asarray(x)
+        x = self.backend.asarray(x, name="x")
         check_float_array("x", x)  # before the cast: integer pixels are refused, not converted
         if x.dtype != self.dtype:
             x = self.xp.astype(x, self.dtype)
@@ -267,7 +267,7 @@ class MultiLayerNet:
         """``(x, t)`` checked once, on this backend, as the head takes them."""
         x = self.inputs(x)
         targets = self.head.targets(
-            self.backend.asarray(t), x.shape[0], self.output_size, self.dtype
+            self.backend.asarray(t, name="t"), x.shape[0], self.output_size, self.dtype
         )
         return model.Batch(x, targets)
 

@@ -18,6 +18,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass, field, replace
@@ -210,6 +211,14 @@ def sweep(
     """
     config = (config or SweepConfig()).checked()
     config.train.resolved(2)  # every training field checked before a cluster starts
+    if workers is not None:
+        workers = checks.positive_int("workers", workers)
+        cores = os.cpu_count() or 1
+        if workers > 4 * cores:
+            raise ValueError(
+                f"workers={workers}: this machine has {cores} cores; at most {4 * cores} "
+                "worker processes (or give a scheduler=)"
+            )
     say = log or (lambda line: None)
     if out is None:
         if resume:
@@ -241,7 +250,45 @@ def _finished(out: Path, config: SweepConfig) -> dict:
             f"--resume: {path} was made with other settings ({', '.join(changed)} differ); "
             "use the same flags, another --out, or --force"
         )
-    return {int(r["trial"]): r for r in trials}
+    return _checked_records(path, trials, config.trials)
+
+
+#: what every record of sweep.json holds, and of which types
+_RECORD = {
+    "trial": int,
+    "lr": float,
+    "weight_decay": float,
+    "seconds": float,
+    "worker": str,
+    "val_acc_curve": list,
+    "train_acc_curve": list,
+}
+
+
+def _checked_records(path: Path, trials, n_trials: int) -> dict:
+    """The finished trials of ``sweep.json``, each record checked before any work."""
+    if not isinstance(trials, list):
+        raise RunDirectoryError(f"--resume: {path}: 'trials' must be a list of records")
+    done = {}
+    for k, record in enumerate(trials):
+        where = f"--resume: {path}: trial record {k}"
+        if not isinstance(record, dict):
+            raise RunDirectoryError(f"{where} is not a record ({type(record).__name__})")
+        for key, kind in _RECORD.items():
+            value = record.get(key)
+            ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+            if not ok or isinstance(value, bool):
+                raise RunDirectoryError(f"{where}: {key!r} must be {kind.__name__}, got {value!r}")
+        trial = record["trial"]
+        if not 0 <= trial < n_trials or trial in done:
+            raise RunDirectoryError(f"{where}: trial {trial} is out of range or repeated")
+        scored = record.get("val_acc")
+        if record.get("diverged") is None and not (
+            isinstance(scored, (int, float)) and 0 <= scored <= 1
+        ):
+            raise RunDirectoryError(f"{where}: 'val_acc' must be an accuracy, got {scored!r}")
+        done[trial] = record
+    return done
 
 
 def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict:
@@ -250,12 +297,13 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
     record = {"format": _FORMAT, "settings": config.record(), "trials": []}
     if todo:
         own = client is None
+        data = _split(config)  # the data checked before a cluster starts
         client = _client(config, workers, scheduler) if own else client
         futures = {}
         try:
             # the data go to the cluster once, held as a task's result: recomputed
             # if its worker dies (scattered data would be lost with it)
-            shared = client.submit(_held, _split(config), pure=False)
+            shared = client.submit(_held, data, pure=False)
             settings = asdict(config.train)
             for i in todo:
                 lr, decay = trial_values(config, i)
