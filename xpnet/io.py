@@ -19,9 +19,11 @@ Rules of this module:
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np  # host
@@ -35,7 +37,23 @@ __all__ = [
     "remove_stale_temporaries",
     "DamagedFileError",
     "TEMP_SUFFIX",
+    "MAX_NPZ_BYTES",
 ]
+
+#: Largest total of array bytes :func:`load_npz` reads unless told otherwise.
+MAX_NPZ_BYTES = 2**31
+# everything a damaged zip or .npy can raise on the way in: one DamagedFileError
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,  # a zip feature (version, compression) the reader lacks
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    OverflowError,
+    MemoryError,
+)
 
 #: Suffix of the temporary files of :func:`atomic_write_bytes` (``.NAME.RANDOM.tmp``).
 TEMP_SUFFIX = ".xpnet-tmp"
@@ -101,7 +119,7 @@ def npz_shapes(path) -> dict:
                     shape, _, dtype = read(member)
                 shapes[info.filename[:-4]] = (tuple(shape), dtype)
         return shapes
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except _READ_ERRORS as exc:
         raise _damaged(path, exc) from None
 
 
@@ -114,16 +132,20 @@ def save_npz(path, arrays: dict) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_npz(path, keys=None) -> dict:
+def load_npz(path, keys=None, max_bytes: int | None = None) -> dict:
     """Load an ``.npz`` written by :func:`save_npz` (no pickle); only ``keys`` if
-    given (the other members are not read).
+    given (the other members are not read, nor decompressed).
+
+    The members' headers are read first (:func:`npz_shapes`): a member of object
+    dtype (pickled) or members that together declare more than ``max_bytes``
+    (default :data:`MAX_NPZ_BYTES`) are refused before any data is read.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     DamagedFileError
-        Anything else that keeps it from being read as plain arrays.
+        Anything else that keeps it from being read as plain arrays, or too large.
     """
     path = Path(path)
     if not path.is_file():
@@ -131,6 +153,17 @@ def load_npz(path, keys=None) -> dict:
     with open(path, "rb") as handle:
         if handle.read(4) != b"PK\x03\x04":
             raise _damaged(path, "not an .npz (zip) archive")
+    shapes = npz_shapes(path)
+    wanted = [k for k in shapes if keys is None or k in keys]
+    limit = MAX_NPZ_BYTES if max_bytes is None else max_bytes
+    declared = 0
+    for k in wanted:
+        shape, dtype = shapes[k]
+        if dtype.hasobject:
+            raise _damaged(path, f"{k!r} holds pickled objects")
+        declared += math.prod(shape) * dtype.itemsize
+    if declared > limit:
+        raise _damaged(path, f"its arrays declare {declared} bytes, more than the {limit} allowed")
     try:
         # our own handle: np.load leaks its file when the archive is damaged
         with open(path, "rb") as handle:
@@ -138,8 +171,8 @@ def load_npz(path, keys=None) -> dict:
             if not hasattr(data, "files"):
                 raise ValueError("a single .npy array, not an .npz archive")
             with data:
-                return {k: data[k] for k in data.files if keys is None or k in keys}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+                return {k: data[k] for k in wanted}
+    except _READ_ERRORS as exc:
         reason = "it holds pickled objects" if "pickle" in str(exc) else exc
         raise _damaged(path, reason) from None
 

@@ -38,7 +38,7 @@ def network_arrays(spec: model.ModelSpec, params: dict) -> dict:
     return arrays
 
 
-def read_network_file(path) -> tuple[dict, model.ModelSpec]:
+def read_network_file(path, max_bytes: int | None = None) -> tuple[dict, model.ModelSpec]:
     """Stored parameters and spec of a network file, checked against each other
     from the headers before any weight is read."""
     shapes = npz_shapes(path)
@@ -78,4 +78,4 @@ def read_network_file(path) -> tuple[dict, model.ModelSpec]:
     if not (math.isfinite(decay) and decay >= 0):
         raise ValueError(f"{path}: 'weight_decay_lambda' must be a finite float >= 0, got {decay}")
     spec = model.ModelSpec(sizes, activation, output, decay)
-    return load_npz(path, keys=set(expected)), spec
+    return load_npz(path, keys=set(expected), max_bytes=max_bytes), spec

@@ -391,9 +391,13 @@ class MultiLayerNet:
         self.checked_layers()
 
     @classmethod
-    def load(cls, path, *, backend="numpy", device=None, dtype="float64"):
-        """Load a network written by :meth:`save` (of either class) onto any backend."""
-        arrays, spec = read_network_file(path)
+    def load(cls, path, *, backend="numpy", device=None, dtype="float64", max_bytes=None):
+        """Load a network written by :meth:`save` (of either class) onto any backend.
+
+        The file is checked from its headers before any weight is read;
+        ``max_bytes`` bounds what its weights may take (default
+        :data:`xpnet.io.MAX_NPZ_BYTES`)."""
+        arrays, spec = read_network_file(path, max_bytes)
         net = MultiLayerNet.from_spec(spec, backend=backend, device=device, dtype=dtype)
         net.set_host_params(arrays)
         return net
