@@ -159,7 +159,7 @@ def _names(kind) -> str:
 
 
 #: the history fields a checkpoint must hold, and their types
-_HISTORY = {
+_HISTORY: dict[str, type | tuple[type, ...]] = {
     "config": dict,
     "loss": list,
     "train_acc": list,
