@@ -89,3 +89,47 @@ def test_one_worker_per_gpu_needs_dask_cuda(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_cuda", None)
     with pytest.raises(ImportError, match=r'pip install "xpnet\[dask-cuda\]"'):
         connect(workers=1, cuda=True)
+
+
+@pytest.mark.parametrize("kind", ["silent", "http"])
+def test_a_port_that_is_not_dask_is_one_error_within_the_timeout(kind):
+    """A listener that accepts and never answers (or answers as HTTP) used to
+    hang the handshake for minutes; now it is one ClusterError in time."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    if kind == "silent":
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(5)
+        port, held = server.getsockname()[1], []
+        threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+
+        def close():
+            for connection in held:
+                connection.close()
+            server.close()
+    else:
+
+        class Quiet(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+        httpd.daemon_threads = True  # a handler waiting on Dask's bytes never blocks the end
+        port = httpd.server_address[1]
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+        def close():
+            httpd.shutdown()
+            httpd.server_close()
+
+    try:
+        start = time.monotonic()
+        with pytest.raises(ClusterError, match="cannot reach a Dask scheduler"):
+            connect(f"tcp://127.0.0.1:{port}", timeout=1.0)
+        assert time.monotonic() - start < 10
+    finally:
+        close()

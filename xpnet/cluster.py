@@ -98,16 +98,36 @@ def connect(scheduler=None, *, workers=2, timeout=None, cuda=False):
 
 def _remote(distributed, scheduler, timeout):
     """A client of a running scheduler; the handshake as a whole is bounded (a
-    port that accepts connections but is not Dask never answers it)."""
+    port that accepts connections but is not Dask never answers it, and Dask's
+    own timeout covers only the TCP connection): the client is made on a
+    helper thread, waited for ``timeout`` seconds at most."""
     import asyncio
+    import threading
 
-    try:
-        client = distributed.Client(scheduler, timeout=timeout)
-    except (OSError, TimeoutError, ValueError, asyncio.TimeoutError) as exc:
+    made = {}
+
+    def make():
+        try:
+            made["client"] = distributed.Client(scheduler, timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            made["error"] = exc
+
+    helper = threading.Thread(target=make, name="xpnet-dask-connect", daemon=True)
+    helper.start()
+    helper.join(timeout + 1.0)
+    if helper.is_alive():  # still waiting for an answer that does not come
         raise ClusterError(
-            f"cannot reach a Dask scheduler at {scheduler!r} within {timeout:g} s: {exc}"
+            f"cannot reach a Dask scheduler at {scheduler!r} within {timeout:g} s: "
+            "the port accepted the connection but did not answer as a Dask scheduler"
+        )
+    error = made.get("error")
+    if isinstance(error, (OSError, TimeoutError, ValueError, asyncio.TimeoutError)):
+        raise ClusterError(
+            f"cannot reach a Dask scheduler at {scheduler!r} within {timeout:g} s: {error}"
         ) from None
-    return client
+    if error is not None:
+        raise error
+    return made["client"]
 
 
 def _local(distributed, workers, timeout, cuda):
