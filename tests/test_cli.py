@@ -467,3 +467,22 @@ def test_a_bad_flag_is_one_line_pointing_at_help(capsys):
         "xpnet train: error: argument --hidden: item 0 must be a positive int, got 0 "
         "(see xpnet train --help)"
     ]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--hidden", "1000000000"], "--hidden, --batch-size and --eval-batch"),
+        (["train", "--batch-size", "100000000"], "--hidden, --batch-size and --eval-batch"),
+        (["gradcheck", "--hidden", "100000000"], "the layer sizes"),
+        (["gradcheck", "--directions", "1000000000"], "directions"),
+        (["bench", "--input", "1000000000"], "the layer sizes"),
+        (["sweep", "--hidden", "1000000000", "--workers", "1"], "--hidden, --batch-size"),
+    ],
+)
+def test_sizes_beyond_the_machine_are_refused_before_allocation(tmp_path, args, words, capsys):
+    out = ["--out", str(tmp_path / "o")] if args[0] in ("train", "sweep") else []
+    assert main([*args, *out]) == 2
+    err = _err_line(capsys)
+    assert words in err and "GiB needed" in err
+    assert not (tmp_path / "o").exists()

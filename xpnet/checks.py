@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 import re
 
 from array_api_compat import array_namespace
@@ -40,6 +41,8 @@ __all__ = [
     "check_targets",
     "check_step",
     "check_float_array",
+    "host_memory",
+    "fits_in_memory",
 ]
 
 
@@ -170,6 +173,33 @@ def _parse_text(check, text: str):
     if check is log_range:
         return text.split(",")
     return text
+
+
+def host_memory() -> int | None:
+    """Bytes of memory this machine has available now (Linux: MemAvailable of
+    /proc/meminfo; elsewhere the physical memory), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def fits_in_memory(what: str, nbytes: int, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, what cannot fit in the machine's
+    memory: ``what`` names the argument(s) that ask for ``nbytes``."""
+    available = host_memory() if available is None else available
+    if available is not None and nbytes > available:
+        raise ValueError(
+            f"{what}: about {nbytes / 2**30:.3g} GiB needed, and this machine has "
+            f"{available / 2**30:.3g} GiB available"
+        )
 
 
 def check_size(name: str, value) -> int:

@@ -19,6 +19,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np  # host: random directions
@@ -151,6 +152,7 @@ def _projections(net, x, t, analytic, k, h, seed):
     batch = net.batch(x, t)
     params = model.params_of(net.checked_layers())
     rng = np.random.default_rng(seed)  # host
+    checks.fits_in_memory("directions", 16 * k * max(math.prod(v.shape) for v in params.values()))
     numeric, projected = {}, {}
     for name, value in params.items():
         v = rng.standard_normal((k, *value.shape))  # host

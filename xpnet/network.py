@@ -140,6 +140,9 @@ class MultiLayerNet:
             checks.non_negative_float("weight_decay_lambda", weight_decay_lambda),
         )
         self.weight_init_std = init
+        # the weights, drawn on the host in float64 and copied to the device
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        checks.fits_in_memory("the layer sizes", 16 * n_params)
         self.backend = resolve_backend(backend, device, dtype)
         rng = np.random.default_rng(seed)  # host
         self.params = {}

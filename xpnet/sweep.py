@@ -35,7 +35,7 @@ from .heads import get_head
 from .io import save_json
 from .progress import progress_bar, show_progress
 from .rundir import RunDirectory, RunDirectoryError
-from .train import TrainConfig, TrainingDiverged, train
+from .train import TrainConfig, TrainingDiverged, check_memory, train
 
 __all__ = ["SweepConfig", "sweep", "trial_values", "SWEEP_JSON", "SWEEP_PNG"]
 
@@ -298,6 +298,8 @@ def _sweep(config, out, done, client, workers, scheduler, progress, say) -> dict
     if todo:
         own = client is None
         data = _split(config)  # the data checked before a cluster starts
+        (x_fit, t_fit), _ = data
+        check_memory(config.train.resolved(len(t_fit)), x_fit.shape[1], int(t_fit.max()) + 1)
         client = _client(config, workers, scheduler) if own else client
         futures = {}
         try:
