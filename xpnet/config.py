@@ -23,7 +23,7 @@ from .heads import HEADS
 from .network import METHODS, check_init
 from .optimizers import OPTIMIZERS, make_optimizer
 
-__all__ = ["TrainConfig", "GRADS", "SHORTEN_VARIABLE", "shortened"]
+__all__ = ["TrainConfig", "GRADS", "SHORTEN_VARIABLE", "shortened", "check_memory"]
 
 #: Divides every run's iterations (at least 1 is left): for trying the docs'
 #: commands quickly; the tests that run them use it.
@@ -124,3 +124,19 @@ class TrainConfig:
     @property
     def hidden_sizes(self) -> list[int]:
         return list(self.hidden) if isinstance(self.hidden, (list, tuple)) else [self.hidden]
+
+
+def check_memory(config: TrainConfig, input_size: int, output_size: int) -> None:
+    """Refuse a run that cannot fit in memory before anything is allocated: the
+    parameters with their gradients and optimizer slots, an epoch of minibatch
+    indices, a minibatch's activations, and an evaluation batch's."""
+    sizes = [input_size, *config.hidden_sizes, output_size]
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    widths = sum(sizes)
+    needed = 8 * (
+        6 * params  # weights, gradients, two optimizer slots, host copies
+        + 2 * config.batch_size  # an epoch's indices, drawn and moved
+        + 6 * config.batch_size * widths  # a minibatch's forward and backward pass
+        + 3 * config.eval_batch * widths  # a whole-set evaluation, in batches
+    )
+    checks.fits_in_memory("--hidden, --batch-size and --eval-batch together", needed)

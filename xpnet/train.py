@@ -31,10 +31,10 @@ from typing import Any, NamedTuple
 
 import numpy as np  # host
 
-from . import checks, model
+from . import model
 from .backend import resolve_backend, to_numpy
 from .checkpoint import CHECKPOINT, Checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, check_memory
 from .datasets import load_dataset
 from .gradient import resolve_step
 from .history import History, new_history, write_outputs
@@ -437,19 +437,3 @@ def _interrupted(run: _Run, out, i: int, saved_at: int) -> str:
 def _smaller(lr) -> str:
     """A tenth of a resolved learning rate, as the divergence messages suggest it."""
     return f"{float(lr) / 10:g}"
-
-
-def check_memory(config: TrainConfig, input_size: int, output_size: int) -> None:
-    """Refuse a run that cannot fit in memory before anything is allocated: the
-    parameters with their gradients and optimizer slots, an epoch of minibatch
-    indices, a minibatch's activations, and an evaluation batch's."""
-    sizes = [input_size, *config.hidden_sizes, output_size]
-    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    widths = sum(sizes)
-    needed = 8 * (
-        6 * params  # weights, gradients, two optimizer slots, host copies
-        + 2 * config.batch_size  # an epoch's indices, drawn and moved
-        + 6 * config.batch_size * widths  # a minibatch's forward and backward pass
-        + 3 * config.eval_batch * widths  # a whole-set evaluation, in batches
-    )
-    checks.fits_in_memory("--hidden, --batch-size and --eval-batch together", needed)
