@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xpnet.cli import main
 from xpnet.io import DamagedFileError, load_npz, save_npz
@@ -95,3 +97,32 @@ def test_a_zip_bomb_member_is_never_read(tmp_path):
     with pytest.raises(DamagedFileError, match="more than the"):
         load_npz(path)
     assert load_npz(path, keys={"other"}) == {}  # not asked for: not read
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    train(TrainConfig(**QUICK), out=run_dir, log=None, progress=False)
+    return (run_dir / CHECKPOINT).read_bytes()
+
+
+@settings(
+    max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(position=st.integers(0, 10**6), value=st.integers(1, 255), truncate=st.booleans())
+def test_a_mutated_checkpoint_resumes_or_is_one_clear_error(
+    checkpoint_bytes, tmp_path_factory, position, value, truncate
+):
+    run_dir = tmp_path_factory.mktemp("resume")
+    data = bytearray(checkpoint_bytes)
+    at = position % len(data)
+    if truncate:
+        del data[at:]
+    else:
+        data[at] ^= value
+    (run_dir / CHECKPOINT).write_bytes(bytes(data))
+    try:
+        train(TrainConfig(**{**QUICK, "iters": 40}), out=run_dir, resume=True, log=None,
+              progress=False)  # fmt: skip
+    except ValueError:  # DamagedFileError, a damaged field, or another setting
+        return

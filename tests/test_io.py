@@ -2,6 +2,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xpnet.io import (
     TEMP_SUFFIX,
@@ -104,3 +106,76 @@ def test_stale_temporaries_are_removed(tmp_path):
     keep.write_text("{}")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists() and keep.exists()
+
+
+# ---- property-based: any damage is a correct load or the one library error -------
+_FUZZ_BUDGET = 8 * 2**20  # bytes a mutated file may make the reader take
+
+
+def _network_file(tmp_path_factory):
+    import xpnet
+
+    path = tmp_path_factory.mktemp("net") / "net.npz"
+    xpnet.MultiLayerNet(6, [4], 3, seed=0).save(path)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def network_bytes(tmp_path_factory):
+    return _network_file(tmp_path_factory)
+
+
+def _mutated(data: bytes, draw_ops) -> bytes:
+    data = bytearray(data)
+    for kind, position, value in draw_ops:
+        if not data:
+            break
+        at = position % len(data)
+        if kind == "flip":
+            data[at] ^= value or 1
+        elif kind == "truncate":
+            del data[at:]
+        else:  # insert
+            data[at:at] = bytes([value]) * (value % 7 + 1)
+    return bytes(data)
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "truncate", "insert"]),
+        st.integers(0, 10**6),
+        st.integers(0, 255),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS)
+def test_a_mutated_network_file_loads_or_is_one_clear_error(network_bytes, tmp_path, ops):
+    import xpnet
+
+    path = tmp_path / "mutated.npz"
+    path.write_bytes(_mutated(network_bytes, ops))
+    try:
+        net = xpnet.MultiLayerNet.load(path, max_bytes=_FUZZ_BUDGET)
+    except ValueError:  # DamagedFileError is one, as are the header checks
+        return
+    assert all(np.isfinite(v).all() for v in net.params.values())
+
+
+@settings(
+    max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS)
+def test_a_mutated_npz_is_read_or_is_a_damaged_file(network_bytes, tmp_path, ops):
+    path = tmp_path / "mutated.npz"
+    path.write_bytes(_mutated(network_bytes, ops))
+    try:
+        arrays = load_npz(path, max_bytes=_FUZZ_BUDGET)
+    except DamagedFileError:
+        return
+    assert all(isinstance(v, np.ndarray) for v in arrays.values())

@@ -505,3 +505,20 @@ def test_a_bug_planted_in_backprop_never_moves_the_numerical_gradient(backend, m
         for name in after:
             assert np.array_equal(to_numpy(after[name]), to_numpy(before[method][name]))
     assert rel_error(net.gradient(x, t)["W1"], before["loop"]["W1"]) > 0.5
+
+
+def test_the_complex_step_takes_the_mean_slope_at_a_relu_kink():
+    """Zero inputs and zero biases put every hidden ReLU exactly at its kink:
+    central differences see the mean of the two slopes (1/2), and so must the
+    complex step (xpnet.functions.relu takes x / 2 where Re x == 0; it took 0,
+    a relative difference of 1). At a kink the central difference moves the
+    unit on one side only, so its truncation error is O(h), not O(h^2): with
+    h = 1e-4, agreement to 1e-4 relative is what can be asked."""
+    net = xpnet.MultiLayerNet(5, [4], 3, "relu", 0.5, seed=1)
+    x = np.zeros((4, 5))
+    x[:, 0] = [0.0, 1.0, 0.0, 2.0]
+    t = np.array([0, 1, 2, 1])
+    loop = net.numerical_gradient(x, t, method="loop")
+    complex_step = net.numerical_gradient(x, t, method="complex")
+    for name in loop:
+        xp_assert_close(complex_step[name], loop[name], rtol=1e-4, err_msg=name)
