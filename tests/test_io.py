@@ -179,3 +179,30 @@ def test_a_mutated_npz_is_read_or_is_a_damaged_file(network_bytes, tmp_path, ops
     except DamagedFileError:
         return
     assert all(isinstance(v, np.ndarray) for v in arrays.values())
+
+
+@pytest.mark.slow  # a few thousand mutations, each measured
+@settings(
+    max_examples=2000, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS)
+def test_thousands_of_mutated_files_stay_within_time_and_memory(network_bytes, tmp_path, ops):
+    """With the library's default limits: every mutated network file is a load or
+    one ValueError, within hypothesis's deadline (3 s) and 64 MiB of traced
+    memory (NumPy reports its buffers to tracemalloc)."""
+    import tracemalloc
+
+    import xpnet
+
+    path = tmp_path / "mutated.npz"
+    path.write_bytes(_mutated(network_bytes, ops))
+    tracemalloc.start()
+    try:
+        try:
+            xpnet.MultiLayerNet.load(path)
+        except ValueError:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, peak
