@@ -206,3 +206,67 @@ def test_thousands_of_mutated_files_stay_within_time_and_memory(network_bytes, t
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, peak
+
+
+_CHILD_FUZZ = """
+import resource, sys, time
+from pathlib import Path
+
+import numpy as np
+
+import xpnet
+
+with open("/proc/self/status") as handle:  # the address space in use after the imports
+    in_use = next(int(l.split()[1]) * 1024 for l in handle if l.startswith("VmSize:"))
+limit = in_use + int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+source, out, count = Path(sys.argv[1]).read_bytes(), Path(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(int(sys.argv[5]))
+for i in range(count):
+    data = bytearray(source)
+    for _ in range(int(rng.integers(1, 4))):
+        if not data:
+            break
+        at = int(rng.integers(0, len(data)))
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            data[at] ^= int(rng.integers(1, 256))
+        elif kind == 1:
+            del data[at:]
+        else:
+            data[at:at] = bytes(int(rng.integers(1, 8))) * int(rng.integers(1, 64))
+    out.write_bytes(bytes(data))
+    started = time.perf_counter()
+    try:
+        xpnet.MultiLayerNet.load(out)
+    except ValueError:
+        pass
+    except BaseException as exc:  # anything else, MemoryError included, is a finding
+        print(f"mutation {i}: {type(exc).__name__}: {exc}")
+        sys.exit(1)
+    if time.perf_counter() - started > 2:
+        print(f"mutation {i}: took {time.perf_counter() - started:.1f} s")
+        sys.exit(1)
+print("ok")
+"""
+
+
+@pytest.mark.slow  # thousands of mutations in a child process
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_mutated_files_in_a_child_with_200_mb_more_address_space(network_bytes, tmp_path):
+    """As the audit ran it: a child process whose address space may grow by only
+    200 MB loads 3,000 mutated network files with the library's default limits:
+    each a load or one ValueError, within 2 s; a MemoryError would fail it."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "net.npz"
+    source.write_bytes(network_bytes)
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD_FUZZ, str(source), str(200 * 2**20),
+         str(tmp_path / "mutated.npz"), "3000", "7"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        result.stdout[-2000:] + result.stderr[-2000:]
+    )
