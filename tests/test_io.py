@@ -270,3 +270,19 @@ def test_mutated_files_in_a_child_with_200_mb_more_address_space(network_bytes, 
     assert result.returncode == 0 and result.stdout.strip() == "ok", (
         result.stdout[-2000:] + result.stderr[-2000:]
     )
+
+
+def test_a_zip_that_needs_a_newer_reader_is_a_damaged_file(tmp_path):
+    """A central directory asking for zip version 22.0 made zipfile raise
+    NotImplementedError out of npz_shapes, load_npz and load alike."""
+    import xpnet
+
+    path = tmp_path / "net.npz"
+    xpnet.MultiLayerNet(4, [3], 2, seed=0).save(path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"PK\x01\x02")  # the first central directory entry
+    data[at + 6 : at + 8] = (220).to_bytes(2, "little")  # version needed: 22.0
+    path.write_bytes(bytes(data))
+    for read in (npz_shapes, load_npz, xpnet.MultiLayerNet.load):
+        with pytest.raises(DamagedFileError, match="is not an xpnet file or is damaged"):
+            read(path)
