@@ -345,3 +345,18 @@ def test_xpnet_shorten_divides_iterations_once(monkeypatch):
     monkeypatch.setenv("XPNET_SHORTEN", "zero")
     with pytest.raises(ValueError, match=r"\$XPNET_SHORTEN must be a positive integer"):
         TrainConfig().resolved(1_000)
+
+
+def test_threads_of_the_numerical_gradient_are_a_setting(digits, monkeypatch):
+    import sys
+
+    module = sys.modules["xpnet.train"]  # (xpnet.train is the function)
+    seen = []
+    real = module.model_gradient
+    monkeypatch.setattr(
+        module, "model_gradient", lambda *a, **k: seen.append(k["n_threads"]) or real(*a, **k)
+    )
+    train(_small(iters=3, threads=1), data=digits, log=None, progress=False)
+    assert seen == [1, 1, 1]
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        TrainConfig(threads=0).resolved(100)

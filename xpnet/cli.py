@@ -147,6 +147,12 @@ FLAGS = {
     "eval_batch": _flag(
         "samples per batch when evaluating a whole set", kind="positive_int", commands=_TRAIN
     ),
+    "threads": _flag(
+        "threads of the numerical gradient on NumPy (default: every core this process may "
+        "use, or $XPNET_NUM_THREADS)",
+        kind="positive_int",
+        commands=("train",),
+    ),
 }
 
 

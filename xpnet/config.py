@@ -78,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     weight_init_std: float | str = 0.01
     eval_batch: int = 10_000
+    threads: int | None = None
 
     def resolved(self, train_size: int) -> TrainConfig:
         """A copy with defaults filled in and every field validated (a config
@@ -99,6 +100,8 @@ class TrainConfig:
         checks.non_negative_float("weight_decay", c.weight_decay)
         check_size("batch_size", c.batch_size)
         check_size("eval_batch", c.eval_batch)
+        if c.threads is not None:
+            checks.positive_int("threads", c.threads)
         if c.lr is None:
             default = make_optimizer(c.optimizer).lr
             c.lr = (0.5 if c.dataset == "digits" else 0.1) if c.optimizer == "sgd" else default

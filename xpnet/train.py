@@ -354,7 +354,9 @@ def _stepper(run: _Run):
     def step(minibatch):
         layers = model.layers_of(net.params)
         if config.grad == "numerical":
-            blocks = model_gradient(net.spec, layers, minibatch, h=h, method=method)
+            blocks = model_gradient(
+                net.spec, layers, minibatch, h=h, method=method, n_threads=config.threads
+            )
             grads = model.params_of([(b[:-1, :], b[-1, :]) for b in blocks])
         else:
             grads = model.params_of(model.backprop(net.spec, layers, minibatch))
