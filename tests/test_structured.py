@@ -443,7 +443,7 @@ def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
 @pytest.mark.parametrize(
     "hidden, activation, budget",
     [
-        # the book's net: the target is 100; 160 today (docs/benchmarks.md)
+        # the book's net: the target is 100; 151 today (docs/benchmarks.md)
         ([50], "sigmoid", 170),
         ([100, 100], "relu", 600),
         ([100, 100], "sigmoid", 600),
