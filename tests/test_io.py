@@ -286,3 +286,19 @@ def test_a_zip_that_needs_a_newer_reader_is_a_damaged_file(tmp_path):
     for read in (npz_shapes, load_npz, xpnet.MultiLayerNet.load):
         with pytest.raises(DamagedFileError, match="is not an xpnet file or is damaged"):
             read(path)
+
+
+def test_a_member_flagged_as_encrypted_is_a_damaged_file(tmp_path):
+    """Found by the property tests: one flipped flag bit made zipfile raise
+    RuntimeError ("password required") out of every reader."""
+    import xpnet
+
+    path = tmp_path / "net.npz"
+    xpnet.MultiLayerNet(4, [3], 2, seed=0).save(path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"PK\x01\x02")  # the first central directory entry
+    data[at + 8] |= 0x01  # general purpose flag: encrypted
+    path.write_bytes(bytes(data))
+    for read in (load_npz, xpnet.MultiLayerNet.load):
+        with pytest.raises(DamagedFileError, match="is not an xpnet file or is damaged"):
+            read(path)

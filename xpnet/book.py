@@ -48,7 +48,9 @@ class BookNet:
 
     def __init__(self, params: dict, activation: str = "sigmoid", weight_decay_lambda=0.0):
         self.params = params
-        self.activation = _sigmoid if activation == "sigmoid" else (lambda a: np.maximum(0, a))
+        self.activation = (
+            _sigmoid if activation == "sigmoid" else (lambda a: np.maximum(0, a))  # host
+        )  # host
         self.weight_decay_lambda = weight_decay_lambda
         self.n_layers = len(params) // 2
 
@@ -103,7 +105,7 @@ def loop_seconds(params: dict, activation, x, t, sample: int, weight_decay_lambd
     from threadpoolctl import threadpool_limits
 
     net = BookNet(
-        {k: np.array(v, dtype=np.float64) for k, v in params.items()},
+        {k: np.array(v, dtype=np.float64) for k, v in params.items()},  # host
         activation,
         weight_decay_lambda,
     )  # host

@@ -198,9 +198,8 @@ def _cancel(client, futures) -> None:
 
 def _combine(backend, spec, samples, blocks, results, n):
     """Shard results added on the host in plan order, weights ``n_shard / N``."""
-    stacked = [
-        np.zeros((spec.sizes[k] + 1, spec.sizes[k + 1])) for k in range(spec.n_layers)
-    ]  # host
+    shapes = [(spec.sizes[k] + 1, spec.sizes[k + 1]) for k in range(spec.n_layers)]
+    stacked = [np.zeros(shape) for shape in shapes]  # host
     for s, (a, b) in enumerate(samples):
         weight = (b - a) / n
         for j, block in enumerate(blocks):

@@ -156,9 +156,9 @@ def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
     dev = device_of(pair_value)
     n_units = plan.n_units
     # host: each item's sample, and its (sample, unit) cell of the (N, J) arrays
-    sample = plan.pairs.sample[plan.direct_pair]
+    sample, pairs = plan.pairs.sample[plan.direct_pair], plan.direct_pair
     items = xp.asarray(
-        np.stack([sample, sample * n_units + plan.direct_unit, plan.direct_unit, plan.direct_pair]),
+        np.stack([sample, sample * n_units + plan.direct_unit, plan.direct_unit, pairs]),  # host
         device=dev,
     )
     first, second = (xp.reshape(array, (-1,)) for array in unit)

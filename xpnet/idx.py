@@ -32,7 +32,7 @@ MAX_IDX_BYTES = 2**30
 MAX_DIMENSIONS = 4
 
 # type code -> big-endian NumPy dtype
-_TYPES: dict[int, np.dtype] = {
+_TYPES: dict[int, np.dtype] = {  # host
     0x08: np.dtype(">u1"),  # host
     0x09: np.dtype(">i1"),  # host
     0x0B: np.dtype(">i2"),  # host
@@ -78,7 +78,9 @@ def _array(data: bytes, shape, dtype, payload: int, extra: int, name: str):  # h
     return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))  # host
 
 
-def parse_idx(data: bytes, name: str = "<bytes>", max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+def parse_idx(
+    data: bytes, name: str = "<bytes>", max_bytes: int = MAX_IDX_BYTES
+) -> np.ndarray:  # host
     """Parse the bytes of an (uncompressed) IDX file into an array (host)."""
     stream = io.BytesIO(data)
     shape, dtype, payload = _header(stream.read, name, max_bytes)

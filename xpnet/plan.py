@@ -56,9 +56,9 @@ class Pairs:
         equal to 0, which move nothing.
     """
 
-    sample: np.ndarray
-    value: np.ndarray
-    index: np.ndarray
+    sample: np.ndarray  # host
+    value: np.ndarray  # host
+    index: np.ndarray  # host
 
     @property
     def count(self) -> int:
@@ -84,7 +84,7 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     index = np.empty_like(position)  # host
     np.put_along_axis(index, order, position, axis=1)  # host
     sample = np.repeat(np.arange(n_samples), new.sum(axis=1))  # host
-    return Pairs(sample.astype(np.int64), ordered[new], index.astype(np.int64))
+    return Pairs(sample.astype(np.int64), ordered[new], index.astype(np.int64))  # host
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,11 @@ class LayerPlan:
     span: tuple
     pairs: Pairs
     n_units: int
-    series: np.ndarray | None
-    direct_pair: np.ndarray
-    direct_unit: np.ndarray
-    position: np.ndarray | None
-    pair_base: np.ndarray | None
+    series: np.ndarray | None  # host
+    direct_pair: np.ndarray  # host
+    direct_unit: np.ndarray  # host
+    position: np.ndarray | None  # host
+    pair_base: np.ndarray | None  # host
     terms: int | None
     series_chunk: int
     direct_chunk: int
@@ -179,8 +179,8 @@ def layer_plan(
     z: np.ndarray,  # host (N, F): the layer's inputs in the span (bias column included)
     n_units: int,
     *,
-    still: np.ndarray | None = None,
-    unsafe: np.ndarray | None = None,
+    still: np.ndarray | None = None,  # host
+    unsafe: np.ndarray | None = None,  # host
     terms: int | None,
     series_item_bytes: int,
     direct_item_bytes: int,
@@ -216,8 +216,8 @@ def layer_plan(
         pairs,
         n_units,
         slots,
-        direct_pair.astype(np.int64),
-        direct_unit.astype(np.int64),
+        direct_pair.astype(np.int64),  # host
+        direct_unit.astype(np.int64),  # host
         position,
         pair_base,
         terms,
@@ -267,7 +267,10 @@ def chunks(count: int, size: int) -> list[tuple[int, int]]:
 
 
 def sample_blocks(
-    per_sample_bytes: np.ndarray, budget: int, n_threads: int = 1, min_share: int = 0
+    per_sample_bytes: np.ndarray,  # host
+    budget: int,
+    n_threads: int = 1,
+    min_share: int = 0,  # host
 ) -> list[tuple[int, int]]:  # host
     """Consecutive sample ranges whose summed ``per_sample_bytes`` fit ``budget``
     (at least one sample each): the loss is a mean, so block gradients add.
@@ -289,12 +292,12 @@ def sample_blocks(
         count = min(count, n)
         shares = float(cumulative[-1]) * np.arange(1, count) / count  # host
         cuts = np.searchsorted(cumulative, shares, side="left") + 1  # host
-        bounds = [0, *sorted(set(int(c) for c in np.clip(cuts, 1, n - 1))), n]
+        bounds = [0, *sorted(set(int(c) for c in np.clip(cuts, 1, n - 1))), n]  # host
         return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     blocks, start, n = [], 0, per_sample.shape[0]
     while start < n:
         base = cumulative[start - 1] if start else 0.0
-        stop = int(np.searchsorted(cumulative, base + budget, side="right"))
+        stop = int(np.searchsorted(cumulative, base + budget, side="right"))  # host
         stop = min(n, max(stop, start + 1))
         blocks.append((start, stop))
         start = stop

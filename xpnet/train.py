@@ -227,7 +227,7 @@ class _Run:
     train_set: model.Batch
     test_set: model.Batch
     optimizer: Any
-    rng: np.random.Generator
+    rng: np.random.Generator  # host: minibatch indices
     history: Any  # History: a dict filled in as the run goes
     checkpoint: Any  # Checkpoint, or None without a directory
     say: Any
