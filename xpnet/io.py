@@ -22,6 +22,7 @@ import json
 import math
 import os
 import secrets
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -48,6 +49,8 @@ _READ_ERRORS = (
     zlib.error,
     NotImplementedError,  # a zip feature (version, compression) the reader lacks
     RuntimeError,  # a member flagged as encrypted (found by the property tests)
+    tokenize.TokenError,  # a damaged .npy header, as NumPy parses it (found the same way)
+    SyntaxError,
     ValueError,
     OSError,
     EOFError,
