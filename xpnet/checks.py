@@ -4,7 +4,7 @@ Rules of this module:
 
 * Every check names the argument and says what was expected, and raises
   ``TypeError`` for a wrong kind of thing (dtype, type) and ``ValueError`` for a
-  wrong value (shape, range, NaN). Integral types of any library (``np.int64``)
+  wrong value (shape, range, NaN). Integral types of any library (``numpy.int64``)
   count as ints, real ones as floats; ``bool`` is neither.
 * Scalar checks (:func:`positive_int`, :func:`non_negative_float`, ...) return
   the value as a plain Python ``int``/``float``; :func:`argparse_type` turns any
