@@ -79,7 +79,8 @@ def test_series_in_a_units_change_equals_the_losses(backend, name):
     dz_steps = backend.from_host(np.stack([dz, -0.5 * dz]))  # (S, N, J)
     terms = series.terms_for_linear(3e-4 * float(np.ptp(V)), np.finfo(float).eps)
     cache = head.cache(a, t)
-    coefficients = head.series_coefficients(cache, slice(0, 3), [None, backend.from_host(V)], terms)
+    stacked = head.series_coefficients(cache, slice(0, 3), [None, backend.from_host(V)], terms)
+    coefficients = list(xp.unstack(stacked))  # (R, N, J): R rows, each gathered per item
 
     def per_sample(array):
         return array[:, None, ...]
@@ -115,3 +116,22 @@ def test_unknown_head_is_one_clear_error():
 def test_targets_that_do_not_fit_a_head(backend, name, t, error, words):
     with pytest.raises(error, match=words):
         get_head(name).targets(backend.from_host(t), 2, 2, backend.dtype)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_a_linear_move_gives_the_coefficients_of_the_general_series(backend, name):
+    """A linear score change ``[None, V]`` takes a shortcut (all powers at once);
+    given as a general series ``[None, V, 0]`` it takes the term-by-term path:
+    the coefficients agree to rounding, for all samples (None) or a slice."""
+    xp = backend.xp
+    head = get_head(name)
+    a, t = _case(backend, name, n=3, c=4)
+    V = backend.from_host(np.random.default_rng(3).standard_normal((3, 2, 4)))  # per sample
+    cache = head.cache(a, t)
+    for rows in (None, slice(1, 3)):
+        moved = V if rows is None else V[rows, ...]  # moves come for the rows asked
+        shortcut = head.series_coefficients(cache, rows, [None, moved], 5)
+        general = head.series_coefficients(cache, rows, [None, moved, None, None, None], 5)
+        assert shortcut.shape == general.shape
+        assert shortcut.shape[1:3] == ((3 if rows is None else 2), 2)
+        np.testing.assert_allclose(to_numpy(shortcut), to_numpy(general), rtol=1e-13, atol=0)

@@ -32,7 +32,7 @@ import array_api_compat
 import numpy as np  # host
 
 from .dtypes import DTYPES as _DTYPE_RECORDS
-from .dtypes import dtype_info
+from .dtypes import dtype_info, same_dtype
 
 __all__ = [
     "BACKENDS",
@@ -131,9 +131,10 @@ class Backend:
         except TypeError:
             namespace = None
         if namespace is not None and _same_library(namespace, self.xp):
-            if array_api_compat.device(array) != self.device:
+            device = array_api_compat.device(array)
+            if device is not self.device and device != self.device:
                 array = array_api_compat.to_device(array, self.device)
-            if dtype is not None and array.dtype != dtype:
+            if dtype is not None and not same_dtype(array.dtype, dtype):
                 array = self.xp.astype(array, dtype)
             return array
         return self.from_host(to_numpy(array), dtype=dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-__all__ = ["DType", "DTYPES", "dtype_info"]
+__all__ = ["DType", "DTYPES", "dtype_info", "same_dtype"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def dtype_info(xp, dtype) -> DType:
         return _dtype_info(xp, dtype)
     except TypeError:  # an unhashable dtype: look through the records
         for info in DTYPES.values():
-            if dtype == info.real(xp) or dtype == info.complex(xp):
+            if same_dtype(dtype, info.real(xp)) or same_dtype(dtype, info.complex(xp)):
                 return info
     raise TypeError(f"expected a dtype of {sorted(DTYPES)} or its complex type, got {dtype}")
 
@@ -128,3 +128,10 @@ def _dtype_info(xp, dtype) -> DType:
         if dtype == info.real(xp) or dtype == info.complex(xp):
             return info
     raise TypeError(f"expected a dtype of {sorted(DTYPES)} or its complex type, got {dtype}")
+
+
+def same_dtype(a, b) -> bool:
+    """Whether two dtypes of one namespace are the same: by identity first (a
+    namespace's dtypes are usually singletons), else by equality (some
+    namespaces' ``==`` is Python code run per call)."""
+    return a is b or (b is not None and a == b)

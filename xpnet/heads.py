@@ -106,18 +106,22 @@ class Head:
         raise NotImplementedError
 
     def series_coefficients(self, cache: HeadCache, rows, moves, terms: int):
-        """Coefficients, for samples ``rows`` (a slice), of the series that
-        :meth:`series_differences` evaluates, given the series ``moves`` of the
-        score rows (``moves[m]`` (n, J, C): coefficient of ``dz^m`` of the change
-        of the scores when unit ``j`` below moves by ``dz``; ``moves[0]`` None)."""
+        """Per (sample, unit) arrays, for samples ``rows`` (a slice; None: all),
+        that :meth:`series_differences` needs, stacked: ``(R, n, J, ...)``.
+
+        ``moves`` is the series of the score rows' change when unit ``j`` below
+        moves by ``dz``: ``moves[m]`` ``(n or 1, J, C)``, the coefficient of
+        ``dz^m`` (``moves[0]`` None; a leading 1: shared by every sample; a list
+        ``[None, V]``: exactly linear).
+        """
         raise NotImplementedError
 
     def series_differences(self, cache: HeadCache, coefficients, dz, take, combine):
         """``combine`` of the losses at the moved scores, per item.
 
-        ``coefficients``: :meth:`series_coefficients` gathered for the items;
-        ``dz`` (S, *items): each item's unit change per step; ``take(array)``
-        gathers a per-sample array (N, ...) for the items.
+        ``coefficients``: the ``R`` rows of :meth:`series_coefficients`, each
+        gathered for the items; ``dz`` (S, *items): each item's unit change per
+        step; ``take(array)`` gathers a per-sample array (N, ...) for the items.
         """
         raise NotImplementedError
 
@@ -161,40 +165,41 @@ class Softmax(Head):
         n_classes = cache.weights.shape[1]
         e = cache.weights.T  # (C, N): a view (2-D .T is in the Array API)
         classes = xp.arange(n_classes, device=device_of(e))
-        hit = xp.astype(classes[:, None] == cache.target[None, :], e.dtype)  # (C, N)
+        hit = classes[:, None] == cache.target  # (C, N)
         grow = _expm1(xp, delta)[:, :, None, :]  # (S, I, 1, N)
         total = cache.total + e * grow  # (S, I, C, N)
-        p = cache.weight_t * (1.0 + hit * grow)
+        p = cache.weight_t * (1.0 + xp.where(hit, grow, 0.0))
         p /= total
         p += F.LOG_EPS
         return xp.sum(combine.negative_log(p), axis=-1)  # (I, C)
 
     def series_coefficients(self, cache, rows, moves, terms):
         # p_t = e_t / Y, Y(dz) = sum_c e_c exp(x_c(dz) - x_t(dz)): the exp of a
-        # series with no constant term, weighted by the cached e_c
+        # series with no constant term, weighted by the cached e_c. Rows: e_t,
+        # then Y's coefficients Y_0 = sum_c e_c, Y_1, ..., Y_{terms-1}
         xp = array_namespace(cache.weights)
-        labels = cache.target[rows]
+        labels = _rows(cache.target, rows)
         n = labels.shape[0]
-        gaps = [None]
-        for m in range(1, terms):
-            x = moves[m] if m < len(moves) else None
-            if x is None:
-                gaps.append(None)
-                continue
-            x = xp.broadcast_to(x, (n, *x.shape[1:]))  # a move shared by every sample
-            index = xp.broadcast_to(labels[:, None, None], (*x.shape[:-1], 1))
-            gaps.append(x - xp.take_along_axis(x, index, axis=-1))
-        grown = series.exp(gaps, terms)
-        e = cache.weights[rows, ...][:, None, :]  # (n, 1, C)
-        total = cache.total[rows][:, None]  # (n, 1)
+        front = xp.stack([_rows(cache.weight_t, rows), _rows(cache.total, rows)])[:, :, None]
         n_units = next(m.shape[1] for m in moves if m is not None)
-        coefficients = [xp.broadcast_to(total, (n, n_units))]
-        for m in range(1, terms):
-            coefficients.append(None if grown[m] is None else xp.sum(e * grown[m], axis=-1))
-        return coefficients
+        front = xp.broadcast_to(front, (2, n, n_units))
+        if terms < 2:
+            return front
+        if len(moves) == 2:  # linear in dz: exp's coefficients are gap^m / m!, all at once
+            gap = _gaps(xp, moves[1], labels)  # (n, J, C)
+            inverse = [[[[1.0 / m]]] for m in range(1, terms)]
+            inverse = xp.asarray(inverse, dtype=gap.dtype, device=device_of(gap))
+            grown = xp.cumulative_prod(gap * inverse, axis=0)  # (terms - 1, n, J, C)
+        else:
+            gaps = [None] + [None if m is None else _gaps(xp, m, labels) for m in moves[1:terms]]
+            grown = xp.stack(_filled(xp, series.exp(gaps, terms)[1:]))
+        # sum_c e_c grown_c (vecdot conjugates its first argument: the real weights)
+        per_unit = xp.vecdot(_rows(cache.weights, rows)[:, None, :], grown)  # (terms - 1, n, J)
+        return xp.concat([front, per_unit])
 
     def series_differences(self, cache, coefficients, dz, take, combine):
-        p = take(cache.weight_t) / series.horner(coefficients, dz)
+        weight_t, *total = coefficients
+        p = weight_t / series.horner(total, dz)
         p += F.LOG_EPS
         return combine.negative_log(p)
 
@@ -222,17 +227,18 @@ class _Separable(Head):
         return xp.sum(combine.loss(moved), axis=-1)
 
     def series_coefficients(self, cache, rows, moves, terms):
+        # the score change's own coefficients, from dz^1 on: (terms - 1, n, J, C)
         xp = array_namespace(cache.scores)
-        n = cache.scores[rows, ...].shape[0]
-        out = [None]
+        n = _rows(cache.target, rows).shape[0]
+        out = []
         for m in range(1, terms):
             x = moves[m] if m < len(moves) else None
             out.append(None if x is None else xp.broadcast_to(x, (n, *x.shape[1:])))
-        return out
+        return xp.stack(_filled(xp, out))
 
     def series_differences(self, cache, coefficients, dz, take, combine):
         xp = array_namespace(dz)
-        change = series.horner(coefficients, dz[..., None])  # (S, *items, C)
+        change = series.horner([None, *coefficients], dz[..., None])  # (S, *items, C)
         moved = self.term(take(cache.scores) + change, take(cache.target))
         return combine.loss(xp.sum(moved, axis=-1))
 
@@ -323,6 +329,27 @@ def _expm1(xp, d):
     if xp.isdtype(d.dtype, "complex floating"):
         return xp.exp(d) - 1.0
     return xp.expm1(d)
+
+
+def _rows(array, rows):
+    """Rows ``rows`` (a slice; None: all) of a per-sample array; an array shared
+    by every sample (leading 1) as it is."""
+    return array if rows is None or array.shape[0] == 1 else array[rows, ...]
+
+
+def _gaps(xp, x, labels):
+    """``x[n, j, c] - x[n, j, t_n]`` (n, J, C) of a score change ``x`` (n or 1, J, C)."""
+    if x.shape[0] == 1:  # shared by every sample (the head's weights)
+        at_label = xp.take(x[0, ...], labels, axis=1)  # (J, n)
+        return x - at_label.T[:, :, None]
+    index = xp.broadcast_to(labels[:, None, None], (*x.shape[:-1], 1))
+    return x - xp.take_along_axis(x, index, axis=-1)
+
+
+def _filled(xp, coefficients):
+    """Series coefficients with the zeros (None) made arrays, so that they stack."""
+    like = next(c for c in coefficients if c is not None)
+    return [xp.zeros_like(like) if c is None else c for c in coefficients]
 
 
 HEADS = {head.name: head for head in (Softmax(), Sigmoid(), Identity())}

@@ -43,10 +43,10 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
     layer = plan.layer
     dev = device_of(a[layer])
     if spec.activation == "sigmoid":
-        # sigmoid clips its argument to [-700, 700]: so does this exp(-a)
-        unit = (xp.exp(-xp.clip(a[layer], min=-700.0, max=700.0)), z[layer + 1] - 1.0)
+        second = z[layer + 1] - 1.0  # sigmoid(a) - 1
+        unit = xp.stack([z[layer + 1] * second, second])  # (2, N, J), see moves
     else:
-        unit = (a[layer], z[layer + 1])
+        unit = xp.stack([a[layer], z[layer + 1]])
     n_pairs, n_units = plan.pairs.count, plan.n_units
     if n_pairs == 0:  # every input of the span is 0 for every sample: nothing moves
         n_features = plan.pairs.index.shape[1]
@@ -107,44 +107,49 @@ def _slotted(xp, array, slots, axis):
 
 def moves(ctx, first, second, value):
     """``act(a + u) - act(a)``, (S, P, W), for pairs of input ``value`` (P, 1) and
-    the (P, W) units' ``first``/``second`` (sigmoid: ``exp(-a)``, ``sigmoid(a) - 1``;
-    ReLU: ``a``, ``relu(a)``)."""
+    the (P, W) units' ``first``/``second`` (sigmoid: ``s (s - 1)``, ``s - 1`` with
+    ``s = sigmoid(a)``; ReLU: ``a``, ``relu(a)``)."""
     xp = ctx.xp
     if ctx.spec.activation == "sigmoid":
-        # sigmoid(a + u) - sigmoid(a) = (1 - sigmoid(a)) (1 - e^-u) / (1 + e^-a e^-u):
-        # exact, without cancellation and without an exp per unit; ``second`` is
-        # ``sigmoid(a) - 1``, so that dz = second * (e^-u - 1) / (...)
+        # with e^-a = (1 - s) / s and w = e^-u - 1: sigmoid(a + u) = s / (1 + (1 - s) w),
+        # so sigmoid(a + u) - s = s (s - 1) w / (1 - (s - 1) w): exact, no cancellation
+        # (|w| is about the step), one expm1 per pair and none per unit
         down = ctx.down * value  # (S, P, 1): -u
-        e_u = xp.exp(down)
-        dz = second * (xp.expm1(down) if ctx.central else e_u - 1.0)
-        denominator = first * e_u
-        denominator += 1.0
-        dz /= denominator
+        w = xp.expm1(down) if ctx.central else xp.exp(down) - 1.0
+        dz = first * w
+        dz /= 1.0 - second * w
         return dz
     return ACTIVATIONS["relu"].function(first + ctx.steps * value) - second
 
 
 def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache):
     """Combined differences of every pair and series slot through the head's
-    series in ``dz``, (U, S)."""
+    series in ``dz``, (U, S). The per-(sample, unit) arrays ride in one table
+    where they have one shape: one gather per chunk."""
     xp = ctx.xp
     head = ctx.spec.head
-    first, second = (_slotted(xp, array, slots, 1) for array in unit)
-    coefficients = _slotted(xp, coefficients, slots, 2)
+    table, apart = unit, coefficients
+    if coefficients.ndim == unit.ndim:
+        table, apart = xp.concat([unit, coefficients]), None
+    table = _slotted(xp, table, slots, 2)
+    apart = None if apart is None else _slotted(xp, apart, slots, 2)
+    whole = plan.pairs.count
 
     def compute(u0, u1):
-        n = pair_sample[u0:u1]
-        dz = moves(
-            ctx, xp.take(first, n, axis=0), xp.take(second, n, axis=0), pair_value[u0:u1, None]
-        )
-        picked = [xp.take(coefficients[m, ...], n, axis=0) for m in range(coefficients.shape[0])]
+        n, value = pair_sample, pair_value[:, None]
+        if (u0, u1) != (0, whole):
+            n, value = pair_sample[u0:u1], pair_value[u0:u1, None]
+        first, second, *rows = xp.unstack(xp.take(table, n, axis=1))
+        if apart is not None:
+            rows = list(xp.unstack(xp.take(apart, n, axis=1)))
+        dz = moves(ctx, first, second, value)
 
         def per_sample(array):
             return xp.take(array, n, axis=0)[:, None, ...]
 
-        return head.series_differences(cache, picked, dz, per_sample, ctx)
+        return head.series_differences(cache, rows, dz, per_sample, ctx)
 
-    return ctx.chunked(plan.pairs.count, plan.series_chunk, compute)
+    return ctx.chunked(whole, plan.series_chunk, compute)
 
 
 def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
@@ -161,17 +166,13 @@ def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
         np.stack([sample, sample * n_units + plan.direct_unit, plan.direct_unit, pairs]),  # host
         device=dev,
     )
-    first, second = (xp.reshape(array, (-1,)) for array in unit)
+    flat = xp.reshape(unit, (2, -1))
     positions = xp.arange(n_units, device=dev)
 
     def compute(i0, i1):
         n, cell, j, pair = xp.unstack(items[:, i0:i1])
-        dz = moves(
-            ctx,
-            xp.take(first, cell)[:, None],
-            xp.take(second, cell)[:, None],
-            xp.take(pair_value, pair)[:, None],
-        )  # (S, P, 1)
+        first, second = xp.unstack(xp.take(flat, cell, axis=1)[:, :, None])
+        dz = moves(ctx, first, second, xp.take(pair_value, pair)[:, None])  # (S, P, 1)
         moved_unit = xp.astype(j[:, None] == positions, ctx.real)  # (P, J)
         moved = xp.take(z[layer + 1], n, axis=0) + dz * moved_unit  # (S, P, J)
         scores = model.forward(spec, work_layers, moved, start=layer + 1)[0][-1]
@@ -181,7 +182,8 @@ def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
 
 
 def _coefficients(ctx, fact, terms, layers, z, cache):
-    """The head's series coefficients per (sample, unit), by sample chunks."""
+    """The head's series coefficients per (sample, unit), (R, N, J, ...), by
+    sample chunks."""
     xp, spec = ctx.xp, ctx.spec
     layer = fact.layer
     n_samples = z[0].shape[0]
@@ -190,47 +192,41 @@ def _coefficients(ctx, fact, terms, layers, z, cache):
     if fact.moves is not None or not hidden:  # exactly linear
         moves = fact.moves
 
-        def chunk(n0, n1):
-            rows = slice(n0, n1)
+        def chunk(rows):
             picked = [None] + [None if m is None else _rows_of(m, rows) for m in moves[1:]]
-            return xp.stack(_filled(xp, head.series_coefficients(cache, rows, picked, terms)))
+            return head.series_coefficients(cache, rows, picked, terms)
 
+        per_sample = layers[layer][0].shape[1] * spec.sizes[-1] * ctx.itemsize * terms * 2
     else:  # sigmoid layers above: the series of each through the next
         n_units = layers[layer][0].shape[1]
         widest = max(W.shape[1] for W, _ in layers[layer + 1 :])
         per_sample = n_units * widest * ctx.itemsize * terms * terms
 
-        def chunk(n0, n1):
-            rows = slice(n0, n1)
+        def chunk(rows):
             moves = [None, layers[layer + 1][0][None, ...]]  # a_{l+1} moves by dz * W[j, :]
             for k in hidden:
-                s = z[k + 1][rows, None, :]  # sigmoid(a_k), (n, 1, H)
+                s = _rows_of(z[k + 1], rows)[:, None, :]  # sigmoid(a_k), (n, 1, H)
                 changes = series.compose(series.sigmoid_taylor(s, terms), moves, terms)
                 moves = [None] + [None if c is None else c @ layers[k + 1][0] for c in changes[1:]]
-            return xp.stack(_filled(xp, head.series_coefficients(cache, rows, moves, terms)))
+            return head.series_coefficients(cache, rows, moves, terms)
 
-        return _chunk_samples(ctx, n_samples, per_sample, chunk)
-    per_sample = layers[layer][0].shape[1] * spec.sizes[-1] * ctx.itemsize * terms * 2
     return _chunk_samples(ctx, n_samples, per_sample, chunk)
 
 
 def _rows_of(array, rows):
-    """Rows of a per-sample array; an array shared by every sample (leading 1) as is."""
-    return array if array.shape[0] == 1 else array[rows, ...]
-
-
-def _filled(xp, coefficients):
-    """Series coefficients with the zeros (None) made arrays, so they stack."""
-    like = next(c for c in coefficients if c is not None)
-    return [xp.zeros_like(like) if c is None else c for c in coefficients]
+    """Rows ``rows`` (a slice; None: all) of a per-sample array; an array shared
+    by every sample (leading 1) as it is."""
+    return array if rows is None or array.shape[0] == 1 else array[rows, ...]
 
 
 def _chunk_samples(ctx, n_samples, per_sample, chunk):
-    """``chunk(n0, n1)`` (K, n, ...) over sample ranges within the chunk budget,
-    joined along the samples."""
+    """``chunk(rows)`` (R, n, ...) over sample ranges within the chunk budget
+    (``rows`` a slice, None for all samples at once), joined along the samples."""
     xp = ctx.xp
     # matrix products and series arithmetic: larger pieces than the cache-sized
     # chunks of the element-wise passes run as fast and cost fewer operations
     size = max(1, COEFFICIENT_CHUNKS * ctx.chunk_bytes // max(1, per_sample))
-    parts = [chunk(n0, n1) for n0, n1 in planner.chunks(n_samples, size)]
-    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
+    pieces = planner.chunks(n_samples, size)
+    if len(pieces) == 1:
+        return chunk(None)
+    return xp.concat([chunk(slice(n0, n1)) for n0, n1 in pieces], axis=1)
