@@ -74,7 +74,7 @@ def test_series_in_a_units_change_equals_the_losses(backend, name):
     head = get_head(name)
     a, t = _case(backend, name, n=3, c=4)
     rng = np.random.default_rng(2)
-    V = rng.standard_normal((1, 2, 4))  # (1, J, C): shared by the samples
+    V = rng.standard_normal((2, 4))  # (J, C): shared by the samples
     dz = np.array([[2e-4, -3e-4], [1e-4, 5e-5], [-2e-4, 1e-4]])  # (N, J)
     dz_steps = backend.from_host(np.stack([dz, -0.5 * dz]))  # (S, N, J)
     terms = series.terms_for_linear(3e-4 * float(np.ptp(V)), np.finfo(float).eps)
@@ -91,7 +91,7 @@ def test_series_in_a_units_change_equals_the_losses(backend, name):
         for j in range(2):
             losses = []
             for step in (dz[n, j], -0.5 * dz[n, j]):
-                moved = a_host[n : n + 1] + step * V[0, j][None, :]
+                moved = a_host[n : n + 1] + step * V[j][None, :]
                 loss = head.losses(backend.from_host(moved), t[n : n + 1, ...])
                 losses.append(float(to_numpy(loss)[0]))
             assert math.isclose(

@@ -9,13 +9,14 @@ from xpnet import plan
 def test_distinct_pairs_share_equal_values_of_a_sample_and_skip_zeros():
     z = np.array([[0.5, 0.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0], [0.25, 0.75, 0.25, 0.25]])
     pairs = plan.distinct_pairs(z)
-    assert pairs.count == 4  # (0, .5), (0, 1), (2, .25), (2, .75)
-    assert list(pairs.sample) == [0, 0, 2, 2]
+    assert pairs.count == 4 + 1  # (0, .5), (0, 1), (2, .25), (2, .75), and (2, 0)
+    assert list(pairs.sample) == [0, 0, 2, 2, 2]
+    assert pairs.value[-1] == 0.0
     for n in range(3):
         for i in range(4):
             k = pairs.index[n, i]
             if z[n, i] == 0:
-                assert k == pairs.count  # the zero row
+                assert k == pairs.count - 1  # the pair of value 0, whose results are 0
             else:
                 assert pairs.sample[k] == n and pairs.value[k] == z[n, i]
     assert np.all(np.diff(pairs.sample) >= 0)
@@ -25,8 +26,8 @@ def test_distinct_pairs_of_random_8_bit_rows():
     rng = np.random.default_rng(0)
     z = rng.integers(0, 6, (20, 30)) / 5
     pairs = plan.distinct_pairs(z)
-    assert pairs.count == sum(len(set(row[row != 0])) for row in z)
-    rebuilt = np.append(pairs.value, 0.0)[pairs.index]
+    assert pairs.count == sum(len(set(row[row != 0])) for row in z) + 1
+    rebuilt = pairs.value[pairs.index]
     assert np.array_equal(rebuilt, z)
 
 
@@ -48,7 +49,8 @@ def test_every_unit_of_every_pair_has_one_place():
         0, (0, 3), z, 4, still=still, unsafe=unsafe, terms=3,
         series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
     )  # fmt: skip
-    assert p.series_width == 2 and p.direct_count == 2 + 2  # 2 pairs per sample, 1 unit
+    # 2 pairs per sample and the pair of value 0 (of sample 1), 1 unit each
+    assert p.series_width == 2 and p.direct_count == 2 + 2 + 1
     seen = set()
     for u in range(p.pairs.count):
         n = p.pairs.sample[u]
@@ -76,8 +78,8 @@ def test_without_a_series_every_moving_unit_is_a_direct_item():
         0, (0, 2), z, 3, still=np.array([[False, True, False]]), terms=None,
         series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
     )  # fmt: skip
-    assert p.series_width == 0 and p.direct_count == 2
-    assert list(p.direct_unit) == [0, 2]
+    assert p.series_width == 0 and p.direct_count == 2 + 2  # the pair 0.5 and the pair 0
+    assert list(p.direct_unit) == [0, 2, 0, 2]
 
 
 def test_all_units_on_the_series_path_need_no_position_table():

@@ -134,7 +134,7 @@ class Backend:
             device = array_api_compat.device(array)
             if device is not self.device and device != self.device:
                 array = array_api_compat.to_device(array, self.device)
-            if dtype is not None and not same_dtype(array.dtype, dtype):
+            if dtype is not None and not same_dtype(self.xp, array.dtype, dtype):
                 array = self.xp.astype(array, dtype)
             return array
         return self.from_host(to_numpy(array), dtype=dtype)

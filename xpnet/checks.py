@@ -24,6 +24,7 @@ import re
 from array_api_compat import array_namespace
 
 from .backend import to_numpy
+from .dtypes import same_dtype
 
 __all__ = [
     "positive_int",
@@ -285,7 +286,7 @@ def check_targets(t, batch_size: int, output_size: int, name: str = "t"):
             raise TypeError(f"{name} labels must be integers, got non-integral floats")
     elif not xp.isdtype(t.dtype, "integral"):
         raise TypeError(f"{name} labels must have an integer dtype, got {t.dtype}")
-    labels = xp.astype(t, xp.int64)
+    labels = t if same_dtype(xp, t.dtype, xp.int64) else xp.astype(t, xp.int64)
     bounds = xp.stack([xp.min(labels), xp.max(labels)])
     low, high = (int(v) for v in to_numpy(bounds).tolist())
     if low < 0 or high >= output_size:

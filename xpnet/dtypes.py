@@ -115,7 +115,7 @@ def dtype_info(xp, dtype) -> DType:
         return _dtype_info(xp, dtype)
     except TypeError:  # an unhashable dtype: look through the records
         for info in DTYPES.values():
-            if same_dtype(dtype, info.real(xp)) or same_dtype(dtype, info.complex(xp)):
+            if same_dtype(xp, dtype, info.real(xp)) or same_dtype(xp, dtype, info.complex(xp)):
                 return info
     raise TypeError(f"expected a dtype of {sorted(DTYPES)} or its complex type, got {dtype}")
 
@@ -130,8 +130,10 @@ def _dtype_info(xp, dtype) -> DType:
     raise TypeError(f"expected a dtype of {sorted(DTYPES)} or its complex type, got {dtype}")
 
 
-def same_dtype(a, b) -> bool:
-    """Whether two dtypes of one namespace are the same: by identity first (a
-    namespace's dtypes are usually singletons), else by equality (some
-    namespaces' ``==`` is Python code run per call)."""
-    return a is b or (b is not None and a == b)
+def same_dtype(xp, a, b) -> bool:
+    """Whether ``a`` is the dtype ``b`` of namespace ``xp`` (``b`` None: no).
+
+    By identity first (a namespace's dtypes are often singletons), else with the
+    Array API's own predicate ``xp.isdtype(a, b)``: a read of metadata, where
+    ``==`` on some namespaces' dtypes is Python code run per call."""
+    return b is not None and (a is b or xp.isdtype(a, b))

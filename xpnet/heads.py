@@ -58,6 +58,8 @@ class HeadCache:
         Softmax only: each row's sum of ``weights``.
     weight_t : array (N,) or None
         Softmax only: the weight of each sample's label.
+    hit : array (N, C) bool or None
+        Softmax only: where each row's class is its label.
     """
 
     scores: object
@@ -65,6 +67,7 @@ class HeadCache:
     weights: object = None
     total: object = None
     weight_t: object = None
+    hit: object = None
 
 
 class Head:
@@ -110,9 +113,9 @@ class Head:
         that :meth:`series_differences` needs, stacked: ``(R, n, J, ...)``.
 
         ``moves`` is the series of the score rows' change when unit ``j`` below
-        moves by ``dz``: ``moves[m]`` ``(n or 1, J, C)``, the coefficient of
-        ``dz^m`` (``moves[0]`` None; a leading 1: shared by every sample; a list
-        ``[None, V]``: exactly linear).
+        moves by ``dz``: ``moves[m]`` ``(n, J, C)``, or ``(J, C)`` shared by every
+        sample, the coefficient of ``dz^m`` (``moves[0]`` None; a list ``[None,
+        V]``: exactly linear).
         """
         raise NotImplementedError
 
@@ -155,17 +158,16 @@ class Softmax(Head):
         xp = array_namespace(a, t)
         s = a - xp.max(a, axis=1, keepdims=True)
         weights = xp.exp(s)
-        weight_t = xp.take_along_axis(weights, t[:, None], axis=1)[:, 0]
-        return HeadCache(s, t, weights, xp.sum(weights, axis=1), weight_t)
+        hit = t[:, None] == xp.arange(a.shape[-1], device=device_of(a))  # (N, C)
+        weight_t = xp.sum(xp.where(hit, weights, 0.0), axis=1)  # exact: the other terms are 0
+        return HeadCache(s, t, weights, xp.sum(weights, axis=1), weight_t, hit)
 
     def column_differences(self, cache, delta, combine):
         # p_t = e_t exp(d [k == t]) / (sum_c e_c + e_k (exp(d) - 1)): exp(a + d) =
         # exp(a) exp(d), one exp per (step, input, sample) for every class k
         xp = array_namespace(delta)
-        n_classes = cache.weights.shape[1]
         e = cache.weights.T  # (C, N): a view (2-D .T is in the Array API)
-        classes = xp.arange(n_classes, device=device_of(e))
-        hit = classes[:, None] == cache.target  # (C, N)
+        hit = cache.hit.T  # (C, N): a view
         grow = _expm1(xp, delta)[:, :, None, :]  # (S, I, 1, N)
         total = cache.total + e * grow  # (S, I, C, N)
         p = cache.weight_t * (1.0 + xp.where(hit, grow, 0.0))
@@ -181,7 +183,7 @@ class Softmax(Head):
         labels = _rows(cache.target, rows)
         n = labels.shape[0]
         front = xp.stack([_rows(cache.weight_t, rows), _rows(cache.total, rows)])[:, :, None]
-        n_units = next(m.shape[1] for m in moves if m is not None)
+        n_units = next(m.shape[-2] for m in moves if m is not None)
         front = xp.broadcast_to(front, (2, n, n_units))
         if terms < 2:
             return front
@@ -233,7 +235,7 @@ class _Separable(Head):
         out = []
         for m in range(1, terms):
             x = moves[m] if m < len(moves) else None
-            out.append(None if x is None else xp.broadcast_to(x, (n, *x.shape[1:])))
+            out.append(None if x is None else xp.broadcast_to(x, (n, *x.shape[-2:])))
         return xp.stack(_filled(xp, out))
 
     def series_differences(self, cache, coefficients, dz, take, combine):
@@ -332,15 +334,15 @@ def _expm1(xp, d):
 
 
 def _rows(array, rows):
-    """Rows ``rows`` (a slice; None: all) of a per-sample array; an array shared
-    by every sample (leading 1) as it is."""
-    return array if rows is None or array.shape[0] == 1 else array[rows, ...]
+    """Rows ``rows`` (a slice; None: all) of a per-sample array."""
+    return array if rows is None else array[rows, ...]
 
 
 def _gaps(xp, x, labels):
-    """``x[n, j, c] - x[n, j, t_n]`` (n, J, C) of a score change ``x`` (n or 1, J, C)."""
-    if x.shape[0] == 1:  # shared by every sample (the head's weights)
-        at_label = xp.take(x[0, ...], labels, axis=1)  # (J, n)
+    """``x[n, j, c] - x[n, j, t_n]`` (n, J, C) of a score change ``x`` (n, J, C),
+    or (J, C) shared by every sample."""
+    if x.ndim == 2:  # shared by every sample (the head's weights)
+        at_label = xp.take(x, labels, axis=1)  # (J, n)
         return x - at_label.T[:, :, None]
     index = xp.broadcast_to(labels[:, None, None], (*x.shape[:-1], 1))
     return x - xp.take_along_axis(x, index, axis=-1)

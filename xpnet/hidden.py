@@ -43,16 +43,13 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
     layer = plan.layer
     dev = device_of(a[layer])
     if spec.activation == "sigmoid":
-        second = z[layer + 1] - 1.0  # sigmoid(a) - 1
-        unit = xp.stack([z[layer + 1] * second, second])  # (2, N, J), see moves
+        s = z[layer + 1]
+        unit = xp.stack([s * (1.0 - s), s])  # (2, N, J), see moves
     else:
         unit = xp.stack([a[layer], z[layer + 1]])
     n_pairs, n_units = plan.pairs.count, plan.n_units
-    if n_pairs == 0:  # every input of the span is 0 for every sample: nothing moves
-        n_features = plan.pairs.index.shape[1]
-        return xp.zeros((n_features, n_units), dtype=ctx.real, device=dev)
     pair_sample = xp.asarray(plan.pairs.sample, device=dev)
-    pair_value = xp.asarray(plan.pairs.value, dtype=ctx.real, device=dev)
+    pair_value = xp.asarray(plan.pairs.value[:, None], dtype=ctx.real, device=dev)  # (U, 1)
     results = []
     if plan.series_width:
         slots = None if plan.series is None else xp.asarray(plan.series, device=dev)
@@ -79,15 +76,18 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
 
         per_chunk = max(1, ctx.chunk_bytes // max(1, 2 * n_units * ctx.itemsize))
         values = xp.reshape(ctx.chunked(n_pairs, per_chunk, gather), (n_pairs, n_units))
-    # every input (n, i) sums its pair's row; inputs equal to 0 take the zero row
-    by_pair = xp.concat([values, xp.zeros((1, n_units), dtype=ctx.real, device=dev)], axis=0)
-    inputs = xp.asarray(plan.pairs.index, device=dev)  # (N, F)
-    n_samples, n_features = inputs.shape
+    # every input (n, i) sums its pair's row (inputs equal to 0: the pair of value
+    # 0, whose row is 0); the pairs of feature i lie at [i N, (i + 1) N)
+    n_samples, n_features = plan.pairs.index.shape
+    by_feature = xp.asarray(np.reshape(plan.pairs.index.T, (-1,)), device=dev)  # host: (F N,)
     per_feature = max(1, ctx.chunk_bytes // max(1, n_samples * n_units * ctx.itemsize))
 
     def sums(f0, f1):
-        gathered = xp.take(by_pair, xp.reshape(inputs[:, f0:f1], (-1,)), axis=0)
-        return xp.sum(xp.reshape(gathered, (n_samples, f1 - f0, n_units)), axis=0)
+        picked = by_feature
+        if (f0, f1) != (0, n_features):
+            picked = by_feature[f0 * n_samples : f1 * n_samples]
+        gathered = xp.take(values, picked, axis=0)
+        return xp.sum(xp.reshape(gathered, (f1 - f0, n_samples, n_units)), axis=1)
 
     return ctx.chunked(n_features, per_feature, sums)
 
@@ -107,17 +107,17 @@ def _slotted(xp, array, slots, axis):
 
 def moves(ctx, first, second, value):
     """``act(a + u) - act(a)``, (S, P, W), for pairs of input ``value`` (P, 1) and
-    the (P, W) units' ``first``/``second`` (sigmoid: ``s (s - 1)``, ``s - 1`` with
-    ``s = sigmoid(a)``; ReLU: ``a``, ``relu(a)``)."""
+    the (P, W) units' ``first``/``second`` (sigmoid: ``s (1 - s)`` and ``s =
+    sigmoid(a)``; ReLU: ``a``, ``relu(a)``)."""
     xp = ctx.xp
     if ctx.spec.activation == "sigmoid":
-        # with e^-a = (1 - s) / s and w = e^-u - 1: sigmoid(a + u) = s / (1 + (1 - s) w),
-        # so sigmoid(a + u) - s = s (s - 1) w / (1 - (s - 1) w): exact, no cancellation
-        # (|w| is about the step), one expm1 per pair and none per unit
-        down = ctx.down * value  # (S, P, 1): -u
-        w = xp.expm1(down) if ctx.central else xp.exp(down) - 1.0
-        dz = first * w
-        dz /= 1.0 - second * w
+        # with e^-a = (1 - s) / s and q = e^u - 1: sigmoid(a + u) = s (1 + q) / (1 + s q),
+        # so sigmoid(a + u) - s = s (1 - s) q / (1 + s q): exact, no cancellation
+        # (|q| is about the step), one expm1 per pair and none per unit
+        u = ctx.steps * value  # (S, P, 1)
+        q = xp.expm1(u) if ctx.central else xp.exp(u) - 1.0
+        dz = first * q
+        dz /= 1.0 + second * q
         return dz
     return ACTIVATIONS["relu"].function(first + ctx.steps * value) - second
 
@@ -136,9 +136,9 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache
     whole = plan.pairs.count
 
     def compute(u0, u1):
-        n, value = pair_sample, pair_value[:, None]
+        n, value = pair_sample, pair_value
         if (u0, u1) != (0, whole):
-            n, value = pair_sample[u0:u1], pair_value[u0:u1, None]
+            n, value = pair_sample[u0:u1], pair_value[u0:u1, :]
         first, second, *rows = xp.unstack(xp.take(table, n, axis=1))
         if apart is not None:
             rows = list(xp.unstack(xp.take(apart, n, axis=1)))
@@ -172,7 +172,7 @@ def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
     def compute(i0, i1):
         n, cell, j, pair = xp.unstack(items[:, i0:i1])
         first, second = xp.unstack(xp.take(flat, cell, axis=1)[:, :, None])
-        dz = moves(ctx, first, second, xp.take(pair_value, pair)[:, None])  # (S, P, 1)
+        dz = moves(ctx, first, second, xp.take(pair_value, pair, axis=0))  # (S, P, 1)
         moved_unit = xp.astype(j[:, None] == positions, ctx.real)  # (P, J)
         moved = xp.take(z[layer + 1], n, axis=0) + dz * moved_unit  # (S, P, J)
         scores = model.forward(spec, work_layers, moved, start=layer + 1)[0][-1]
@@ -193,7 +193,7 @@ def _coefficients(ctx, fact, terms, layers, z, cache):
         moves = fact.moves
 
         def chunk(rows):
-            picked = [None] + [None if m is None else _rows_of(m, rows) for m in moves[1:]]
+            picked = [None] + [None if m is None else _move_rows(m, rows) for m in moves[1:]]
             return head.series_coefficients(cache, rows, picked, terms)
 
         per_sample = layers[layer][0].shape[1] * spec.sizes[-1] * ctx.itemsize * terms * 2
@@ -203,7 +203,7 @@ def _coefficients(ctx, fact, terms, layers, z, cache):
         per_sample = n_units * widest * ctx.itemsize * terms * terms
 
         def chunk(rows):
-            moves = [None, layers[layer + 1][0][None, ...]]  # a_{l+1} moves by dz * W[j, :]
+            moves = [None, layers[layer + 1][0]]  # a_{l+1} moves by dz * W[j, :], (J, H)
             for k in hidden:
                 s = _rows_of(z[k + 1], rows)[:, None, :]  # sigmoid(a_k), (n, 1, H)
                 changes = series.compose(series.sigmoid_taylor(s, terms), moves, terms)
@@ -214,9 +214,13 @@ def _coefficients(ctx, fact, terms, layers, z, cache):
 
 
 def _rows_of(array, rows):
-    """Rows ``rows`` (a slice; None: all) of a per-sample array; an array shared
-    by every sample (leading 1) as it is."""
-    return array if rows is None or array.shape[0] == 1 else array[rows, ...]
+    """Rows ``rows`` (a slice; None: all) of a per-sample array."""
+    return array if rows is None else array[rows, ...]
+
+
+def _move_rows(move, rows):
+    """:func:`_rows_of` of a move (n, J, C); one shared by every sample (J, C) as it is."""
+    return move if move.ndim == 2 else _rows_of(move, rows)
 
 
 def _chunk_samples(ctx, n_samples, per_sample, chunk):

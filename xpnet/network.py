@@ -238,7 +238,7 @@ class MultiLayerNet:
                     raise KeyError(f"params is missing {name!r}")
                 value = self.backend.asarray(self.params[name], name=f"params[{name!r}]")
                 check_float_array(f"params[{name!r}]", value)
-                if not same_dtype(value.dtype, self.dtype):
+                if not same_dtype(xp, value.dtype, self.dtype):
                     value = self.xp.astype(value, self.dtype)
                 if tuple(value.shape) != shape:
                     raise ValueError(
@@ -262,7 +262,7 @@ class MultiLayerNet:
         """``x`` checked and moved to this backend: ``(N, D)`` floats, finite."""
         x = self.backend.asarray(x, name="x")
         check_float_array("x", x)  # before the cast: integer pixels are refused, not converted
-        if not same_dtype(x.dtype, self.dtype):
+        if not same_dtype(self.xp, x.dtype, self.dtype):
             x = self.xp.astype(x, self.dtype)
         # after the cast: finite in the network's dtype (1e300 is inf in float32)
         return check_inputs(x, self.input_size)

@@ -43,17 +43,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Pairs:
-    """The distinct non-zero (sample, value) pairs of one layer's inputs.
+    """The distinct non-zero (sample, value) pairs of one layer's inputs, and
+    one pair of value 0 after them.
+
+    Inputs equal to 0 move nothing: they all point at the last pair, of value 0
+    (given to the last sample), whose moved losses are bit-identical to the
+    unmoved ones, so that its results are exactly 0 on every path; its row of
+    results is the one that inputs equal to 0 add.
 
     Attributes
     ----------
     sample : ndarray (U,) int64
         Sample of each pair, non-decreasing (pairs are grouped by sample).
     value : ndarray (U,) float
-        Its input value (exact copies of the inputs).
+        Its input value (exact copies of the inputs); the last one 0.
     index : ndarray (N, F) int64
-        The pair of every input ``(n, i)``; ``U`` (one past the last) for inputs
-        equal to 0, which move nothing.
+        The pair of every input ``(n, i)``; ``U - 1`` (the pair of value 0) for
+        inputs equal to 0.
     """
 
     sample: np.ndarray  # host
@@ -84,7 +90,10 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     index = np.empty_like(position)  # host
     np.put_along_axis(index, order, position, axis=1)  # host
     sample = np.repeat(np.arange(n_samples), new.sum(axis=1))  # host
-    return Pairs(sample.astype(np.int64), ordered[new], index.astype(np.int64))  # host
+    # the pair of value 0, last (its sample the last: samples stay non-decreasing)
+    sample = np.append(sample, max(n_samples - 1, 0)).astype(np.int64)  # host
+    value = np.append(ordered[new], np.zeros(1, dtype=z.dtype))  # host
+    return Pairs(sample, value, index.astype(np.int64))  # host
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from . import checks, model, series
 from . import plan as planner
 from .backend import to_numpy
 from .device import tune_host_allocator
-from .dtypes import dtype_info
+from .dtypes import same_dtype
 from .heads import HeadCache
 from .hidden import hidden_rows
 from .work import make_context
@@ -153,6 +153,8 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
     single = replace(ctx, n_threads=1)
 
     def block(r):
+        if len(blocks) == 1:  # the whole batch: no copies
+            return _block(single, layers, work_layers, x, t, x_host, spans)
         return _block(single, layers, work_layers, x[r, ...], t[r, ...], x_host[r], spans)
 
     total = None
@@ -201,7 +203,7 @@ def _per_sample_bytes(ctx, x_host, spans):  # host
     largest layer's pairs (inputs counted dense above the first), items, stored
     results and series coefficients."""
     sizes = ctx.spec.sizes
-    item = dtype_info(ctx.xp, ctx.real).itemsize
+    item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
     # the first layer's distinct non-zero values per sample (+ the bias input):
     # its pairs, as the plan will find them (sorted 64 rows at a time: no copy of x)
     nonzero = np.ones(x_host.shape[0])  # host
@@ -228,11 +230,12 @@ class _Facts:
 
     layer: int
     span: tuple
-    inputs: object  # (N, F) the layer's inputs in the span (with the bias column)
+    inputs: object  # (N, F) the layer's inputs in the span (with the bias column); None: on the host
     still: object  # (N, J) bool or None: ReLU units no step can move
     unsafe: object  # (N, J) bool or None: units whose move may cross a ReLU kink above
     moves: list | None  # series of the score change (ReLU above: exact, linear)
-    scalars: object  # (2,) reach of |dz| over the block, and the bound it multiplies
+    bound: object  # 0-d: what |dz| multiplies to bound the score change
+    reach: object  # largest |dz| over the block: 0-d on the device, or a host float
 
 
 def _augmented_host(x, span):  # host
@@ -243,10 +246,21 @@ def _augmented_host(x, span):  # host
     return columns
 
 
+def _reach_host(x, span, h):  # host
+    """``h * max |input|`` per sample over the columns ``span`` of ``[x, 1]``."""
+    columns = x[:, span[0] : min(span[1], x.shape[1])]
+    largest = np.max(np.abs(columns), axis=1, initial=0.0)  # host
+    if span[1] > x.shape[1]:  # the bias's input, 1
+        largest = np.maximum(largest, 1.0)  # host
+    return h * largest
+
+
 def _augmented(xp, z, span):
     """``[z, 1]`` restricted to the columns ``span`` (the last column is the bias's)."""
     n_samples, n_features = z.shape
-    columns = z[:, span[0] : min(span[1], n_features)]
+    columns = z
+    if span[0] > 0 or span[1] < n_features:
+        columns = z[:, span[0] : min(span[1], n_features)]
     if span[1] > n_features:
         ones = xp.ones((n_samples, 1), dtype=z.dtype, device=device_of(z))
         columns = xp.concat([columns, ones], axis=1)
@@ -262,7 +276,7 @@ def _block(ctx, layers, work_layers, x, t, x_host, spans):
     facts = {}
     for layer, span in enumerate(spans[:-1]):
         if span is not None:
-            facts[layer] = _layer_facts(ctx, layers, a, z, layer, span)
+            facts[layer] = _layer_facts(ctx, layers, a, z, layer, span, x_host)
     plans = _plan_layers(ctx, spec, facts, x_host, spans)
     grads = []
     for layer, span in enumerate(spans):
@@ -279,20 +293,28 @@ def _block(ctx, layers, work_layers, x, t, x_host, spans):
 
 
 # -- what the device computes before the plan --------------------------------------
-def _layer_facts(ctx, layers, a, z, layer, span) -> _Facts:
+def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
     xp, spec = ctx.xp, ctx.spec
-    inputs = _augmented(xp, z[layer], span)
-    reach = ctx.h * xp.max(xp.abs(inputs), axis=1)  # (N,): max |step * input| per sample
     relu = spec.activation == "relu"
     # |dz| <= lip * |u|: the sigmoid's slope is at most 1/4 on the real line (and
     # at most 1 near it, where the complex step moves)
     lip = 0.25 if (not relu and ctx.central) else 1.0
+    if layer == 0:  # the network's inputs, already on the host: reach from there
+        inputs = None
+        reach_host = _reach_host(x_host, span, ctx.h)  # host
+        largest = lip * float(np.max(reach_host, initial=0.0))  # host
+        needed = relu  # the ReLU layers' tests below run on the device
+        reach = xp.asarray(reach_host, dtype=ctx.real, device=device_of(a[0])) if needed else None
+    else:
+        inputs = _augmented(xp, z[layer], span)
+        reach = ctx.h * xp.max(xp.abs(inputs), axis=1)  # (N,): max |step * input| per sample
+        largest = lip * xp.max(reach)
     still = a[layer] <= -reach[:, None] if relu else None
     unsafe, moves = None, None
     above = len(layers) - 2 - layer  # hidden layers above this one
     if above == 0:  # the head right above: the score row moves by dz * W[j, :]
         W = layers[-1][0]
-        moves = [None, W[None, ...]]
+        moves = [None, W]  # (J, C), shared by every sample
         bound = xp.max(xp.max(W, axis=1) - xp.min(W, axis=1))
     elif relu:
         moves, unsafe = _relu_moves(ctx, layers, a, layer, reach)
@@ -307,8 +329,7 @@ def _layer_facts(ctx, layers, a, z, layer, span) -> _Facts:
         for W, _ in layers[layer + 2 :]:
             beta = beta @ xp.abs(W)
             bound = xp.maximum(bound, xp.max(beta))
-    scalars = xp.stack([lip * xp.max(reach), xp.astype(bound, reach.dtype)])
-    return _Facts(layer, span, inputs, still, unsafe, moves, scalars)
+    return _Facts(layer, span, inputs, still, unsafe, moves, bound, largest)
 
 
 def _relu_moves(ctx, layers, a, layer, reach):
@@ -322,7 +343,7 @@ def _relu_moves(ctx, layers, a, layer, reach):
     per_sample = max(1, n_units * widest * ctx.itemsize * _TEMPORARIES)
 
     def chunk(n0, n1):
-        v = layers[layer + 1][0][None, ...]  # (1, J, H): the move of a_{l+1} per unit dz
+        v = layers[layer + 1][0]  # (J, H): the move of a_{l+1} per unit dz
         r = reach[n0:n1, None, None]
         unsafe = None
         for k in range(layer + 1, len(layers) - 1):
@@ -330,7 +351,7 @@ def _relu_moves(ctx, layers, a, layer, reach):
             crossing = xp.any((r * xp.abs(v) >= xp.abs(pre)) & (v != 0), axis=-1)
             unsafe = crossing if unsafe is None else unsafe | crossing
             v = xp.where(pre > 0, v, xp.zeros_like(v)) @ layers[k + 1][0]
-        v = xp.broadcast_to(v, (n1 - n0, *v.shape[1:]))
+        v = xp.broadcast_to(v, (n1 - n0, *v.shape[-2:]))
         return xp.concat([v, xp.astype(unsafe, v.dtype)[..., None]], axis=-1)
 
     both = ctx.chunked(n_samples, ctx.chunk_bytes // per_sample, chunk)
@@ -342,21 +363,25 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
     xp = ctx.xp
     parts, layout = [], []
     for layer, fact in facts.items():
-        pieces = [("scalars", fact.scalars)]
-        if layer > 0:  # the first layer's inputs are x, already on the host
-            pieces.append(("inputs", fact.inputs))
+        pieces = [("bound", fact.bound)]
+        if fact.inputs is not None:  # the first layer's inputs are x, already on the host
+            pieces += [("reach", fact.reach), ("inputs", fact.inputs)]
         if fact.still is not None:
             pieces.append(("still", fact.still))
         if fact.unsafe is not None:
             pieces.append(("unsafe", fact.unsafe))
         for name, array in pieces:
-            parts.append(xp.reshape(xp.astype(array, ctx.real), (-1,)))
+            parts.append(array if same_dtype(xp, array.dtype, ctx.real) else xp.astype(array, ctx.real))
             layout.append((layer, name, tuple(array.shape)))
     host = {}
     if 0 in facts:
         host[(0, "inputs")] = _augmented_host(x_host, facts[0].span)
+        host[(0, "reach")] = facts[0].reach
     if parts:
-        flat = to_numpy(parts[0] if len(parts) == 1 else xp.concat(parts))  # one transfer
+        if len(parts) == 1:  # one transfer
+            flat = to_numpy(parts[0]).reshape(-1)
+        else:
+            flat = to_numpy(xp.concat([xp.reshape(part, (-1,)) for part in parts]))
         offset = 0
         for layer, name, shape in layout:
             size = int(np.prod(shape, dtype=np.int64))  # host
@@ -366,7 +391,7 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
     n_classes = spec.sizes[-1]
     step = ctx.itemsize * ctx.n_steps  # one working element per step
     for layer, fact in facts.items():
-        reach, bound = (float(v) for v in host[(layer, "scalars")])
+        reach, bound = float(host[(layer, "reach")]), float(host[(layer, "bound")])
         terms = _terms(ctx, spec, layer, reach * bound)
         # live arrays per item: the unit's move, the series' value and a few more
         # (a score row where the head is separable); a direct item carries a row
@@ -418,7 +443,8 @@ def _output_rows(ctx, plan, inputs, cache: HeadCache):
     columns = inputs.T  # (I, N)
 
     def compute(i0, i1):
-        delta = ctx.steps * columns[None, i0:i1, :]  # (S, I, N)
+        moved = columns if (i0, i1) == (0, columns.shape[0]) else columns[i0:i1, :]
+        delta = ctx.steps * moved  # (S, I, N)
         return head.column_differences(cache, delta, ctx)
 
     return ctx.chunked(columns.shape[0], plan.chunk, compute)

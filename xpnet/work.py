@@ -40,7 +40,6 @@ class Context:
     xp: object
     spec: model.ModelSpec
     steps: object  # (S, 1, 1) the perturbation steps, in the working dtype
-    down: object  # (S, 1, 1) the steps negated
     central: bool
     h: float
     scale: float  # 1 / (2 h N) or 1 / (h N)
@@ -146,7 +145,6 @@ def make_context(xp, spec, x, h, mode, chunk_bytes, n_threads) -> Context:
         xp,
         spec,
         xp.asarray([[[s]] for s in steps], dtype=work, device=dev),
-        xp.asarray([[[-s]] for s in steps], dtype=work, device=dev),
         mode == "central",
         float(h),
         scale,
