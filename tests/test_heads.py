@@ -123,7 +123,6 @@ def test_a_linear_move_gives_the_coefficients_of_the_general_series(backend, nam
     """A linear score change ``[None, V]`` takes a shortcut (all powers at once);
     given as a general series ``[None, V, 0]`` it takes the term-by-term path:
     the coefficients agree to rounding, for all samples (None) or a slice."""
-    xp = backend.xp
     head = get_head(name)
     a, t = _case(backend, name, n=3, c=4)
     V = backend.from_host(np.random.default_rng(3).standard_normal((3, 2, 4)))  # per sample

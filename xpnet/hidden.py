@@ -184,7 +184,7 @@ def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
 def _coefficients(ctx, fact, terms, layers, z, cache):
     """The head's series coefficients per (sample, unit), (R, N, J, ...), by
     sample chunks."""
-    xp, spec = ctx.xp, ctx.spec
+    spec = ctx.spec
     layer = fact.layer
     n_samples = z[0].shape[0]
     head = spec.head

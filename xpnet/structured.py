@@ -230,7 +230,7 @@ class _Facts:
 
     layer: int
     span: tuple
-    inputs: object  # (N, F) the layer's inputs in the span (with the bias column); None: on the host
+    inputs: object  # (N, F) the layer's inputs in the span, bias column too; None: on the host
     still: object  # (N, J) bool or None: ReLU units no step can move
     unsafe: object  # (N, J) bool or None: units whose move may cross a ReLU kink above
     moves: list | None  # series of the score change (ReLU above: exact, linear)
@@ -371,7 +371,8 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
         if fact.unsafe is not None:
             pieces.append(("unsafe", fact.unsafe))
         for name, array in pieces:
-            parts.append(array if same_dtype(xp, array.dtype, ctx.real) else xp.astype(array, ctx.real))
+            same = same_dtype(xp, array.dtype, ctx.real)
+            parts.append(array if same else xp.astype(array, ctx.real))
             layout.append((layer, name, tuple(array.shape)))
     host = {}
     if 0 in facts:
