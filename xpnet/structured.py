@@ -47,6 +47,7 @@ Rules of this module:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np  # host: unpacking the plan's one transfer
 from array_api_compat import array_namespace
@@ -303,8 +304,9 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
         inputs = None
         reach_host = _reach_host(x_host, span, ctx.h)  # host
         largest = lip * float(np.max(reach_host, initial=0.0))  # host
-        needed = relu  # the ReLU layers' tests below run on the device
-        reach = xp.asarray(reach_host, dtype=ctx.real, device=device_of(a[0])) if needed else None
+        reach: Any = None  # per sample, on the device: only the ReLU tests below need it
+        if relu:
+            reach = xp.asarray(reach_host, dtype=ctx.real, device=device_of(a[0]))
     else:
         inputs = _augmented(xp, z[layer], span)
         reach = ctx.h * xp.max(xp.abs(inputs), axis=1)  # (N,): max |step * input| per sample
