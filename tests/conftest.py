@@ -334,18 +334,26 @@ _METADATA = {
     "shape", "dtype", "ndim", "device", "size", "isdtype", "mT", "T",
     "__array_namespace__", "__len__", "__hash__", "__repr__", "__str__",
 }  # fmt: skip
+# conversions and moves of whole arrays: transfers, which count_ops.py counts
+# apart from the operations
+_TRANSFERS = {
+    "__array__", "__dlpack__", "__bool__", "__int__", "__float__", "__index__",
+    "__complex__", "tolist", "to_device",
+}  # fmt: skip
+_NOT_OPS = _METADATA | _TRANSFERS
 
 
 def count_array_ops(fn) -> int:
     """Array operations that xpnet code issues into array-api-strict during one
     call of ``fn`` (each one a kernel launch on a GPU; indexing is counted, reads
-    of metadata are not): the method of ``../shared/tools/count_ops.py``."""
+    of metadata and transfers are not): the method of
+    ``../shared/tools/count_ops.py``."""
     import sys
 
     count = [0]
 
     def profile(frame, event, arg):
-        if event != "call" or frame.f_code.co_name in _METADATA:
+        if event != "call" or frame.f_code.co_name in _NOT_OPS:
             return
         if not frame.f_globals.get("__name__", "").startswith("array_api_strict"):
             return

@@ -113,3 +113,29 @@ def test_chunks_cover_a_range():
     assert plan.chunks(7, 3) == [(0, 3), (3, 6), (6, 7)]
     assert plan.chunks(0, 3) == []
     assert plan.chunks(2, 0) == [(0, 1), (1, 2)]
+
+
+def test_input_columns_and_reach_include_the_bias_input():
+    x = np.array([[0.5, -2.0, 0.0], [0.25, 0.0, 0.75]])
+    assert np.array_equal(plan.input_columns(x, (1, 4)), [[-2.0, 0.0, 1.0], [0.0, 0.75, 1.0]])
+    assert np.array_equal(plan.input_columns(x, (0, 2)), x[:, :2])
+    # h * max |input| per sample, over the span's columns (the bias's input is 1)
+    np.testing.assert_array_equal(plan.input_reach(x, (0, 3), 0.5), [1.0, 0.375])
+    np.testing.assert_array_equal(plan.input_reach(x, (2, 4), 0.5), [0.5, 0.5])
+    np.testing.assert_array_equal(plan.input_reach(x, (3, 4), 1e-4), [1e-4, 1e-4])
+
+
+def test_per_sample_bytes_grow_with_each_samples_distinct_inputs():
+    """The first layer's share counts the pairs that distinct_pairs finds for
+    the sample (its distinct non-zero values, and the bias input)."""
+    x = np.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    sizes, spans = (4, 3, 2), [(0, 5), (0, 4)]
+    per_sample = plan.per_sample_bytes(x, spans, sizes, 8, 8)
+    pairs = np.array([1, 4, 0]) + 1  # distinct non-zero values, and the bias input
+    # the same sizes; two samples that differ by one pair differ by one pair's bytes
+    assert per_sample[1] > per_sample[0] > per_sample[2]
+    slope = (per_sample[1] - per_sample[0]) / (pairs[1] - pairs[0])
+    assert per_sample[0] - per_sample[2] == slope * (pairs[0] - pairs[2])
+    # a skipped first layer leaves only what does not depend on the inputs
+    flat = plan.per_sample_bytes(x, [None, (0, 4)], sizes, 8, 8)
+    assert flat[0] == flat[1] == flat[2]

@@ -11,13 +11,14 @@ Rules of this module:
   are exact in real arithmetic:
 
   - ``W_l[i, j] += s`` moves only ``a_l[n, j]``, by ``s * z_l[n, i]`` (the bias is
-    the weight of an input that is always 1). Inputs equal to 0 move nothing
-    (skipped: bit-identical losses); equal inputs of one sample move the same
-    (evaluated once): :mod:`xpnet.plan` finds the distinct (sample, value) pairs.
-  - The moved unit's own activation is evaluated for each pair:
-    ``sigmoid(a + u) - sigmoid(a) = (1 - sigmoid(a)) (1 - e^-u) / (1 + e^-a e^-u)``
-    (no cancellation, no exp per unit), ``relu(a + u) - relu(a)`` as it is. A
-    ReLU that no step can reach from its off side stays still: skipped.
+    the weight of an input that is always 1). Equal inputs of one sample move
+    the same (evaluated once): :mod:`xpnet.plan` finds the distinct (sample,
+    value) pairs; inputs equal to 0 share one pair of value 0, whose losses are
+    bit-identical to the unmoved ones (its results are exactly 0).
+  - The moved unit's own activation is evaluated for each pair: with ``s =
+    sigmoid(a)`` and ``q = e^u - 1``, ``sigmoid(a + u) - s = s (1 - s) q / (1 +
+    s q)`` (no cancellation, no exp per unit), ``relu(a + u) - relu(a)`` as it
+    is. A ReLU that no step can reach from its off side stays still: skipped.
   - Above it, the change ``dz`` of that one activation moves the score row along
     a function of ``dz`` alone. With a head right above it is exactly linear
     (``dz * W[j, :]``); through ReLU layers it is too, as long as no ReLU above
@@ -173,7 +174,8 @@ def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
     budget = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
     if ctx.host:  # blocks larger than this ran slower on the host (measured 8-999 MiB)
         budget = min(budget, HOST_BLOCK_BYTES)
-    per_sample = _per_sample_bytes(ctx, x_host, spans)
+    item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
+    per_sample = planner.per_sample_bytes(x_host, spans, ctx.spec.sizes, item, series.MAX_TERMS)
     blocks = planner.sample_blocks(per_sample, budget, ctx.n_threads, _THREAD_SHARE_BYTES)
     if len(blocks) > 1 and ctx.n_threads > 1:
         tune_host_allocator()  # else threads spend their time in page faults
@@ -193,37 +195,6 @@ def _spans(spec, rows):
     return [None if r is None else (int(r[0]), int(r[1])) for r in rows]
 
 
-# bytes per (pair, unit) a block keeps besides its result: the results laid end
-# to end, and the per-pair rows the inputs sum (measured peaks: 0.5-0.8 of the
-# estimate on Fashion-MNIST nets)
-_ITEM_BYTES = 8 + 8
-
-
-def _per_sample_bytes(ctx, x_host, spans):  # host
-    """What one sample adds to a block's memory: the cached forward pass, and the
-    largest layer's pairs (inputs counted dense above the first), items, stored
-    results and series coefficients."""
-    sizes = ctx.spec.sizes
-    item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
-    # the first layer's distinct non-zero values per sample (+ the bias input):
-    # its pairs, as the plan will find them (sorted 64 rows at a time: no copy of x)
-    nonzero = np.ones(x_host.shape[0])  # host
-    for start, stop in planner.chunks(x_host.shape[0], 64):
-        ordered = np.sort(x_host[start:stop], axis=1)  # host
-        changes = np.count_nonzero(ordered[:, 1:] != ordered[:, :-1], axis=1)  # host
-        nonzero[start:stop] += changes + (ordered[:, 0] != 0)
-    per_sample = np.full(x_host.shape[0], float(item * 4 * sum(sizes[1:])))  # host
-    largest = np.zeros_like(per_sample)  # host
-    for layer, span in enumerate(spans[:-1]):
-        if span is None:
-            continue
-        pairs = nonzero if layer == 0 else float(span[1] - span[0])
-        units = sizes[layer + 1]
-        kept = series.MAX_TERMS * units * sizes[-1] * item + 8 * (span[1] - span[0])
-        largest = np.maximum(largest, pairs * units * (item + _ITEM_BYTES) + kept)  # host
-    return per_sample + largest
-
-
 @dataclass(frozen=True)
 class _Facts:
     """What the device knows of a layer below the last before the plan: the
@@ -237,23 +208,6 @@ class _Facts:
     moves: list | None  # series of the score change (ReLU above: exact, linear)
     bound: object  # 0-d: what |dz| multiplies to bound the score change
     reach: object  # largest |dz| over the block: 0-d on the device, or a host float
-
-
-def _augmented_host(x, span):  # host
-    """:func:`_augmented` of host inputs."""
-    columns = x[:, span[0] : min(span[1], x.shape[1])]
-    if span[1] > x.shape[1]:
-        columns = np.concatenate([columns, np.ones((x.shape[0], 1), dtype=x.dtype)], axis=1)  # host
-    return columns
-
-
-def _reach_host(x, span, h):  # host
-    """``h * max |input|`` per sample over the columns ``span`` of ``[x, 1]``."""
-    columns = x[:, span[0] : min(span[1], x.shape[1])]
-    largest = np.max(np.abs(columns), axis=1, initial=0.0)  # host
-    if span[1] > x.shape[1]:  # the bias's input, 1
-        largest = np.maximum(largest, 1.0)  # host
-    return h * largest
 
 
 def _augmented(xp, z, span):
@@ -302,7 +256,7 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
     lip = 0.25 if (not relu and ctx.central) else 1.0
     if layer == 0:  # the network's inputs, already on the host: reach from there
         inputs = None
-        reach_host = _reach_host(x_host, span, ctx.h)  # host
+        reach_host = planner.input_reach(x_host, span, ctx.h)  # host
         largest = lip * float(np.max(reach_host, initial=0.0))  # host
         reach: Any = None  # per sample, on the device: only the ReLU tests below need it
         if relu:
@@ -360,8 +314,9 @@ def _relu_moves(ctx, layers, a, layer, reach):
     return [None, both[..., :-1]], both[..., -1] != 0
 
 
-def _plan_layers(ctx, spec, facts, x_host, spans):
-    """Bring what planning needs to the host in one transfer; plan every layer."""
+def _facts_on_host(ctx, facts, x_host) -> dict:
+    """What planning needs of the layers' facts, ``{(layer, name): host array}``,
+    brought over in one transfer (the first layer's from ``x_host``)."""
     xp = ctx.xp
     parts, layout = [], []
     for layer, fact in facts.items():
@@ -378,7 +333,7 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
             layout.append((layer, name, tuple(array.shape)))
     host = {}
     if 0 in facts:
-        host[(0, "inputs")] = _augmented_host(x_host, facts[0].span)
+        host[(0, "inputs")] = planner.input_columns(x_host, facts[0].span)
         host[(0, "reach")] = facts[0].reach
     if parts:
         if len(parts) == 1:  # one transfer
@@ -390,6 +345,12 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
             size = int(np.prod(shape, dtype=np.int64))  # host
             host[(layer, name)] = flat[offset : offset + size].reshape(shape)
             offset += size
+    return host
+
+
+def _plan_layers(ctx, spec, facts, x_host, spans):
+    """Bring what planning needs to the host in one transfer; plan every layer."""
+    host = _facts_on_host(ctx, facts, x_host)
     plans = {}
     n_classes = spec.sizes[-1]
     step = ctx.itemsize * ctx.n_steps  # one working element per step
