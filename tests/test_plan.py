@@ -32,13 +32,8 @@ def test_distinct_pairs_of_random_8_bit_rows():
 
 
 def _place(layer_plan, u, j):
-    """Where pair u's unit j is found in the results laid end to end (what the
-    computation does with the plan's position table and pair bases)."""
-    at = layer_plan.position[layer_plan.pairs.sample[u], j]
-    if at < 0:
-        return layer_plan.zero
-    base = layer_plan.pair_base[u, 0 if at < layer_plan.series_width else 1]
-    return base + at
+    """Where pair u's unit j is found in the results laid end to end."""
+    return layer_plan.place[u * layer_plan.n_units + j]
 
 
 def test_every_unit_of_every_pair_has_one_place():
@@ -87,7 +82,7 @@ def test_all_units_on_the_series_path_need_no_position_table():
         0, (0, 2), np.array([[0.5, 1.0]]), 3, terms=4,
         series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
     )  # fmt: skip
-    assert p.series is None and p.position is None and p.series_width == 3
+    assert p.series is None and p.place is None and p.series_width == 3
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])

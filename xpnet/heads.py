@@ -60,6 +60,9 @@ class HeadCache:
         Softmax only: the weight of each sample's label.
     hit : array (N, C) bool or None
         Softmax only: where each row's class is its label.
+    label_and_total : array (2, N, 1) or None
+        Softmax only: ``weight_t`` and ``total`` stacked (the first rows of the
+        series' table).
     """
 
     scores: object
@@ -68,6 +71,7 @@ class HeadCache:
     total: object = None
     weight_t: object = None
     hit: object = None
+    label_and_total: object = None
 
 
 class Head:
@@ -160,7 +164,9 @@ class Softmax(Head):
         weights = xp.exp(s)
         hit = t[:, None] == xp.arange(a.shape[-1], device=device_of(a))  # (N, C)
         weight_t = xp.sum(xp.where(hit, weights, 0.0), axis=1)  # exact: the other terms are 0
-        return HeadCache(s, t, weights, xp.sum(weights, axis=1), weight_t, hit)
+        total = xp.sum(weights, axis=1)
+        both = xp.stack([weight_t, total])[:, :, None]
+        return HeadCache(s, t, weights, total, weight_t, hit, both)
 
     def column_differences(self, cache, delta, combine):
         # p_t = e_t exp(d [k == t]) / (sum_c e_c + e_k (exp(d) - 1)): exp(a + d) =
@@ -182,9 +188,9 @@ class Softmax(Head):
         xp = array_namespace(cache.weights)
         labels = _rows(cache.target, rows)
         n = labels.shape[0]
-        front = xp.stack([_rows(cache.weight_t, rows), _rows(cache.total, rows)])[:, :, None]
+        both = cache.label_and_total if rows is None else cache.label_and_total[:, rows, :]
         n_units = next(m.shape[-2] for m in moves if m is not None)
-        front = xp.broadcast_to(front, (2, n, n_units))
+        front = xp.broadcast_to(both, (2, n, n_units))
         if terms < 2:
             return front
         if len(moves) == 2:  # linear in dz: exp's coefficients are gap^m / m!, all at once
@@ -192,8 +198,14 @@ class Softmax(Head):
             inverse = [[[[1.0 / m]]] for m in range(1, terms)]
             inverse = xp.asarray(inverse, dtype=gap.dtype, device=device_of(gap))
             grown = xp.cumulative_prod(gap * inverse, axis=0)  # (terms - 1, n, J, C)
-        else:
-            gaps = [None] + [None if m is None else _gaps(xp, m, labels) for m in moves[1:terms]]
+        else:  # every term's gaps at once, then exp's recurrence term by term
+            present = [m for m in range(1, min(terms, len(moves))) if moves[m] is not None]
+            stacked = xp.stack([_per_sample(xp, moves[m], n) for m in present])  # (M, n, J, C)
+            index = xp.broadcast_to(labels[None, :, None, None], (*stacked.shape[:-1], 1))
+            moved = xp.unstack(stacked - xp.take_along_axis(stacked, index, axis=-1))
+            gaps = [None] * terms
+            for m, gap in zip(present, moved, strict=True):
+                gaps[m] = gap
             grown = xp.stack(_filled(xp, series.exp(gaps, terms)[1:]))
         # sum_c e_c grown_c (vecdot conjugates its first argument: the real weights)
         per_unit = xp.vecdot(_rows(cache.weights, rows)[:, None, :], grown)  # (terms - 1, n, J)
@@ -336,6 +348,11 @@ def _expm1(xp, d):
 def _rows(array, rows):
     """Rows ``rows`` (a slice; None: all) of a per-sample array."""
     return array if rows is None else array[rows, ...]
+
+
+def _per_sample(xp, x, n):
+    """A score change (n, J, C) as it is; one shared by every sample (J, C) broadcast."""
+    return x if x.ndim == 3 else xp.broadcast_to(x, (n, *x.shape))
 
 
 def _gaps(xp, x, labels):

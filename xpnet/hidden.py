@@ -14,7 +14,7 @@ Rules of this module:
   plan's direct items, as the network evaluates them
   (:func:`xpnet.model.forward`).
 * Results are laid end to end ``[series (U, S) | direct (D,) | 0]`` and put in
-  place per pair with the plan's position table; each input then sums its
+  place per (pair, unit) with the plan's table of places; each input then sums its
   pair's row.
 """
 
@@ -59,20 +59,17 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
         )
     if plan.direct_count:
         results.append(_direct(ctx, plan, unit, work_layers, z, cache, pair_value))
-    if plan.position is None:
+    if plan.place is None:
         values = results[0]
     else:
         results = [xp.reshape(r, (-1,)) for r in results]
         flat = xp.concat([*results, xp.zeros((1,), dtype=ctx.real, device=dev)])
-        position = xp.asarray(plan.position, device=dev)  # (N, J), planned on the host
-        base = xp.asarray(plan.pair_base, device=dev)  # (U, 2)
-        width = plan.series_width
+        place = xp.asarray(plan.place, device=dev)  # (U J,), planned on the host
 
         def gather(u0, u1):
-            at = xp.take(position, pair_sample[u0:u1], axis=0)  # (P, J)
-            where = at + xp.where(at < width, base[u0:u1, 0:1], base[u0:u1, 1:2])
-            where = xp.where(at < 0, plan.zero, where)
-            return xp.take(flat, xp.reshape(where, (-1,)))
+            if (u0, u1) == (0, n_pairs):
+                return xp.take(flat, place)
+            return xp.take(flat, place[u0 * n_units : u1 * n_units])
 
         per_chunk = max(1, ctx.chunk_bytes // max(1, 2 * n_units * ctx.itemsize))
         values = xp.reshape(ctx.chunked(n_pairs, per_chunk, gather), (n_pairs, n_units))

@@ -123,15 +123,12 @@ class LayerPlan:
         path, where ``terms`` is None).
     direct_pair, direct_unit : ndarray (D,) int64
         The direct items.
-    position : ndarray (N, J) int64 or None
-        Per sample, where unit ``j``'s result lies in a pair's share of the
-        results laid end to end, ``[series results (U, S) flattened | direct
-        results (D,) | 0]``: its slot ``s < S``, ``S + r`` for its ``r``-th direct
-        item, -1 for a unit that stays still (the 0). None: the series results
-        are the answer as they are.
-    pair_base : ndarray (U, 2) int64 or None
-        Per pair, the offsets that turn ``position`` into a place in the
-        results: ``u * S`` (series) and where its direct items start, minus ``S``.
+    place : ndarray (U * J,) int64 or None
+        Where the result of pair ``u`` and unit ``j`` (at ``u * J + j``) lies in
+        the results laid end to end, ``[series results (U, S) flattened | direct
+        results (D,) | 0]``: its series slot, its direct item, or the 0 after
+        them for a unit that stays still. None: the series results are the
+        answer as they are.
     terms : int or None
         Series terms (:mod:`xpnet.series`); None: no series path.
     series_chunk, direct_chunk : int
@@ -145,8 +142,7 @@ class LayerPlan:
     series: np.ndarray | None  # host
     direct_pair: np.ndarray  # host
     direct_unit: np.ndarray  # host
-    position: np.ndarray | None  # host
-    pair_base: np.ndarray | None  # host
+    place: np.ndarray | None  # host
     terms: int | None
     series_chunk: int
     direct_chunk: int
@@ -220,7 +216,7 @@ def layer_plan(
     if terms is None:
         slots = None
     width = 0 if terms is None else (n_units if slots is None else int(slots.shape[1]))
-    direct_pair, direct_unit, position, pair_base = _direct_items(pairs, direct, position, width)
+    direct_pair, direct_unit, place = _direct_items(pairs, direct, position, width)
     series_pair = max(1, series_item_bytes * max(1, width))
     return LayerPlan(
         layer,
@@ -230,8 +226,7 @@ def layer_plan(
         slots,
         direct_pair.astype(np.int64),  # host
         direct_unit.astype(np.int64),  # host
-        position,
-        pair_base,
+        place,
         terms,
         max(1, chunk_bytes // series_pair),
         max(1, chunk_bytes // max(1, direct_item_bytes)),
@@ -239,22 +234,27 @@ def layer_plan(
 
 
 def _direct_items(pairs: Pairs, direct: np.ndarray, position, width: int):  # host
-    """The direct path's (pair, unit) items, grouped by pair, and the position
-    table and pair bases that place every result (:class:`LayerPlan`)."""
+    """The direct path's (pair, unit) items, grouped by pair, and where every
+    (pair, unit)'s result lies (:class:`LayerPlan`'s ``place``) from each
+    sample's ``position`` of its units (series slot, -1: still)."""
     per_sample = direct.sum(axis=1)  # host
     if per_sample.any():
         direct_pair, direct_unit = np.nonzero(direct[pairs.sample])  # host
     else:
         direct_pair = direct_unit = np.zeros(0, dtype=np.int64)  # host
-    pair_base = None
-    if position is not None:
-        rank = np.cumsum(direct, axis=1) - 1  # host
-        position = np.where(direct, width + rank, position).astype(np.int64)  # host
-        starts = np.cumsum(per_sample[pairs.sample]) - per_sample[pairs.sample]  # host
-        series_base = np.arange(pairs.count, dtype=np.int64) * width  # host
-        direct_base = pairs.count * width + starts - width
-        pair_base = np.stack([series_base, direct_base], axis=1).astype(np.int64)  # host
-    return direct_pair, direct_unit, position, pair_base
+    if position is None:
+        return direct_pair, direct_unit, None
+    # per sample: a series unit's slot s < width, a direct unit width + its rank
+    rank = np.cumsum(direct, axis=1) - 1  # host
+    position = np.where(direct, width + rank, position).astype(np.int64)  # host
+    at = position[pairs.sample]  # host: (U, J)
+    starts = np.cumsum(per_sample[pairs.sample]) - per_sample[pairs.sample]  # host
+    series_base = np.arange(pairs.count, dtype=np.int64) * width  # host
+    direct_base = pairs.count * width + starts - width  # host: its items start there
+    place = at + np.where(at < width, series_base[:, None], direct_base[:, None])  # host
+    zero = pairs.count * width + len(direct_pair)  # the 0 after every result
+    place = np.where(at < 0, zero, place).astype(np.int64)  # host
+    return direct_pair, direct_unit, place.reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -335,9 +335,9 @@ def input_reach(x: np.ndarray, span: tuple, h: float) -> np.ndarray:  # host
 
 
 # bytes per (pair, unit) a block keeps besides its result: the results laid end
-# to end, and the per-pair rows the inputs sum (measured peaks: 0.5-0.8 of the
-# estimate on Fashion-MNIST nets)
-_ITEM_BYTES = 8 + 8
+# to end, their places, and the per-pair rows the inputs sum (measured peaks:
+# 0.5-0.8 of the estimate on Fashion-MNIST nets)
+_ITEM_BYTES = 8 + 8 + 8
 
 
 def per_sample_bytes(

@@ -47,6 +47,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -202,12 +203,29 @@ class _Facts:
 
     layer: int
     span: tuple
-    inputs: object  # (N, F) the layer's inputs in the span, bias column too; None: on the host
+    inputs: object  # (N, F) the layer's inputs in the span, bias left out; None: on the host
     still: object  # (N, J) bool or None: ReLU units no step can move
     unsafe: object  # (N, J) bool or None: units whose move may cross a ReLU kink above
     moves: list | None  # series of the score change (ReLU above: exact, linear)
     bound: object  # 0-d: what |dz| multiplies to bound the score change
-    reach: object  # largest |dz| over the block: 0-d on the device, or a host float
+    reach: float | None  # largest |dz| over the block; None: taken from the inputs on the host
+
+
+def _device_reach(ctx, inputs, *, with_bias: bool):
+    """``h * max |input|`` per sample of ``inputs`` (N, F) and, ``with_bias``, of
+    the bias's input 1."""
+    xp = ctx.xp
+    if not inputs.shape[1]:  # the bias's row alone
+        return xp.full((inputs.shape[0],), ctx.h, dtype=ctx.real, device=device_of(inputs))
+    reach = ctx.h * xp.max(xp.abs(inputs), axis=1)
+    return xp.maximum(reach, ctx.h) if with_bias else reach
+
+
+def _columns(z, span):
+    """The columns ``span`` of ``z`` (the bias's column left out: it is 1)."""
+    if span[0] == 0 and span[1] >= z.shape[1]:
+        return z
+    return z[:, span[0] : min(span[1], z.shape[1])]
 
 
 def _augmented(xp, z, span):
@@ -248,12 +266,16 @@ def _block(ctx, layers, work_layers, x, t, x_host, spans):
 
 
 # -- what the device computes before the plan --------------------------------------
+def _lip(ctx) -> float:
+    """|dz| <= lip * |u|: the sigmoid's slope is at most 1/4 on the real line (and
+    at most 1 near it, where the complex step moves); ReLU's at most 1."""
+    return 0.25 if (ctx.spec.activation == "sigmoid" and ctx.central) else 1.0
+
+
 def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
     xp, spec = ctx.xp, ctx.spec
     relu = spec.activation == "relu"
-    # |dz| <= lip * |u|: the sigmoid's slope is at most 1/4 on the real line (and
-    # at most 1 near it, where the complex step moves)
-    lip = 0.25 if (not relu and ctx.central) else 1.0
+    lip = _lip(ctx)
     if layer == 0:  # the network's inputs, already on the host: reach from there
         inputs = None
         reach_host = planner.input_reach(x_host, span, ctx.h)  # host
@@ -261,10 +283,10 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
         reach: Any = None  # per sample, on the device: only the ReLU tests below need it
         if relu:
             reach = xp.asarray(reach_host, dtype=ctx.real, device=device_of(a[0]))
-    else:
-        inputs = _augmented(xp, z[layer], span)
-        reach = ctx.h * xp.max(xp.abs(inputs), axis=1)  # (N,): max |step * input| per sample
-        largest = lip * xp.max(reach)
+    else:  # the inputs go to the host for the plan: the largest reach is taken there
+        inputs, largest, reach = _columns(z[layer], span), None, None
+        if relu:  # (N,): max |step * input| per sample, the bias's input 1
+            reach = _device_reach(ctx, inputs, with_bias=span[1] > z[layer].shape[1])
     still = a[layer] <= -reach[:, None] if relu else None
     unsafe, moves = None, None
     above = len(layers) - 2 - layer  # hidden layers above this one
@@ -318,33 +340,41 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
     """What planning needs of the layers' facts, ``{(layer, name): host array}``,
     brought over in one transfer (the first layer's from ``x_host``)."""
     xp = ctx.xp
-    parts, layout = [], []
+    scalars, arrays = [], []  # (layer, name, array), 0-d and not
     for layer, fact in facts.items():
-        pieces = [("bound", fact.bound)]
+        scalars.append((layer, "bound", fact.bound))
         if fact.inputs is not None:  # the first layer's inputs are x, already on the host
-            pieces += [("reach", fact.reach), ("inputs", fact.inputs)]
-        if fact.still is not None:
-            pieces.append(("still", fact.still))
-        if fact.unsafe is not None:
-            pieces.append(("unsafe", fact.unsafe))
-        for name, array in pieces:
-            same = same_dtype(xp, array.dtype, ctx.real)
-            parts.append(array if same else xp.astype(array, ctx.real))
-            layout.append((layer, name, tuple(array.shape)))
-    host = {}
+            arrays.append((layer, "inputs", fact.inputs))
+        for name in ("still", "unsafe"):
+            if getattr(fact, name) is not None:
+                arrays.append((layer, name, getattr(fact, name)))
+    host: dict = {}
     if 0 in facts:
         host[(0, "inputs")] = planner.input_columns(x_host, facts[0].span)
         host[(0, "reach")] = facts[0].reach
-    if parts:
-        if len(parts) == 1:  # one transfer
-            flat = to_numpy(parts[0]).reshape(-1)
-        else:
-            flat = to_numpy(xp.concat([xp.reshape(part, (-1,)) for part in parts]))
-        offset = 0
-        for layer, name, shape in layout:
-            size = int(np.prod(shape, dtype=np.int64))  # host
-            host[(layer, name)] = flat[offset : offset + size].reshape(shape)
-            offset += size
+    layout = scalars + arrays
+    if not layout:
+        return host
+    if len(layout) == 1:  # one transfer
+        flat = to_numpy(layout[0][2]).reshape(-1)
+    else:  # the scalars stacked, the arrays flat, in the network's dtype
+        parts = [xp.stack([array for _, _, array in scalars])] if scalars else []
+        for _, _, array in arrays:
+            same = same_dtype(xp, array.dtype, ctx.real)
+            parts.append(xp.reshape(array if same else xp.astype(array, ctx.real), (-1,)))
+        flat = to_numpy(parts[0] if len(parts) == 1 else xp.concat(parts))
+    offset = 0
+    for layer, name, array in layout:
+        size = math.prod(array.shape)
+        host[(layer, name)] = flat[offset : offset + size].reshape(tuple(array.shape))
+        offset += size
+    for layer, fact in facts.items():
+        if layer > 0:  # the inputs with the bias's column, and their largest reach
+            shifted = (0, fact.span[1] - fact.span[0])
+            columns = host[(layer, "inputs")]
+            host[(layer, "inputs")] = planner.input_columns(columns, shifted)
+            reach = planner.input_reach(columns, shifted, ctx.h)  # host
+            host[(layer, "reach")] = _lip(ctx) * float(np.max(reach, initial=0.0))  # host
     return host
 
 
