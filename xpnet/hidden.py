@@ -62,7 +62,7 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
     if plan.place is None:
         values = results[0]
     else:
-        results = [xp.reshape(r, (-1,)) for r in results]
+        results = [r if r.ndim == 1 else xp.reshape(r, (-1,)) for r in results]
         flat = xp.concat([*results, xp.zeros((1,), dtype=ctx.real, device=dev)])
         place = xp.asarray(plan.place, device=dev)  # (U J,), planned on the host
 

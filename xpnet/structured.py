@@ -198,17 +198,16 @@ def _spans(spec, rows):
 
 @dataclass(frozen=True)
 class _Facts:
-    """What the device knows of a layer below the last before the plan: the
-    inputs and reach of its perturbations, and what lies above."""
+    """What the device knows of a layer below the last before the plan: its
+    inputs (whose reach the host takes) and what lies above."""
 
     layer: int
     span: tuple
     inputs: object  # (N, F) the layer's inputs in the span, bias left out; None: on the host
-    still: object  # (N, J) bool or None: ReLU units no step can move
+    pre: object  # (N, J) or None: ReLU's pre-activations (the host finds those no step moves)
     unsafe: object  # (N, J) bool or None: units whose move may cross a ReLU kink above
     moves: list | None  # series of the score change (ReLU above: exact, linear)
     bound: object  # 0-d: what |dz| multiplies to bound the score change
-    reach: float | None  # largest |dz| over the block; None: taken from the inputs on the host
 
 
 def _device_reach(ctx, inputs, *, with_bias: bool):
@@ -275,21 +274,20 @@ def _lip(ctx) -> float:
 def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
     xp, spec = ctx.xp, ctx.spec
     relu = spec.activation == "relu"
-    lip = _lip(ctx)
-    if layer == 0:  # the network's inputs, already on the host: reach from there
-        inputs = None
-        reach_host = planner.input_reach(x_host, span, ctx.h)  # host
-        largest = lip * float(np.max(reach_host, initial=0.0))  # host
-        reach: Any = None  # per sample, on the device: only the ReLU tests below need it
-        if relu:
-            reach = xp.asarray(reach_host, dtype=ctx.real, device=device_of(a[0]))
-    else:  # the inputs go to the host for the plan: the largest reach is taken there
-        inputs, largest, reach = _columns(z[layer], span), None, None
-        if relu:  # (N,): max |step * input| per sample, the bias's input 1
-            reach = _device_reach(ctx, inputs, with_bias=span[1] > z[layer].shape[1])
-    still = a[layer] <= -reach[:, None] if relu else None
-    unsafe, moves = None, None
     above = len(layers) - 2 - layer  # hidden layers above this one
+    # the inputs' reach per sample is taken on the host (the first layer's from
+    # x, the others' from their inputs, transferred for the plan); the device
+    # needs it only to test the ReLU layers above
+    inputs = None if layer == 0 else _columns(z[layer], span)
+    reach: Any = None
+    if relu and above > 0:
+        if layer == 0:
+            reach = planner.input_reach(x_host, span, ctx.h)  # host
+            reach = xp.asarray(reach, dtype=ctx.real, device=device_of(a[0]))
+        else:
+            reach = _device_reach(ctx, inputs, with_bias=span[1] > z[layer].shape[1])
+    pre = a[layer] if relu else None  # the host finds the ReLUs no step moves
+    unsafe, moves = None, None
     if above == 0:  # the head right above: the score row moves by dz * W[j, :]
         W = layers[-1][0]
         moves = [None, W]  # (J, C), shared by every sample
@@ -307,7 +305,7 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
         for W, _ in layers[layer + 2 :]:
             beta = beta @ xp.abs(W)
             bound = xp.maximum(bound, xp.max(beta))
-    return _Facts(layer, span, inputs, still, unsafe, moves, bound, largest)
+    return _Facts(layer, span, inputs, pre, unsafe, moves, bound)
 
 
 def _relu_moves(ctx, layers, a, layer, reach):
@@ -345,15 +343,12 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
         scalars.append((layer, "bound", fact.bound))
         if fact.inputs is not None:  # the first layer's inputs are x, already on the host
             arrays.append((layer, "inputs", fact.inputs))
-        for name in ("still", "unsafe"):
+        for name in ("pre", "unsafe"):
             if getattr(fact, name) is not None:
                 arrays.append((layer, name, getattr(fact, name)))
     host: dict = {}
-    if 0 in facts:
-        host[(0, "inputs")] = planner.input_columns(x_host, facts[0].span)
-        host[(0, "reach")] = facts[0].reach
     layout = scalars + arrays
-    if not layout:
+    if not layout:  # no layer below the last
         return host
     if len(layout) == 1:  # one transfer
         flat = to_numpy(layout[0][2]).reshape(-1)
@@ -368,13 +363,15 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
         size = math.prod(array.shape)
         host[(layer, name)] = flat[offset : offset + size].reshape(tuple(array.shape))
         offset += size
-    for layer, fact in facts.items():
-        if layer > 0:  # the inputs with the bias's column, and their largest reach
-            shifted = (0, fact.span[1] - fact.span[0])
-            columns = host[(layer, "inputs")]
-            host[(layer, "inputs")] = planner.input_columns(columns, shifted)
-            reach = planner.input_reach(columns, shifted, ctx.h)  # host
-            host[(layer, "reach")] = _lip(ctx) * float(np.max(reach, initial=0.0))  # host
+    for layer, fact in facts.items():  # the inputs with the bias's column, their reach
+        columns, span = x_host, fact.span
+        if layer > 0:  # the transferred columns of the span
+            columns, span = host[(layer, "inputs")], (0, fact.span[1] - fact.span[0])
+        host[(layer, "inputs")] = planner.input_columns(columns, span)
+        reach = planner.input_reach(columns, span, ctx.h)  # host: per sample
+        host[(layer, "reach")] = _lip(ctx) * float(np.max(reach, initial=0.0))  # host
+        if (layer, "pre") in host:  # a ReLU that no step reaches from its off side
+            host[(layer, "still")] = host.pop((layer, "pre")) <= -reach[:, None]  # host
     return host
 
 
@@ -400,7 +397,7 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
             fact.span,
             host[(layer, "inputs")],
             spec.sizes[layer + 1],
-            still=None if still is None else still != 0,
+            still=still,
             unsafe=None if unsafe is None else unsafe != 0,
             terms=terms,
             series_item_bytes=step * series_width,
