@@ -5,7 +5,8 @@ hits them alike: the book's loop as the book writes it (plain NumPy, one BLAS
 thread; :mod:`xpnet.book`, timed on a sample of ``W1`` coordinates and
 extrapolated: every coordinate costs the same two forward passes), xpnet's
 default numerical gradient on one thread and on every core, the complex step
-and backprop. Each round also measures the machine's parallel ceiling (N
+and backprop (each ``--repeats`` times per round, interleaved; the round takes
+their median). Each round also measures the machine's parallel ceiling (N
 processes of a fixed NumPy kernel at once vs one), which the threads' speed-up
 is reported against.
 
@@ -47,6 +48,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--nets", default=",".join(NETS), help="networks to time (comma-separated)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over them)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="gradients per method and round, interleaved (the round takes their median)",
+    )
     p.add_argument(
         "--loop-sample", type=int, default=100, help="book-loop coordinates timed per round"
     )
@@ -209,10 +216,14 @@ def main(argv=None) -> int:
             ceilings[name].append(parallel_ceiling(threads, repeats=20 if args.dry_run else 100))
             params = {k: xpnet.to_numpy(v) for k, v in net.params.items()}
             loops[name].append(book.loop_seconds(params, net.activation, x, t, sample))
-            for label, call in methods:
-                start = time.perf_counter()
-                call(net, x, t)
-                times[(name, label)].append(time.perf_counter() - start)
+            samples = {label: [] for label in labels}
+            for _ in range(1 if args.dry_run else args.repeats):
+                for label, call in methods:
+                    start = time.perf_counter()
+                    call(net, x, t)
+                    samples[label].append(time.perf_counter() - start)
+            for label in labels:
+                times[(name, label)].append(statistics.median(samples[label]))
     rows = _rows(names, setups, loops, times, labels, ceilings, threads)
     _print(rows, ceilings)
     info = machine_info([("numpy", None)])
