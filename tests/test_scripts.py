@@ -119,6 +119,24 @@ def test_gpu_suite_is_a_valid_bash_script():
         assert needed in text
 
 
+def test_bench_threads(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    args = ["--dry-run", "--no-progress", "--threads", "2", "--out", str(out)]
+    assert _load("bench_threads").main(args) == 0
+    data = json.loads(out.read_text())
+    assert [r["method"] for r in data["rows"]] == [
+        "xpnet, 1 thread",
+        "xpnet, 2 threads",
+        "2 processes at once",
+        "2 processes one after another",
+    ]
+    assert all(r["median_s"] > 0 for r in data["rows"])
+    assert {"switches", "cpu_s"} <= set(data["rows"][1])
+    assert data["speedups"]["threads"] > 0 and data["speedups"]["processes"] > 0
+    assert "speed-up:" in capsys.readouterr().out
+    assert _load("bench_threads").main(["--net", "no such net", "--out", str(out)]) == 2
+
+
 def test_bench_depth(tmp_path, capsys):
     out = tmp_path / "d.json"
     assert _load("bench_depth").main(["--dry-run", "--no-progress", "--out", str(out)]) == 0

@@ -210,9 +210,14 @@ _BLAS = None  # a threadpoolctl controller, made on first use (after NumPy's BLA
 
 def single_blas_thread(xp):
     """Context manager: one BLAS thread while NumPy work runs inside it (restored
-    after). The numerical gradient's products are small: on a busy 2-core machine
-    OpenBLAS's second thread measured 2x slower (docs/benchmarks.md). Other
-    backends manage their own threads: a no-op there."""
+    after). xpnet's matrix products are small (a batch by widths of hundreds): on
+    a busy 2-core machine OpenBLAS's second thread measured 2x slower for the
+    numerical gradient and up to 25x for backprop; on an idle one backprop gained
+    ~20% from it, but OpenBLAS's workers then spin for a while after each call,
+    and a threaded numerical gradient right after ran 1.7x slower (52 against
+    31 ms on the book's net; docs/benchmarks.md). Every public method of a
+    network, training and gradient checks run inside it. Other backends manage
+    their own threads: a no-op there."""
     global _BLAS
     if not is_numpy(xp):
         return contextlib.nullcontext()

@@ -29,6 +29,7 @@ import numpy as np  # host
 from . import checks, model
 from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
+from .device import single_blas_thread
 from .dtypes import same_dtype
 from .functions import ACTIVATIONS
 from .gradient import check_step_range, resolve_step
@@ -62,11 +63,12 @@ def check_init(weight_init_std, name: str = "weight_init_std"):
 
 def _on_device(method):
     """Run a public method inside the backend's device context (CuPy: the
-    network's GPU is current, whatever device the caller has current)."""
+    network's GPU is current, whatever device the caller has current), with
+    NumPy's BLAS at one thread (:func:`xpnet.device.single_blas_thread`)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with self.backend.activate():
+        with self.backend.activate(), single_blas_thread(self.xp):
             return method(self, *args, **kwargs)
 
     return wrapper

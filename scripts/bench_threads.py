@@ -1,0 +1,165 @@
+"""Threads against processes on one network's numerical gradient: where the
+threads' speed-up goes.
+
+Per round, interleaved: xpnet on one thread (the whole batch); xpnet on N
+threads; N processes each computing the gradient of its 1/N of the batch at
+once; and the same N shares one after another (what the processes are compared
+with). The processes do the threads' work without sharing an interpreter (no
+GIL between them, no shared address space). Also reported, per gradient on N
+threads: the voluntary context switches (a thread that waits, mostly for the
+GIL) and the CPU time, against one thread's.
+
+    python scripts/bench_threads.py --net "784-50-10 sigmoid (book)" --out bench-out/threads.json
+
+The processes are forked (Linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench_depth import NETS, _data  # scripts/bench_depth.py
+from harness import machine_info  # scripts/harness.py
+from tqdm.auto import tqdm
+
+import xpnet
+from xpnet.device import host_threads, tune_host_allocator
+from xpnet.io import save_json
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--net", default="784-50-10 sigmoid (book)", help=f"one of {list(NETS)}")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median over them)")
+    p.add_argument("--threads", type=int, default=None, help="N (default: the usable cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights")
+    p.add_argument("--out", default="bench-out/threads.json", help="JSON output")
+    p.add_argument("--dry-run", action="store_true", help="a tiny net, one round")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _worker(net, x, t, commands, done):
+    """A forked process: one share's gradient per command, until None."""
+    while commands.get() is not None:
+        net.numerical_gradient(x, t, n_threads=1)
+        done.put(True)
+
+
+def _usage():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw, usage.ru_utime + usage.ru_stime
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.net not in NETS:
+        print(f"bench_threads: unknown net {args.net!r}; known: {list(NETS)}", file=sys.stderr)
+        return 2
+    sizes, activation, batch = NETS[args.net]
+    if args.dry_run:
+        sizes, batch = (36, 6, 10), 8
+    n = max(2, host_threads(args.threads))
+    x, t, data_name = _data(batch, sizes[0], args.dry_run)
+    x = x[:, : sizes[0]]
+    net = xpnet.MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], activation, seed=args.seed)
+    tune_host_allocator()  # as xpnet does for its threads; the processes inherit it
+    shares = [(k * batch // n, (k + 1) * batch // n) for k in range(n)]
+    context = multiprocessing.get_context("fork")
+    commands = [context.Queue() for _ in shares]
+    done = context.Queue()
+    workers = [
+        context.Process(target=_worker, args=(net, x[a:b], t[a:b], queue, done), daemon=True)
+        for (a, b), queue in zip(shares, commands, strict=True)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def together():
+        for queue in commands:
+            queue.put(True)
+        for _ in commands:
+            done.get()
+
+    def one_after_another():
+        for queue in commands:
+            queue.put(True)
+            done.get()
+
+    cases = {
+        "xpnet, 1 thread": lambda: net.numerical_gradient(x, t, n_threads=1),
+        f"xpnet, {n} threads": lambda: net.numerical_gradient(x, t, n_threads=n),
+        f"{n} processes at once": together,
+        f"{n} processes one after another": one_after_another,
+    }
+    for call in cases.values():  # warm-up
+        call()
+    times = {label: [] for label in cases}
+    usage = {label: [] for label in list(cases)[:2]}  # (switches, CPU seconds) per gradient
+    rounds = 1 if args.dry_run else args.rounds
+    for _ in tqdm(
+        range(rounds), desc="rounds", disable=args.no_progress or not sys.stderr.isatty()
+    ):
+        for label, call in cases.items():
+            before = _usage()
+            start = time.perf_counter()
+            call()
+            times[label].append(time.perf_counter() - start)
+            after = _usage()
+            if label in usage:
+                usage[label].append((after[0] - before[0], after[1] - before[1]))
+    for queue in commands:
+        queue.put(None)
+    for worker in workers:
+        worker.join(timeout=10)
+
+    rows = []
+    for label, values in times.items():
+        row = {"method": label, "median_s": statistics.median(values)}
+        row.update(min_s=min(values), max_s=max(values))
+        if label in usage:
+            row["switches"] = statistics.median(u[0] for u in usage[label])
+            row["cpu_s"] = statistics.median(u[1] for u in usage[label])
+        rows.append(row)
+    one, threads, together_s, apart_s = (r["median_s"] for r in rows)
+    speedups = {"threads": one / threads, "processes": apart_s / together_s}
+    print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")
+    for r in rows:
+        extra = ""
+        if "switches" in r:
+            extra = f"  switches {r['switches']:5.0f}  CPU {r['cpu_s'] * 1e3:7.1f} ms"
+        print(
+            f"{r['method']:34s} {r['median_s'] * 1e3:8.1f} ms "
+            f"({r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}){extra}"
+        )
+    print(
+        f"speed-up: {n} threads {speedups['threads']:.2f}x one thread; "
+        f"{n} processes {speedups['processes']:.2f}x the same shares one after another"
+    )
+    info = machine_info([("numpy", None)])
+    out = {
+        "command": "python scripts/bench_threads.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": info,
+        "net": args.net,
+        "data": data_name,
+        "threads": n,
+        "rounds": rounds,
+        "rows": rows,
+        "speedups": speedups,
+    }
+    save_json(Path(args.out), out)
+    print(f"wrote {args.out}  ({info['cpu']}, {info['date']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
