@@ -247,13 +247,19 @@ def _direct_items(pairs: Pairs, direct: np.ndarray, position, width: int):  # ho
     # per sample: a series unit's slot s < width, a direct unit width + its rank
     rank = np.cumsum(direct, axis=1) - 1  # host
     position = np.where(direct, width + rank, position).astype(np.int64)  # host
-    at = position[pairs.sample]  # host: (U, J)
     starts = np.cumsum(per_sample[pairs.sample]) - per_sample[pairs.sample]  # host
+    # per pair: a series slot lies at u * width + s; a direct item where the
+    # pair's items start, + its rank; a still unit at the 0 after every result
     series_base = np.arange(pairs.count, dtype=np.int64) * width  # host
-    direct_base = pairs.count * width + starts - width  # host: its items start there
-    place = at + np.where(at < width, series_base[:, None], direct_base[:, None])  # host
-    zero = pairs.count * width + len(direct_pair)  # the 0 after every result
-    place = np.where(at < 0, zero, place).astype(np.int64)  # host
+    shift = pairs.count * width + starts - width - series_base  # host
+    zero = pairs.count * width + len(direct_pair)
+    n_units = position.shape[1]
+    place = np.empty((pairs.count, n_units), dtype=np.int64)  # host
+    for u0, u1 in chunks(pairs.count, max(1, 2**15 // max(1, n_units))):  # cache-sized
+        at, out = position[pairs.sample[u0:u1]], place[u0:u1]
+        np.add(at, series_base[u0:u1, None], out=out)  # host
+        np.add(out, shift[u0:u1, None], out=out, where=at >= width)  # host
+        np.copyto(out, zero, where=at < 0)  # host
     return direct_pair, direct_unit, place.reshape(-1)
 
 
