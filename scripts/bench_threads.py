@@ -47,7 +47,42 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _worker(net, x, t, commands, done):
+class _Shares:
+    """``n`` forked processes, each holding its share of the batch: one gradient
+    per share on every call, all at once or one after another."""
+
+    def __init__(self, net, x, t, n):
+        batch = x.shape[0]
+        context = multiprocessing.get_context("fork")
+        self.commands = [context.Queue() for _ in range(n)]
+        self.done = context.Queue()
+        self.workers = []
+        for k, queue in enumerate(self.commands):
+            a, b = k * batch // n, (k + 1) * batch // n
+            args = (net, x[a:b], t[a:b], queue, self.done)
+            self.workers.append(context.Process(target=_serve, args=args, daemon=True))
+        for worker in self.workers:
+            worker.start()
+
+    def together(self):
+        for queue in self.commands:
+            queue.put(True)
+        for _ in self.commands:
+            self.done.get()
+
+    def one_after_another(self):
+        for queue in self.commands:
+            queue.put(True)
+            self.done.get()
+
+    def close(self):
+        for queue in self.commands:
+            queue.put(None)
+        for worker in self.workers:
+            worker.join(timeout=10)
+
+
+def _serve(net, x, t, commands, done):
     """A forked process: one share's gradient per command, until None."""
     while commands.get() is not None:
         net.numerical_gradient(x, t, n_threads=1)
@@ -55,8 +90,55 @@ def _worker(net, x, t, commands, done):
 
 
 def _usage():
+    """(voluntary context switches, CPU seconds) of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_nvcsw, usage.ru_utime + usage.ru_stime
+
+
+def _time(cases, rounds, counted, progress):
+    """Per case, the seconds of each round; for the ``counted`` cases also the
+    (switches, CPU seconds) each call took."""
+    for call in cases.values():  # warm-up
+        call()
+    times = {label: [] for label in cases}
+    usage = {label: [] for label in counted}
+    for _ in tqdm(range(rounds), desc="rounds", disable=not progress):
+        for label, call in cases.items():
+            before = _usage()
+            start = time.perf_counter()
+            call()
+            times[label].append(time.perf_counter() - start)
+            after = _usage()
+            if label in usage:
+                usage[label].append((after[0] - before[0], after[1] - before[1]))
+    return times, usage
+
+
+def _rows(times, usage):
+    rows = []
+    for label, values in times.items():
+        row = {"method": label, "median_s": statistics.median(values)}
+        row.update(min_s=min(values), max_s=max(values))
+        if label in usage:
+            row["switches"] = statistics.median(u[0] for u in usage[label])
+            row["cpu_s"] = statistics.median(u[1] for u in usage[label])
+        rows.append(row)
+    return rows
+
+
+def _print(rows, speedups, n):
+    for r in rows:
+        extra = ""
+        if "switches" in r:
+            extra = f"  switches {r['switches']:5.0f}  CPU {r['cpu_s'] * 1e3:7.1f} ms"
+        print(
+            f"{r['method']:34s} {r['median_s'] * 1e3:8.1f} ms "
+            f"({r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}){extra}"
+        )
+    print(
+        f"speed-up: {n} threads {speedups['threads']:.2f}x one thread; "
+        f"{n} processes {speedups['processes']:.2f}x the same shares one after another"
+    )
 
 
 def main(argv=None) -> int:
@@ -72,78 +154,24 @@ def main(argv=None) -> int:
     x = x[:, : sizes[0]]
     net = xpnet.MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], activation, seed=args.seed)
     tune_host_allocator()  # as xpnet does for its threads; the processes inherit it
-    shares = [(k * batch // n, (k + 1) * batch // n) for k in range(n)]
-    context = multiprocessing.get_context("fork")
-    commands = [context.Queue() for _ in shares]
-    done = context.Queue()
-    workers = [
-        context.Process(target=_worker, args=(net, x[a:b], t[a:b], queue, done), daemon=True)
-        for (a, b), queue in zip(shares, commands, strict=True)
-    ]
-    for worker in workers:
-        worker.start()
-
-    def together():
-        for queue in commands:
-            queue.put(True)
-        for _ in commands:
-            done.get()
-
-    def one_after_another():
-        for queue in commands:
-            queue.put(True)
-            done.get()
-
+    shares = _Shares(net, x, t, n)
     cases = {
         "xpnet, 1 thread": lambda: net.numerical_gradient(x, t, n_threads=1),
         f"xpnet, {n} threads": lambda: net.numerical_gradient(x, t, n_threads=n),
-        f"{n} processes at once": together,
-        f"{n} processes one after another": one_after_another,
+        f"{n} processes at once": shares.together,
+        f"{n} processes one after another": shares.one_after_another,
     }
-    for call in cases.values():  # warm-up
-        call()
-    times = {label: [] for label in cases}
-    usage = {label: [] for label in list(cases)[:2]}  # (switches, CPU seconds) per gradient
     rounds = 1 if args.dry_run else args.rounds
-    for _ in tqdm(
-        range(rounds), desc="rounds", disable=args.no_progress or not sys.stderr.isatty()
-    ):
-        for label, call in cases.items():
-            before = _usage()
-            start = time.perf_counter()
-            call()
-            times[label].append(time.perf_counter() - start)
-            after = _usage()
-            if label in usage:
-                usage[label].append((after[0] - before[0], after[1] - before[1]))
-    for queue in commands:
-        queue.put(None)
-    for worker in workers:
-        worker.join(timeout=10)
-
-    rows = []
-    for label, values in times.items():
-        row = {"method": label, "median_s": statistics.median(values)}
-        row.update(min_s=min(values), max_s=max(values))
-        if label in usage:
-            row["switches"] = statistics.median(u[0] for u in usage[label])
-            row["cpu_s"] = statistics.median(u[1] for u in usage[label])
-        rows.append(row)
-    one, threads, together_s, apart_s = (r["median_s"] for r in rows)
-    speedups = {"threads": one / threads, "processes": apart_s / together_s}
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        times, usage = _time(cases, rounds, list(cases)[:2], progress)
+    finally:
+        shares.close()
+    rows = _rows(times, usage)
+    one, threads, together, apart = (r["median_s"] for r in rows)
+    speedups = {"threads": one / threads, "processes": apart / together}
     print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")
-    for r in rows:
-        extra = ""
-        if "switches" in r:
-            extra = f"  switches {r['switches']:5.0f}  CPU {r['cpu_s'] * 1e3:7.1f} ms"
-        print(
-            f"{r['method']:34s} {r['median_s'] * 1e3:8.1f} ms "
-            f"({r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}){extra}"
-        )
-    print(
-        f"speed-up: {n} threads {speedups['threads']:.2f}x one thread; "
-        f"{n} processes {speedups['processes']:.2f}x the same shares one after another"
-    )
+    _print(rows, speedups, n)
     info = machine_info([("numpy", None)])
     out = {
         "command": "python scripts/bench_threads.py "
