@@ -17,8 +17,9 @@ Rules of this module:
 * Why pairs: perturbing ``W_l[i, j]`` by ``s`` moves ``a_l[n, j]`` by ``s * z_l[n,
   i]``; sample ``n``'s loss depends on ``i`` only through that value, so the
   inputs of one sample with equal values give bit-identical perturbed losses,
-  and inputs equal to 0 leave the loss bit-identical (nothing to evaluate). The
-  bias ``b_l`` is the weight of an extra input that is always 1.
+  and inputs equal to 0 leave the loss bit-identical: they share one pair of
+  value 0, whose results are exactly 0. The bias ``b_l`` is the weight of an
+  extra input that is always 1.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Pairs:
 
 
 def distinct_pairs(z: np.ndarray) -> Pairs:  # host
-    """The distinct non-zero values of each row of ``z`` (N, F), as pairs."""
+    """The distinct non-zero values of each row of ``z`` (N, F), as pairs, and
+    the pair of value 0 after them (:class:`Pairs`)."""
     z = np.asarray(z)  # host
     n_samples, n_features = z.shape
     order = np.argsort(z, axis=1)  # host: equal values are interchangeable
