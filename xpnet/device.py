@@ -5,7 +5,8 @@ Rules of this module:
 * Everything that only a device shows lives here: free memory, the library's
   out-of-memory error types, synchronisation of the right device, peak-memory
   tracking, the device's name, and the BLAS thread limit of host work. The
-  device *context* (CuPy's current device) is :meth:`xpnet.Backend.activate`.
+  device *context* (CuPy's current device) is :meth:`xpnet.Backend.activate`;
+  :func:`computing_on` joins the two for every public computation.
 * Like :mod:`xpnet.backend`, it names array libraries (CuPy, torch) and imports
   them lazily, only when their namespace is the one in use; every function takes
   ``xp`` (and the device) explicitly.
@@ -30,6 +31,7 @@ __all__ = [
     "track_peak_memory",
     "device_name",
     "single_blas_thread",
+    "computing_on",
     "host_threads",
     "tune_host_allocator",
     "THREADS_VARIABLE",
@@ -226,6 +228,15 @@ def single_blas_thread(xp):
 
         _BLAS = ThreadpoolController()
     return _BLAS.limit(limits=1, user_api="blas")
+
+
+@contextlib.contextmanager
+def computing_on(backend):
+    """Context manager of every public computation: the backend's device current
+    (:meth:`xpnet.Backend.activate`) and NumPy's BLAS at one thread
+    (:func:`single_blas_thread`)."""
+    with backend.activate(), single_blas_thread(backend.xp):
+        yield
 
 
 def synchronize(xp, device=None) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np  # host: random directions
 
 from . import checks, model
-from .device import single_blas_thread
+from .device import computing_on
 from .dtypes import DTYPES
 from .gradient import resolve_step
 
@@ -105,7 +105,7 @@ def gradient_check(
     -------
     GradientCheck
     """
-    with net.backend.activate(), single_blas_thread(net.xp):
+    with computing_on(net.backend):
         return _check(net, x, t, method, h, tolerance, verbose, directions, seed)
 
 

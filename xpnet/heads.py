@@ -234,7 +234,7 @@ class _Separable(Head):
 
     def column_differences(self, cache, delta, combine):
         # the other classes' terms are bit-identical in f(+) and f(-): only the
-        # moved class's term is evaluated (as zero inputs are skipped elsewhere)
+        # moved class's term is evaluated
         xp = array_namespace(delta)
         scores = cache.scores.T  # (C, N): views
         target = cache.target.T

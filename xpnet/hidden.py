@@ -67,9 +67,7 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
         place = xp.asarray(plan.place, device=dev)  # (U J,), planned on the host
 
         def gather(u0, u1):
-            if (u0, u1) == (0, n_pairs):
-                return xp.take(flat, place)
-            return xp.take(flat, place[u0 * n_units : u1 * n_units])
+            return xp.take(flat, ctx.part(place, u0 * n_units, u1 * n_units))
 
         per_chunk = max(1, ctx.chunk_bytes // max(1, 2 * n_units * ctx.itemsize))
         values = xp.reshape(ctx.chunked(n_pairs, per_chunk, gather), (n_pairs, n_units))
@@ -80,10 +78,7 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
     per_feature = max(1, ctx.chunk_bytes // max(1, n_samples * n_units * ctx.itemsize))
 
     def sums(f0, f1):
-        picked = by_feature
-        if (f0, f1) != (0, n_features):
-            picked = by_feature[f0 * n_samples : f1 * n_samples]
-        gathered = xp.take(values, picked, axis=0)
+        gathered = xp.take(values, ctx.part(by_feature, f0 * n_samples, f1 * n_samples), axis=0)
         return xp.sum(xp.reshape(gathered, (f1 - f0, n_samples, n_units)), axis=1)
 
     return ctx.chunked(n_features, per_feature, sums)
@@ -130,12 +125,9 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache
         table, apart = xp.concat([unit, coefficients]), None
     table = _slotted(xp, table, slots, 2)
     apart = None if apart is None else _slotted(xp, apart, slots, 2)
-    whole = plan.pairs.count
 
     def compute(u0, u1):
-        n, value = pair_sample, pair_value
-        if (u0, u1) != (0, whole):
-            n, value = pair_sample[u0:u1], pair_value[u0:u1, :]
+        n, value = ctx.part(pair_sample, u0, u1), ctx.part(pair_value, u0, u1)
         first, second, *rows = xp.unstack(xp.take(table, n, axis=1))
         if apart is not None:
             rows = list(xp.unstack(xp.take(apart, n, axis=1)))
@@ -146,7 +138,7 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache
 
         return head.series_differences(cache, rows, dz, per_sample, ctx)
 
-    return ctx.chunked(whole, plan.series_chunk, compute)
+    return ctx.chunked(plan.pairs.count, plan.series_chunk, compute)
 
 
 def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):

@@ -29,7 +29,7 @@ import numpy as np  # host
 from . import checks, model
 from .backend import resolve_backend, to_numpy
 from .checks import check_float_array, check_inputs, check_size
-from .device import single_blas_thread
+from .device import computing_on
 from .dtypes import same_dtype
 from .functions import ACTIVATIONS
 from .gradient import check_step_range, resolve_step
@@ -68,7 +68,7 @@ def _on_device(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with self.backend.activate(), single_blas_thread(self.xp):
+        with computing_on(self.backend):
             return method(self, *args, **kwargs)
 
     return wrapper

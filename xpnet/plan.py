@@ -349,7 +349,11 @@ _ITEM_BYTES = 8 + 8 + 8
 
 
 def per_sample_bytes(
-    x: np.ndarray, spans: list, sizes: tuple, itemsize: int, max_terms: int
+    x: np.ndarray,  # host (N, D): the network's inputs
+    spans: list,
+    sizes: tuple,
+    itemsize: int,
+    max_terms: int,
 ) -> np.ndarray:  # host
     """What one sample adds to a sample block's memory, per sample of ``x`` (N, D):
     the cached forward pass, and the largest layer's pairs (inputs counted dense

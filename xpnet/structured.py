@@ -229,12 +229,9 @@ def _columns(z, span):
 
 def _augmented(xp, z, span):
     """``[z, 1]`` restricted to the columns ``span`` (the last column is the bias's)."""
-    n_samples, n_features = z.shape
-    columns = z
-    if span[0] > 0 or span[1] < n_features:
-        columns = z[:, span[0] : min(span[1], n_features)]
-    if span[1] > n_features:
-        ones = xp.ones((n_samples, 1), dtype=z.dtype, device=device_of(z))
+    columns = _columns(z, span)
+    if span[1] > z.shape[1]:
+        ones = xp.ones((z.shape[0], 1), dtype=z.dtype, device=device_of(z))
         columns = xp.concat([columns, ones], axis=1)
     return columns
 
@@ -288,13 +285,12 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
             reach = _device_reach(ctx, inputs, with_bias=span[1] > z[layer].shape[1])
     pre = a[layer] if relu else None  # the host finds the ReLUs no step moves
     unsafe, moves = None, None
-    if above == 0:  # the head right above: the score row moves by dz * W[j, :]
-        W = layers[-1][0]
-        moves = [None, W]  # (J, C), shared by every sample
-        bound = xp.max(xp.max(W, axis=1) - xp.min(W, axis=1))
-    elif relu:
-        moves, unsafe = _relu_moves(ctx, layers, a, layer, reach)
-        V = moves[1]
+    if above == 0 or relu:  # the score row moves by exactly dz * V[j, :]
+        if above == 0:  # the head right above: V = W, (J, C), shared by every sample
+            moves = [None, layers[-1][0]]
+        else:
+            moves, unsafe = _relu_moves(ctx, layers, a, layer, reach)
+        V = moves[1]  # |dz (V_c - V_c')| <= |dz| * the largest spread of a row
         bound = xp.max(xp.max(V, axis=-1) - xp.min(V, axis=-1))
     else:
         # sigmoid layers above: |x_l'| <= |dz| * beta_l' elementwise (slopes <= 1 in
@@ -385,8 +381,7 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
         reach, bound = float(host[(layer, "reach")]), float(host[(layer, "bound")])
         terms = _terms(ctx, spec, layer, reach * bound)
         # live arrays per item: the unit's move, the series' value and a few more
-        # (a score row where the head is separable); a direct item carries a row
-        # of every layer above
+        # (a score row where the head is separable)
         series_width = _LIVE if spec.output == "softmax" else _LIVE + 3 * n_classes
         # a direct item carries a row of every layer above
         direct_width = _LIVE + 3 * sum(spec.sizes[layer + 1 :])
@@ -434,8 +429,7 @@ def _output_rows(ctx, plan, inputs, cache: HeadCache):
     columns = inputs.T  # (I, N)
 
     def compute(i0, i1):
-        moved = columns if (i0, i1) == (0, columns.shape[0]) else columns[i0:i1, :]
-        delta = ctx.steps * moved  # (S, I, N)
+        delta = ctx.steps * ctx.part(columns, i0, i1)  # (S, I, N)
         return head.column_differences(cache, delta, ctx)
 
     return ctx.chunked(columns.shape[0], plan.chunk, compute)

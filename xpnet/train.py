@@ -36,7 +36,7 @@ from .backend import resolve_backend, to_numpy
 from .checkpoint import CHECKPOINT, Checkpoint
 from .config import TrainConfig, check_memory
 from .datasets import load_dataset
-from .device import single_blas_thread
+from .device import computing_on
 from .gradient import resolve_step
 from .history import History, new_history, write_outputs
 from .metrics import evaluate, evaluate_loss, set_metrics
@@ -215,8 +215,7 @@ def train(
 def _train(config, out, resume, progress, log, data) -> Trained:
     config = config or TrainConfig()
     backend = resolve_backend(config.backend, config.device, config.dtype)
-    # CuPy: every step on the run's GPU; NumPy: BLAS at one thread (device.py)
-    with backend.activate(), single_blas_thread(backend.xp):
+    with computing_on(backend):  # CuPy: every step on the run's GPU
         return _run(config, out, resume, progress, log, data)
 
 
