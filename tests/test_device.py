@@ -83,3 +83,73 @@ def test_cupy_device_names_and_peak_memory_hook(fake_cupy):
     assert device.device_name(fake_cupy.xp, fake_cupy.module.cuda.Device(2)) == "Fake GPU 2"
     result, peak, how = device.track_peak_memory(fake_cupy.xp, None, lambda: 7)
     assert (result, peak, how) == (7, 0, "cupy memory hook")
+
+
+def _numpy_blas_threads():
+    """NumPy's own BLAS thread counts (SciPy may have loaded another BLAS)."""
+    from threadpoolctl import threadpool_info
+
+    info = threadpool_info()
+    return {i["num_threads"] for i in info if i["user_api"] == "blas" and "numpy" in i["filepath"]}
+
+
+def test_one_blas_thread_holds_until_the_last_thread_inside_leaves():
+    """Two threads inside at once, the first leaving first: the second still
+    computes at one BLAS thread; the count comes back when both have left."""
+    import threading
+
+    import array_api_compat.numpy as xp
+    from threadpoolctl import threadpool_limits
+
+    first_inside, first_left = threading.Event(), threading.Event()
+    seen = {}
+
+    def second():
+        first_inside.wait(10)
+        with device.single_blas_thread(xp):
+            first_left.wait(10)
+            seen["second, after the first left"] = _numpy_blas_threads()
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        worker = threading.Thread(target=second)
+        worker.start()
+        with device.single_blas_thread(xp):
+            seen["first"] = _numpy_blas_threads()
+            first_inside.set()
+            for _ in range(10_000):  # until the second thread is inside too
+                if device._BLAS.depth == 2:
+                    break
+                worker.join(0.001)
+        first_left.set()
+        worker.join()
+        seen["after both"] = _numpy_blas_threads()
+    assert seen == {
+        "first": {1},
+        "second, after the first left": {1},
+        "after both": {2},
+    }
+
+
+def test_one_blas_thread_in_a_thread_after_the_main_thread_used_it():
+    """threadpoolctl ignores every thread but its controlling one: a worker
+    thread alone inside, after the main thread was, still gets one BLAS thread."""
+    import threading
+
+    import array_api_compat.numpy as xp
+    from threadpoolctl import threadpool_limits
+
+    seen = {}
+
+    def worker():
+        with device.single_blas_thread(xp):
+            seen["worker"] = _numpy_blas_threads()
+        seen["worker, after"] = _numpy_blas_threads()
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with device.single_blas_thread(xp):
+            seen["main"] = _numpy_blas_threads()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        seen["main, after"] = _numpy_blas_threads()
+    assert seen == {"main": {1}, "worker": {1}, "worker, after": {2}, "main, after": {2}}

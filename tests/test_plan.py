@@ -31,6 +31,72 @@ def test_distinct_pairs_of_random_8_bit_rows():
     assert np.array_equal(rebuilt, z)
 
 
+def test_distinct_pairs_of_signed_rows_with_negative_zeros():
+    """Against the definition, pair by pair: negative values sort before the 0s
+    (which lie mid-row), and -0.0 is an input equal to 0."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        z = rng.integers(-3, 4, (rng.integers(1, 6), rng.integers(1, 7))) / 2
+        z[(z == 0) & (rng.random(z.shape) < 0.5)] = -0.0
+        pairs = plan.distinct_pairs(z)
+        expected = [(n, v) for n, row in enumerate(z) for v in sorted(set(row[row != 0]))]
+        assert pairs.count == len(expected) + 1
+        assert list(zip(pairs.sample[:-1], pairs.value[:-1], strict=True)) == expected
+        assert pairs.value[-1] == 0.0 and pairs.sample[-1] == z.shape[0] - 1
+        zeros = z == 0
+        assert np.all(pairs.index[zeros] == pairs.count - 1)
+        assert np.array_equal(pairs.sample[pairs.index[~zeros]], np.nonzero(~zeros)[0])
+        assert np.array_equal(pairs.value[pairs.index], np.where(zeros, 0.0, z))
+
+
+def _summed(sums, values):
+    """The gradient rows as the computation sums them (:mod:`xpnet.hidden`)."""
+    parts = []
+    for lo, hi, width, offset in sums.chunks:
+        index = sums.index[offset : offset + (hi - lo) * width]
+        parts.append(values[index].reshape(hi - lo, width, -1).sum(axis=1))
+    rows = np.concatenate(parts)
+    return rows if sums.inverse is None else rows[sums.inverse]
+
+
+@pytest.mark.parametrize("chunk_bytes", [8, 200, 1000, 10**6])
+def test_input_sums_add_every_input_of_a_feature_within_the_budget(chunk_bytes):
+    rng = np.random.default_rng(2)
+    z = rng.integers(0, 4, (9, 13)) / 3
+    z[:, 3] = 0  # a feature with no non-zero input
+    z[:, 5] = 1 / 3  # one that is non-zero in every sample
+    pairs = plan.distinct_pairs(z)
+    values = rng.integers(-50, 50, (pairs.count, 4)).astype(float)  # sums exact in any order
+    values[-1] = 0.0  # the pair of value 0's row: exactly 0
+    sums = plan.input_sums(pairs, 4 * 8, chunk_bytes)
+    expected = values[pairs.index].sum(axis=0)  # (F, J): every input of every sample
+    assert np.array_equal(_summed(sums, values), expected)
+    # the chunks cover the features once, each within the budget (or one feature)
+    assert [lo for lo, _, _, _ in sums.chunks] == [0] + [hi for _, hi, _, _ in sums.chunks[:-1]]
+    assert sums.chunks[-1][1] == z.shape[1]
+    for lo, hi, width, _ in sums.chunks:
+        assert (hi - lo) * width * 4 * 8 <= chunk_bytes or hi - lo == 1
+    if sums.inverse is not None:  # inputs equal to 0 skipped: fewer rows summed
+        summed = sum((hi - lo) * width for lo, hi, width, _ in sums.chunks)
+        assert summed < z.size
+
+
+def test_input_sums_keep_the_inputs_order_of_the_samples():
+    """Each feature's non-zero inputs come in sample order: the rounding of the
+    sum is the one of adding every input in order (and 0s change nothing)."""
+    z = np.array([[0.5, 0.0, 0.25], [0.0, 0.75, 0.25], [0.5, 0.5, 0.0], [0.25, 0.0, 0.0]])
+    pairs = plan.distinct_pairs(z)
+    sums = plan.input_sums(pairs, 8, 8 * 3)  # chunks of at most 3 gathered rows
+    assert sums.inverse is not None
+    for lo, hi, width, offset in sums.chunks:
+        for f in range(hi - lo):
+            feature = int(np.nonzero(sums.inverse == lo + f)[0][0])
+            got = sums.index[offset + f * width : offset + (f + 1) * width]
+            nonzero = [int(pairs.index[n, feature]) for n in range(4) if z[n, feature] != 0]
+            assert list(got[: len(nonzero)]) == nonzero
+            assert all(k == pairs.count - 1 for k in got[len(nonzero) :])
+
+
 def _place(layer_plan, u, j):
     """Where pair u's unit j is found in the results laid end to end."""
     return layer_plan.place[u * layer_plan.n_units + j]

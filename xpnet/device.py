@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import array_api_compat
 import numpy as np  # host: the namespace of plain host code
@@ -207,27 +208,95 @@ def device_name(xp, device) -> str:
     return "cpu"
 
 
-_BLAS = None  # a threadpoolctl controller, made on first use (after NumPy's BLAS loaded)
+class _BlasLimit:
+    """NumPy's BLAS at one thread while any thread of this process is inside
+    :func:`single_blas_thread`: the first to enter sets the limit, the last to
+    leave restores the library's own count, whichever threads they are. (A limit
+    per call let the first caller to finish restore two BLAS threads under
+    another still computing: measured, two threads each computing a gradient ran
+    no faster than one after the other.)
+
+    threadpoolctl (3.6 and later) lets only one "controlling" thread set
+    OpenBLAS's process-wide count and silently ignores the others: every change
+    here is made with no thread in control before or after it (its documented
+    ``clear_controlling_thread(force=True)``)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.limiter = None  # threadpoolctl's, while depth > 0
+        self.controller = None  # made on first use (after NumPy's BLAS loaded)
+
+    def enter(self):
+        with self.lock:
+            if self.depth == 0:
+                if self.controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self.controller = ThreadpoolController()
+                self.limiter = _uncontrolled(
+                    lambda: self.controller.limit(limits=1, user_api="blas")
+                )
+            self.depth += 1
+
+    def leave(self):
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                _uncontrolled(self.limiter.restore_original_limits)
+                self.limiter = None
+
+    def forked(self):
+        """In a forked child: no thread is inside any more (the BLAS count stays
+        as the fork left it); the lock may have been held by one that is gone."""
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.limiter = None
+
+
+def _uncontrolled(change):
+    """``change()`` with no thread controlling OpenBLAS before or after it."""
+    import threadpoolctl
+
+    openblas = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(openblas, "clear_controlling_thread", None)
+    if clear is None:  # threadpoolctl before 3.6: any thread may set the count
+        return change()
+    clear(force=True)
+    try:
+        return change()
+    finally:
+        clear(force=True)
+
+
+_BLAS = _BlasLimit()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_BLAS.forked)
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    _BLAS.enter()
+    try:
+        yield
+    finally:
+        _BLAS.leave()
 
 
 def single_blas_thread(xp):
     """Context manager: one BLAS thread while NumPy work runs inside it (restored
-    after). xpnet's matrix products are small (a batch by widths of hundreds): on
-    a busy 2-core machine OpenBLAS's second thread measured 2x slower for the
-    numerical gradient and up to 25x for backprop; on an idle one backprop gained
-    ~20% from it, but OpenBLAS's workers then spin for a while after each call,
-    and a threaded numerical gradient right after ran 1.7x slower (52 against
-    31 ms on the book's net; docs/benchmarks.md). Every public method of a
-    network, training and gradient checks run inside it. Other backends manage
-    their own threads: a no-op there."""
-    global _BLAS
+    after the last thread inside it leaves). xpnet's matrix products are small (a
+    batch by widths of hundreds): on a busy 2-core machine OpenBLAS's second
+    thread measured 2x slower for the numerical gradient and up to 25x for
+    backprop; on an idle one backprop gained ~20% from it, but OpenBLAS's workers
+    then spin for a while after each call, and a threaded numerical gradient right
+    after ran 1.7x slower (52 against 31 ms on the book's net;
+    docs/benchmarks.md). Every public method of a network, training and gradient
+    checks run inside it, from any number of threads at once. Other backends
+    manage their own threads: a no-op there."""
     if not is_numpy(xp):
         return contextlib.nullcontext()
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+    return _one_blas_thread()
 
 
 @contextlib.contextmanager

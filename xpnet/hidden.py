@@ -14,11 +14,14 @@ Rules of this module:
   plan's direct items, as the network evaluates them
   (:func:`xpnet.model.forward`).
 * Results are laid end to end ``[series (U, S) | direct (D,) | 0]`` and put in
-  place per (pair, unit) with the plan's table of places; each input then sums its
-  pair's row.
+  place per (pair, unit) with the plan's table of places; each input then adds its
+  pair's row, in the plan's chunks of features (inputs equal to 0, whose pair's
+  row is exactly 0, skipped where there are several chunks).
 """
 
 from __future__ import annotations
+
+import bisect
 
 import numpy as np  # host: the direct items' indices, from the plan
 from array_api_compat import device as device_of
@@ -71,17 +74,27 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
 
         per_chunk = max(1, ctx.chunk_bytes // max(1, 2 * n_units * ctx.itemsize))
         values = xp.reshape(ctx.chunked(n_pairs, per_chunk, gather), (n_pairs, n_units))
-    # every input (n, i) sums its pair's row (inputs equal to 0: the pair of value
-    # 0, whose row is 0); the pairs of feature i lie at [i N, (i + 1) N)
-    n_samples, n_features = plan.pairs.index.shape
-    by_feature = xp.asarray(np.reshape(plan.pairs.index.T, (-1,)), device=dev)  # host: (F N,)
-    per_feature = max(1, ctx.chunk_bytes // max(1, n_samples * n_units * ctx.itemsize))
+    return _input_sums(ctx, plan.sums, values, n_units)
 
-    def sums(f0, f1):
-        gathered = xp.take(values, ctx.part(by_feature, f0 * n_samples, f1 * n_samples), axis=0)
-        return xp.sum(xp.reshape(gathered, (f1 - f0, n_samples, n_units)), axis=1)
 
-    return ctx.chunked(n_features, per_feature, sums)
+def _input_sums(ctx, sums, values, n_units):
+    """Row ``i`` of the gradient: the rows of ``values`` (U, J) of feature ``i``'s
+    inputs, summed over the samples, chunk by chunk (:class:`xpnet.plan.InputSums`)."""
+    xp = ctx.xp
+    dev = device_of(values)
+    index = xp.asarray(sums.index, device=dev)  # planned on the host
+    starts = [lo for lo, _, _, _ in sums.chunks]
+
+    def chunk_sums(lo, hi):  # features lo:hi of one chunk (or of a half of one)
+        lo_c, _, width, offset = sums.chunks[bisect.bisect_right(starts, lo) - 1]
+        start = offset + (lo - lo_c) * width
+        gathered = xp.take(values, ctx.part(index, start, start + (hi - lo) * width), axis=0)
+        return xp.sum(xp.reshape(gathered, (hi - lo, width, n_units)), axis=1)
+
+    rows = ctx.in_pieces([(lo, hi) for lo, hi, _, _ in sums.chunks], chunk_sums)
+    if sums.inverse is None:
+        return rows
+    return xp.take(rows, xp.asarray(sums.inverse, device=dev), axis=0)
 
 
 def _slotted(xp, array, slots, axis):

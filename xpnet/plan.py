@@ -12,7 +12,8 @@ Rules of this module:
   block, after what planning needs of its forward pass has come to the host in
   one transfer: each layer's distinct (sample, value) pairs
   (:func:`distinct_pairs`), which units of each sample are evaluated and how
-  (:func:`series_slots`, the direct items), and the chunks (:func:`layer_plan`,
+  (:func:`series_slots`, the direct items), how each input adds its pair's
+  results (:func:`input_sums`), and the chunks (:func:`layer_plan`,
   :func:`chunks`).
 * Why pairs: perturbing ``W_l[i, j]`` by ``s`` moves ``a_l[n, j]`` by ``s * z_l[n,
   i]``; sample ``n``'s loss depends on ``i`` only through that value, so the
@@ -31,9 +32,11 @@ import numpy as np  # host: plans are host index arrays
 
 __all__ = [
     "Pairs",
+    "InputSums",
     "LayerPlan",
     "OutputPlan",
     "distinct_pairs",
+    "input_sums",
     "series_slots",
     "layer_plan",
     "output_plan",
@@ -86,19 +89,79 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     if n_features:
         new[:, 0] = True
         new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    new &= ordered != 0
-    position = np.cumsum(new.ravel()).reshape(ordered.shape) - 1  # host
-    count = int(new.sum())
-    # an input repeats the pair of the first equal value before it in its row
-    position = np.maximum.accumulate(np.where(new, position, -1), axis=1)  # host
-    position[ordered == 0] = count
+    zero = ordered == 0  # host
+    new &= ~zero
+    starts = np.flatnonzero(new)  # host: each pair's first input, in sorted order
+    count = int(starts.shape[0])
+    # in a sorted row a non-zero input is its pair's first or equals the input
+    # before it: its pair is the count of pairs started up to it, less one (a
+    # running sum; no maximum scan: those hold the GIL on NumPy)
+    position = np.cumsum(new, axis=None).reshape(ordered.shape) - 1  # host
+    position = np.where(zero, count, position)  # host
     index = np.empty_like(position)  # host
     np.put_along_axis(index, order, position, axis=1)  # host
-    sample = np.repeat(np.arange(n_samples), new.sum(axis=1))  # host
     # the pair of value 0, last (its sample the last: samples stay non-decreasing)
-    sample = np.append(sample, max(n_samples - 1, 0)).astype(np.int64)  # host
-    value = np.append(ordered[new], np.zeros(1, dtype=z.dtype))  # host
+    sample = np.append(starts // max(n_features, 1), max(n_samples - 1, 0)).astype(np.int64)  # host
+    value = np.append(ordered.reshape(-1)[starts], np.zeros(1, dtype=z.dtype))  # host
     return Pairs(sample, value, index.astype(np.int64))  # host
+
+
+@dataclass(frozen=True)
+class InputSums:
+    """How every input ``(n, i)`` adds its pair's row of results into row ``i``
+    of the gradient (a sum over the samples), in chunks of features.
+
+    Inputs equal to 0 add the row of the pair of value 0, which is exactly 0:
+    where there is more than one chunk, each feature's inputs are laid out
+    non-zero first (in sample order) and the features fewest non-zero inputs
+    first, so that a chunk sums only as many inputs per feature as its features
+    have non-zero ones (at least 1). The non-zero inputs are added in the same
+    order as all of them would be, and adding an exact 0 changes no sum: the
+    result is the sum over every input.
+
+    Attributes
+    ----------
+    index : ndarray (K,) int64
+        The pairs to sum, chunk after chunk; in a chunk of features ``lo:hi``
+        and width ``w``, feature ``lo + f``'s at ``offset + f * w`` onwards.
+    chunks : list of (lo, hi, width, offset)
+        Features ``lo:hi`` in ``order``, each summing ``width`` pairs.
+    inverse : ndarray (F,) int64 or None
+        Where each feature's row lies among the chunks' rows; None: in order.
+    """
+
+    index: np.ndarray  # host
+    chunks: list
+    inverse: np.ndarray | None  # host
+
+
+def input_sums(pairs: Pairs, row_bytes: int, chunk_bytes: int) -> InputSums:  # host
+    """The plan of the sums over the samples (:class:`InputSums`): every chunk's
+    gathered rows, ``row_bytes`` each, within ``chunk_bytes``."""
+    n_samples, n_features = pairs.index.shape
+    rows = max(1, chunk_bytes // max(1, row_bytes))  # gathered rows per chunk
+    by_feature = np.ascontiguousarray(pairs.index.T)  # host (F, N)
+    if n_features * n_samples <= rows or n_samples <= 1:  # one chunk, or nothing to skip
+        plain = chunks(n_features, max(1, rows // max(1, n_samples)))
+        laid_out = [(lo, hi, n_samples, lo * n_samples) for lo, hi in plain]
+        return InputSums(by_feature.reshape(-1), laid_out, None)
+    zero = by_feature == pairs.count - 1  # host: the pair of value 0
+    order = np.argsort(n_samples - np.count_nonzero(zero, axis=1), kind="stable")  # host
+    # per feature, its non-zero inputs first, in sample order (a stable sort)
+    first = np.argsort(zero[order], axis=1, kind="stable")  # host
+    laid = np.take_along_axis(by_feature[order], first, axis=1)  # host
+    widths = np.maximum(n_samples - np.count_nonzero(zero[order], axis=1), 1)  # host: rising
+    laid_out, parts, lo = [], [], 0
+    while lo < n_features:  # (hi - lo) features by the width of the last (widest) one
+        cost = np.arange(1, n_features - lo + 1) * widths[lo:]  # host
+        hi = lo + max(1, int(np.searchsorted(cost, rows, side="right")))
+        offset = sum((b - a) * w for a, b, w, _ in laid_out)
+        laid_out.append((lo, hi, int(widths[hi - 1]), offset))
+        parts.append(laid[lo:hi, : int(widths[hi - 1])].reshape(-1))
+        lo = hi
+    inverse = np.empty_like(order)  # host
+    inverse[order] = np.arange(n_features)
+    return InputSums(np.concatenate(parts), laid_out, inverse.astype(np.int64))  # host
 
 
 @dataclass(frozen=True)
@@ -135,6 +198,8 @@ class LayerPlan:
         Series terms (:mod:`xpnet.series`); None: no series path.
     series_chunk, direct_chunk : int
         Pairs per chunk of the series path, items per chunk of the direct path.
+    sums : InputSums
+        How each input adds its pair's row of results.
     """
 
     layer: int
@@ -148,6 +213,7 @@ class LayerPlan:
     terms: int | None
     series_chunk: int
     direct_chunk: int
+    sums: InputSums
 
     @property
     def series_width(self) -> int:
@@ -195,6 +261,7 @@ def layer_plan(
     series_item_bytes: int,
     direct_item_bytes: int,
     chunk_bytes: int,
+    result_itemsize: int = 8,
 ) -> LayerPlan:  # host
     """The plan of one layer below the last for one sample block.
 
@@ -202,7 +269,7 @@ def layer_plan(
     step reaches): skipped. ``unsafe`` (N, J): units whose move may carry a ReLU
     above across its kink: evaluated directly. ``terms`` None: every moving unit
     is evaluated directly. ``*_item_bytes``: what one (pair, unit) item of a
-    chunk holds on each path.
+    chunk holds on each path; ``result_itemsize``: the bytes of one result.
     """
     pairs = distinct_pairs(z)
     n_samples = z.shape[0]
@@ -232,6 +299,7 @@ def layer_plan(
         terms,
         max(1, chunk_bytes // series_pair),
         max(1, chunk_bytes // max(1, direct_item_bytes)),
+        input_sums(pairs, n_units * result_itemsize, chunk_bytes),
     )
 
 

@@ -398,6 +398,7 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
             series_item_bytes=step * series_width,
             direct_item_bytes=step * direct_width,
             chunk_bytes=ctx.chunk_bytes,
+            result_itemsize=ctx.itemsize,
         )
     last = len(spans) - 1
     if spans[last] is not None:

@@ -119,10 +119,11 @@ class Context:
 
     def chunked(self, count, size, compute):
         """``compute(lo, hi)`` over ``range(count)`` in chunks, concatenated."""
-        tasks = [
-            (lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi))
-            for lo, hi in planner.chunks(count, size)
-        ]
+        return self.in_pieces(planner.chunks(count, size), compute)
+
+    def in_pieces(self, bounds, compute):
+        """``compute(lo, hi)`` for each ``(lo, hi)`` of ``bounds``, concatenated."""
+        tasks = [(lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi)) for lo, hi in bounds]
         parts = self.run(tasks)
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
