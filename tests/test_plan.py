@@ -97,40 +97,37 @@ def test_input_sums_keep_the_inputs_order_of_the_samples():
             assert all(k == pairs.count - 1 for k in got[len(nonzero) :])
 
 
-def _place(layer_plan, u, j):
-    """Where pair u's unit j is found in the results laid end to end."""
-    return layer_plan.place[u * layer_plan.n_units + j]
-
-
 def test_every_unit_of_every_pair_has_one_place():
     z = np.array([[0.5, 1.0, 0.0], [0.25, 0.25, 0.75]])
     still = np.array([[False, True, False, False], [False, False, False, True]])
-    unsafe = np.array([[False, False, True, False], [True, False, False, False]])
+    unsafe = np.array([[False, False, True, False], [True, True, False, False]])
     p = plan.layer_plan(
         0, (0, 3), z, 4, still=still, unsafe=unsafe, terms=3,
         series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
     )  # fmt: skip
-    # 2 pairs per sample and the pair of value 0 (of sample 1), 1 unit each
-    assert p.series_width == 2 and p.direct_count == 2 + 2 + 1
-    seen = set()
+    # 2 pairs of sample 0 (1 direct unit), 2 of sample 1 and the pair of value 0
+    # (2 direct units each)
+    width, slots = p.series_width, p.direct_width
+    assert (width, slots) == (2, 2) and p.direct_count == 2 * 1 + 3 * 2
+    used = set()
     for u in range(p.pairs.count):
         n = p.pairs.sample[u]
         for j in range(4):
-            place = _place(p, u, j)
+            column = p.layout[n, j]
             if still[n, j]:
-                assert place == p.zero
+                assert column == width + slots  # the 0
                 continue
-            assert place not in seen
-            seen.add(place)
+            assert (u, column) not in used
+            used.add((u, column))
             if unsafe[n, j]:  # a direct item of this very pair and unit
-                item = place - p.pairs.count * p.series_width
+                item = p.direct_slots[u * slots + column - width]
                 assert (p.direct_pair[item], p.direct_unit[item]) == (u, j)
-            else:  # a series slot of this pair holding unit j
-                assert place // p.series_width == u
-                assert p.series[n, place % p.series_width] == j
-    # every result is used once (no padded slots here: both samples have two
-    # series units)
-    assert len(seen) == p.zero
+            else:  # a series slot of this pair's sample holding unit j
+                assert column < width and p.series[n, column] == j
+    # every direct item is some pair's slot once; the padding is the 0 after them
+    items = p.direct_slots[p.direct_slots < p.direct_count]
+    assert sorted(items) == list(range(p.direct_count))
+    assert np.all(p.direct_slots[p.direct_slots >= p.direct_count] == p.direct_count)
 
 
 def test_without_a_series_every_moving_unit_is_a_direct_item():
@@ -148,7 +145,7 @@ def test_all_units_on_the_series_path_need_no_position_table():
         0, (0, 2), np.array([[0.5, 1.0]]), 3, terms=4,
         series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
     )  # fmt: skip
-    assert p.series is None and p.place is None and p.series_width == 3
+    assert p.series is None and p.layout is None and p.series_width == 3
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])

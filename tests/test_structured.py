@@ -421,6 +421,27 @@ def test_series_and_direct_paths_agree(backend, monkeypatch, mode, activation):
         assert rel_error(by_series[name], by_direct[name]) <= bound, name
 
 
+def test_a_layer_with_series_and_direct_units_equals_the_loop(backend, monkeypatch):
+    """A step large enough that some ReLU units may cross a kink above (direct
+    items) while the others take the series, in one layer: each pair's series
+    slots, direct slots and the 0 of its still units are put in place per unit,
+    and the gradient is the loop's at the same step."""
+    import xpnet.structured as structured
+
+    net = make_multi(backend, (8, 12, 8, 3), activation="relu", seed=0)
+    x, t = make_batch(12, 8, 3, seed=3, sparsity=0.3)
+    plans = []
+    real = structured.hidden_rows
+    monkeypatch.setattr(
+        structured, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
+    )
+    fast = net.numerical_gradient(x, t, h=1e-2)
+    assert any(p.series_width and p.direct_width >= 2 for p in plans)  # both, several direct
+    loop = net.numerical_gradient(x, t, h=1e-2, method="loop")
+    for name in loop:  # central differences at h = 1e-2: rounding about eps * L / h
+        assert rel_error(fast[name], loop[name]) <= 1e-10, name
+
+
 def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
     """A step and weights so large that no series of at most MAX_TERMS terms is
     provably exact: every unit is evaluated directly, and the gradient is the

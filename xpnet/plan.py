@@ -188,12 +188,16 @@ class LayerPlan:
         path, where ``terms`` is None).
     direct_pair, direct_unit : ndarray (D,) int64
         The direct items.
-    place : ndarray (U * J,) int64 or None
-        Where the result of pair ``u`` and unit ``j`` (at ``u * J + j``) lies in
-        the results laid end to end, ``[series results (U, S) flattened | direct
-        results (D,) | 0]``: its series slot, its direct item, or the 0 after
-        them for a unit that stays still. None: the series results are the
-        answer as they are.
+    layout : ndarray (N, J) int64 or None
+        Where the result of unit ``j`` lies in each pair of sample ``n``'s row of
+        results ``[series slots (S) | direct slots (T) | 0]``: its series slot,
+        ``S +`` its rank among the sample's direct units, or ``S + T`` (the 0)
+        for a unit that stays still. None: the series results are the answer
+        as they are.
+    direct_slots : ndarray (U * T,) int64 or None
+        Each pair's direct slots (``T`` the most direct units of a sample): its
+        items in the direct results ``[direct results (D,) | 0]``, padded with
+        ``D`` (the 0). None: no direct items.
     terms : int or None
         Series terms (:mod:`xpnet.series`); None: no series path.
     series_chunk, direct_chunk : int
@@ -209,7 +213,8 @@ class LayerPlan:
     series: np.ndarray | None  # host
     direct_pair: np.ndarray  # host
     direct_unit: np.ndarray  # host
-    place: np.ndarray | None  # host
+    layout: np.ndarray | None  # host
+    direct_slots: np.ndarray | None  # host
     terms: int | None
     series_chunk: int
     direct_chunk: int
@@ -226,9 +231,9 @@ class LayerPlan:
         return int(self.direct_pair.shape[0])
 
     @property
-    def zero(self) -> int:
-        """The place of the 0 after every result."""
-        return self.pairs.count * self.series_width + self.direct_count
+    def direct_width(self) -> int:
+        """``T``: the direct slots of a pair."""
+        return 0 if self.direct_slots is None else self.direct_slots.shape[0] // self.pairs.count
 
 
 def series_slots(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # host
@@ -285,7 +290,8 @@ def layer_plan(
     if terms is None:
         slots = None
     width = 0 if terms is None else (n_units if slots is None else int(slots.shape[1]))
-    direct_pair, direct_unit, place = _direct_items(pairs, direct, position, width)
+    direct_pair, direct_unit = _direct_items(pairs, direct)
+    layout, direct_slots = _layout(pairs, direct, position, width, len(direct_pair))
     series_pair = max(1, series_item_bytes * max(1, width))
     return LayerPlan(
         layer,
@@ -295,7 +301,8 @@ def layer_plan(
         slots,
         direct_pair.astype(np.int64),  # host
         direct_unit.astype(np.int64),  # host
-        place,
+        layout,
+        direct_slots,
         terms,
         max(1, chunk_bytes // series_pair),
         max(1, chunk_bytes // max(1, direct_item_bytes)),
@@ -303,34 +310,31 @@ def layer_plan(
     )
 
 
-def _direct_items(pairs: Pairs, direct: np.ndarray, position, width: int):  # host
-    """The direct path's (pair, unit) items, grouped by pair, and where every
-    (pair, unit)'s result lies (:class:`LayerPlan`'s ``place``) from each
-    sample's ``position`` of its units (series slot, -1: still)."""
-    per_sample = direct.sum(axis=1)  # host
-    if per_sample.any():
-        direct_pair, direct_unit = np.nonzero(direct[pairs.sample])  # host
-    else:
-        direct_pair = direct_unit = np.zeros(0, dtype=np.int64)  # host
+def _direct_items(pairs: Pairs, direct: np.ndarray):  # host
+    """The direct path's (pair, unit) items, grouped by pair (and by unit in a pair)."""
+    if direct.any():
+        return np.nonzero(direct[pairs.sample])  # host
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)  # host
+
+
+def _layout(pairs: Pairs, direct: np.ndarray, position, width: int, n_direct: int):  # host
+    """:class:`LayerPlan`'s ``layout`` and ``direct_slots`` from each sample's
+    ``position`` of its units (series slot, -1: none) and ``direct`` units.
+    Per sample, not per pair: every pair of a sample has the same units."""
     if position is None:
-        return direct_pair, direct_unit, None
-    # per sample: a series unit's slot s < width, a direct unit width + its rank
+        return None, None
+    per_sample = direct.sum(axis=1)  # host
+    slots = int(per_sample.max(initial=0))  # T
     rank = np.cumsum(direct, axis=1) - 1  # host
-    position = np.where(direct, width + rank, position).astype(np.int64)  # host
-    starts = np.cumsum(per_sample[pairs.sample]) - per_sample[pairs.sample]  # host
-    # per pair: a series slot lies at u * width + s; a direct item where the
-    # pair's items start, + its rank; a still unit at the 0 after every result
-    series_base = np.arange(pairs.count, dtype=np.int64) * width  # host
-    shift = pairs.count * width + starts - width - series_base  # host
-    zero = pairs.count * width + len(direct_pair)
-    n_units = position.shape[1]
-    place = np.empty((pairs.count, n_units), dtype=np.int64)  # host
-    for u0, u1 in chunks(pairs.count, max(1, 2**15 // max(1, n_units))):  # cache-sized
-        at, out = position[pairs.sample[u0:u1]], place[u0:u1]
-        np.add(at, series_base[u0:u1, None], out=out)  # host
-        np.add(out, shift[u0:u1, None], out=out, where=at >= width)  # host
-        np.copyto(out, zero, where=at < 0)  # host
-    return direct_pair, direct_unit, place.reshape(-1)
+    layout = np.where(direct, width + rank, np.where(position < 0, width + slots, position))  # host
+    if not slots:
+        return layout.astype(np.int64), None
+    # pair u's items start where the items of the pairs before it end
+    counts = per_sample[pairs.sample]  # host
+    starts = np.cumsum(counts) - counts  # host
+    r = np.arange(slots)  # host
+    padded = np.where(r < counts[:, None], starts[:, None] + r, n_direct)  # host
+    return layout.astype(np.int64), padded.reshape(-1).astype(np.int64)  # host
 
 
 @dataclass(frozen=True)
