@@ -7,7 +7,10 @@ once; and the same N shares one after another (what the processes are compared
 with). The processes do the threads' work without sharing an interpreter (no
 GIL between them, no shared address space). Also reported, per gradient on N
 threads: the voluntary context switches (a thread that waits, mostly for the
-GIL) and the CPU time, against one thread's.
+GIL) and the CPU time, against one thread's. Last, the granularity: N threads
+and N processes running a fixed NumPy kernel whose operations take from a few
+to a few hundred microseconds (threads gain only where an operation is long
+enough to cover handing the GIL over to another thread).
 
     python scripts/bench_threads.py --net "784-50-10 sigmoid (book)" --out bench-out/threads.json
 
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench_depth import NETS, _data  # scripts/bench_depth.py
-from harness import machine_info  # scripts/harness.py
+from harness import machine_info, parallel_ceiling  # scripts/harness.py
 from tqdm.auto import tqdm
 
 import xpnet
@@ -141,6 +144,29 @@ def _print(rows, speedups, n):
     )
 
 
+#: elements per operation of the granularity kernel (8 bytes each)
+GRANULARITY = (10_000, 30_000, 100_000, 300_000)
+
+
+def _granularity(n, dry_run):
+    """Per operation size: N threads and N processes against one, running the
+    fixed kernel of :func:`harness.parallel_ceiling` (about 40 ms each)."""
+    rows = []
+    for elements in GRANULARITY[:1] if dry_run else GRANULARITY:
+        repeats = 5 if dry_run else max(5, 20_000_000 // elements)
+        runs = [parallel_ceiling(n, repeats, elements) for _ in range(1 if dry_run else 3)]
+        row = {"elements": elements}
+        row.update(
+            {k: statistics.median(r[k] for r in runs) for k in ("op_us", "threads", "processes")}
+        )
+        rows.append(row)
+        print(
+            f"granularity: ops of {elements:>7,} elements ({row['op_us']:6.1f} us): "
+            f"{n} threads {row['threads']:.2f}x, {n} processes {row['processes']:.2f}x"
+        )
+    return rows
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.net not in NETS:
@@ -172,6 +198,7 @@ def main(argv=None) -> int:
     speedups = {"threads": one / threads, "processes": apart / together}
     print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")
     _print(rows, speedups, n)
+    granularity = _granularity(n, args.dry_run)
     info = machine_info([("numpy", None)])
     out = {
         "command": "python scripts/bench_threads.py "
@@ -183,6 +210,7 @@ def main(argv=None) -> int:
         "rounds": rounds,
         "rows": rows,
         "speedups": speedups,
+        "granularity": granularity,
     }
     save_json(Path(args.out), out)
     print(f"wrote {args.out}  ({info['cpu']}, {info['date']})")

@@ -83,12 +83,13 @@ def parse_backends(spec: str) -> list[tuple[str, object]]:
     return pairs
 
 
-def _kernel(repeats: int = 200) -> float:
-    """Seconds of a fixed NumPy kernel (exp and a multiply on 4 MiB, in place):
-    what one core does when nothing else runs on it."""
+def _kernel(repeats: int = 200, elements: int = 2**19) -> float:
+    """Seconds of a fixed NumPy kernel (exp and a multiply on ``elements``
+    doubles, 4 MiB by default, in place): what one core does when nothing else
+    runs on it."""
     import numpy as np
 
-    a = np.linspace(0.0, 1.0, 2**19)
+    a = np.linspace(0.0, 1.0, elements)
     out = np.empty_like(a)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -97,21 +98,24 @@ def _kernel(repeats: int = 200) -> float:
     return time.perf_counter() - start
 
 
-def parallel_ceiling(n: int, repeats: int = 200) -> dict:
+def parallel_ceiling(n: int, repeats: int = 200, elements: int = 2**19) -> dict:
     """The machine's parallel ceiling for ``n`` workers, measured now: the
     throughput of ``n`` processes (and of ``n`` threads) running the same fixed
     NumPy kernel at once, as a multiple of one alone. Virtual CPUs that share a
-    physical core, or a loaded host, give less than ``n``."""
-    one = _kernel(repeats)
+    physical core, or a loaded host, give less than ``n``. ``op_us``: one
+    operation of the kernel alone, in microseconds (threads gain only where
+    operations are long enough to cover handing the GIL over)."""
+    one = _kernel(repeats, elements)
+    op_us = one / (2 * repeats) * 1e6
     if n <= 1:
-        return {"n": 1, "processes": 1.0, "threads": 1.0}
+        return {"n": 1, "processes": 1.0, "threads": 1.0, "op_us": op_us}
     with ProcessPoolExecutor(n) as pool:
         list(pool.map(_kernel, [5] * n))  # start the workers
         start = time.perf_counter()
-        list(pool.map(_kernel, [repeats] * n))
+        list(pool.map(_kernel, [repeats] * n, [elements] * n))
         processes = n * one / (time.perf_counter() - start)
     with ThreadPoolExecutor(n) as pool:
         start = time.perf_counter()
-        list(pool.map(_kernel, [repeats] * n))
+        list(pool.map(_kernel, [repeats] * n, [elements] * n))
         threads = n * one / (time.perf_counter() - start)
-    return {"n": n, "processes": processes, "threads": threads}
+    return {"n": n, "processes": processes, "threads": threads, "op_us": op_us}

@@ -197,3 +197,12 @@ def test_per_sample_bytes_grow_with_each_samples_distinct_inputs():
     # a skipped first layer leaves only what does not depend on the inputs
     flat = plan.per_sample_bytes(x, [None, (0, 4)], sizes, 8, 8)
     assert flat[0] == flat[1] == flat[2]
+
+
+def test_sample_starts_bound_each_samples_pairs():
+    z = np.array([[0.5, 0.5, 1.0], [0.0, 0.0, 0.0], [0.25, 0.0, 0.75], [0.0, 0.0, 0.0]])
+    pairs = plan.distinct_pairs(z)
+    starts = pairs.sample_starts
+    assert list(starts) == [0, 2, 2, 4, 5]  # the pair of value 0 is the last sample's
+    for n in range(4):
+        assert np.all(pairs.sample[starts[n] : starts[n + 1]] == n)

@@ -133,7 +133,11 @@ def test_bench_threads(tmp_path, capsys):
     assert all(r["median_s"] > 0 for r in data["rows"])
     assert {"switches", "cpu_s"} <= set(data["rows"][1])
     assert data["speedups"]["threads"] > 0 and data["speedups"]["processes"] > 0
-    assert "speed-up:" in capsys.readouterr().out
+    (granularity,) = data["granularity"]  # one operation size in a dry run
+    assert granularity["elements"] == 10_000 and granularity["op_us"] > 0
+    assert granularity["threads"] > 0 and granularity["processes"] > 0
+    printed = capsys.readouterr().out
+    assert "speed-up:" in printed and "granularity: ops of  10,000 elements" in printed
     assert _load("bench_threads").main(["--net", "no such net", "--out", str(out)]) == 2
 
 
