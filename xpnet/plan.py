@@ -114,23 +114,18 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
 @dataclass(frozen=True)
 class InputSums:
     """How every input ``(n, i)`` adds its pair's row of results into row ``i``
-    of the gradient (a sum over the samples), in chunks of features.
-
-    Inputs equal to 0 add the row of the pair of value 0, which is exactly 0:
-    where there is more than one chunk, each feature's inputs are laid out
-    non-zero first (in sample order) and the features fewest non-zero inputs
-    first, so that a chunk sums only as many inputs per feature as its features
-    have non-zero ones (at least 1). The non-zero inputs are added in the same
-    order as all of them would be, and adding an exact 0 changes no sum: the
-    result is the sum over every input.
+    of the gradient (a sum over the samples), in chunks of features. With more
+    than one chunk, inputs equal to 0 (their pair's row is exactly 0) are
+    skipped: each feature's inputs lie non-zero first, in sample order (the sum
+    is the same), the features fewest non-zero inputs first, and a chunk sums
+    as many per feature as its last feature has (at least 1).
 
     Attributes
     ----------
     index : ndarray (K,) int64
-        The pairs to sum, chunk after chunk; in a chunk of features ``lo:hi``
-        and width ``w``, feature ``lo + f``'s at ``offset + f * w`` onwards.
+        The pairs to sum, chunk after chunk: in a chunk ``(lo, hi, w, offset)``
+        its ``f``-th feature's ``w`` from ``offset + f * w`` on.
     chunks : list of (lo, hi, width, offset)
-        Features ``lo:hi`` in ``order``, each summing ``width`` pairs.
     inverse : ndarray (F,) int64 or None
         Where each feature's row lies among the chunks' rows; None: in order.
     """
