@@ -72,8 +72,10 @@ __all__ = [
 
 #: Default bound on the extra memory of one structured gradient on the host.
 HOST_TOTAL_BYTES = 256 * 2**20
-#: Largest sample block on the host (per-sample byte estimate).
-HOST_BLOCK_BYTES = 32 * 2**20
+#: Largest sample block on the host (per-sample byte estimate): the Keras net's
+#: gradient took 128 / 101 / 112 ms on one thread and 100 / 82 / 84 ms on two in
+#: blocks of at most 32 / 128 / 256 MiB (interleaved; docs/benchmarks.md).
+HOST_BLOCK_BYTES = 128 * 2**20
 #: Default chunk budget on the host: temporaries that stay in a core's L2 cache.
 HOST_CHUNK_BYTES = 4 * 2**20
 
@@ -173,7 +175,7 @@ def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
     """The gradient's sample blocks: each within its thread's share of
     ``max_bytes`` (every thread holds one block and one chunk at a time)."""
     budget = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
-    if ctx.host:  # blocks larger than this ran slower on the host (measured 8-999 MiB)
+    if ctx.host:  # larger blocks ran no faster on the host (HOST_BLOCK_BYTES)
         budget = min(budget, HOST_BLOCK_BYTES)
     item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
     per_sample = planner.per_sample_bytes(x_host, spans, ctx.spec.sizes, item, series.MAX_TERMS)
