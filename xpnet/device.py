@@ -213,13 +213,12 @@ class _BlasLimit:
     :func:`single_blas_thread`: the first to enter sets the limit, the last to
     leave restores the library's own count, whichever threads they are. (A limit
     per call let the first caller to finish restore two BLAS threads under
-    another still computing: measured, two threads each computing a gradient ran
-    no faster than one after the other.)
+    another one still computing.)
 
-    threadpoolctl (3.6 and later) lets only one "controlling" thread set
-    OpenBLAS's process-wide count and silently ignores the others: every change
-    here is made with no thread in control before or after it (its documented
-    ``clear_controlling_thread(force=True)``)."""
+    Recent threadpoolctl lets only one "controlling" thread set OpenBLAS's
+    process-wide count and silently ignores the others: every change here is
+    made with no thread in control before or after it (its documented
+    ``OpenBLASController.clear_controlling_thread(force=True)``)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -260,7 +259,7 @@ def _uncontrolled(change):
 
     openblas = getattr(threadpoolctl, "OpenBLASController", None)
     clear = getattr(openblas, "clear_controlling_thread", None)
-    if clear is None:  # threadpoolctl before 3.6: any thread may set the count
+    if clear is None:  # an older threadpoolctl: any thread may set the count
         return change()
     clear(force=True)
     try:

@@ -9,8 +9,9 @@ Rules of this module:
   gradients.
 * Work is run three ways, all here: tasks on ``n_threads`` threads with the
   calling thread working too (:meth:`Context.run`, NumPy only); ranges in chunks
-  within a byte budget (:meth:`Context.chunked`); a chunk that runs out of
-  memory computed as its two halves instead (:meth:`Context.split_on_oom`).
+  within a byte budget (:meth:`Context.chunked`) or in planned pieces
+  (:meth:`Context.in_pieces`); a chunk that runs out of memory computed as its
+  two halves instead (:meth:`Context.split_on_oom`).
 * The two perturbed losses of an item are combined here, once: their scaled
   difference, or a ratio under one log for losses ``-log(q)``.
 """
