@@ -93,7 +93,22 @@ def _numpy_blas_threads():
     return {i["num_threads"] for i in info if i["user_api"] == "blas" and "numpy" in i["filepath"]}
 
 
-def test_one_blas_thread_holds_until_the_last_thread_inside_leaves():
+@pytest.fixture
+def shared_blas_pool():
+    """NumPy's BLAS with one thread pool for the whole process (OpenBLAS's own
+    threads, as in NumPy's wheels): what the limit across threads is about."""
+    from threadpoolctl import threadpool_info
+
+    layers = {
+        i.get("threading_layer")
+        for i in threadpool_info()
+        if i["user_api"] == "blas" and "numpy" in i["filepath"]
+    }
+    if layers != {"pthreads"}:
+        pytest.skip(f"NumPy's BLAS threading here: {layers or 'not visible to threadpoolctl'}")
+
+
+def test_one_blas_thread_holds_until_the_last_thread_inside_leaves(shared_blas_pool):
     """Two threads inside at once, the first leaving first: the second still
     computes at one BLAS thread; the count comes back when both have left."""
     import threading
@@ -130,7 +145,7 @@ def test_one_blas_thread_holds_until_the_last_thread_inside_leaves():
     }
 
 
-def test_one_blas_thread_in_a_thread_after_the_main_thread_used_it():
+def test_one_blas_thread_in_a_thread_after_the_main_thread_used_it(shared_blas_pool):
     """threadpoolctl ignores every thread but its controlling one: a worker
     thread alone inside, after the main thread was, still gets one BLAS thread."""
     import threading
