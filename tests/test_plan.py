@@ -148,25 +148,6 @@ def test_all_units_on_the_series_path_need_no_position_table():
     assert p.series is None and p.layout is None and p.series_width == 3
 
 
-@pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_sample_blocks_cover_every_sample_once_within_the_budget(n_threads):
-    rng = np.random.default_rng(1)
-    per_sample = rng.integers(1, 100, 57).astype(float)
-    blocks = plan.sample_blocks(per_sample, 400, n_threads)
-    assert blocks[0][0] == 0 and blocks[-1][1] == 57
-    assert all(a < b for a, b in blocks)
-    assert all(b0 == a1 for (_, b0), (a1, _) in zip(blocks[:-1], blocks[1:], strict=True))
-    assert all(per_sample[a:b].sum() <= 400 or b - a == 1 for a, b in blocks)
-    if n_threads > 1:
-        assert len(blocks) % n_threads == 0 or len(blocks) == 57
-
-
-def test_sample_blocks_use_no_more_threads_than_the_work_is_worth():
-    per_sample = np.full(10, 1.0)
-    assert plan.sample_blocks(per_sample, 10**9, 4, min_share=5) == [(0, 5), (5, 10)]
-    assert plan.sample_blocks(per_sample, 10**9, 4, min_share=100) == [(0, 10)]
-
-
 def test_chunks_cover_a_range():
     assert plan.chunks(7, 3) == [(0, 3), (3, 6), (6, 7)]
     assert plan.chunks(0, 3) == []
@@ -181,22 +162,6 @@ def test_input_columns_and_reach_include_the_bias_input():
     np.testing.assert_array_equal(plan.input_reach(x, (0, 3), 0.5), [1.0, 0.375])
     np.testing.assert_array_equal(plan.input_reach(x, (2, 4), 0.5), [0.5, 0.5])
     np.testing.assert_array_equal(plan.input_reach(x, (3, 4), 1e-4), [1e-4, 1e-4])
-
-
-def test_per_sample_bytes_grow_with_each_samples_distinct_inputs():
-    """The first layer's share counts the pairs that distinct_pairs finds for
-    the sample (its distinct non-zero values, and the bias input)."""
-    x = np.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    sizes, spans = (4, 3, 2), [(0, 5), (0, 4)]
-    per_sample = plan.per_sample_bytes(x, spans, sizes, 8, 8)
-    pairs = np.array([1, 4, 0]) + 1  # distinct non-zero values, and the bias input
-    # the same sizes; two samples that differ by one pair differ by one pair's bytes
-    assert per_sample[1] > per_sample[0] > per_sample[2]
-    slope = (per_sample[1] - per_sample[0]) / (pairs[1] - pairs[0])
-    assert per_sample[0] - per_sample[2] == slope * (pairs[0] - pairs[2])
-    # a skipped first layer leaves only what does not depend on the inputs
-    flat = plan.per_sample_bytes(x, [None, (0, 4)], sizes, 8, 8)
-    assert flat[0] == flat[1] == flat[2]
 
 
 def test_sample_starts_bound_each_samples_pairs():

@@ -8,7 +8,7 @@ Rules of this module:
   NumPy and no device: they are tested without any backend. The computation
   (:mod:`xpnet.structured`) takes a plan and device arrays and nothing else.
 * A gradient is planned in two steps. Up front, once: the sample blocks, whose
-  intermediates fit the memory budget (:func:`sample_blocks`). Then, for each
+  intermediates fit the memory budget (:mod:`xpnet.budget`). Then, for each
   block, after what planning needs of its forward pass has come to the host in
   one transfer: each layer's distinct (sample, value) pairs
   (:func:`distinct_pairs`), which units of each sample are evaluated and how
@@ -25,7 +25,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np  # host: plans are host index arrays
@@ -41,8 +40,6 @@ __all__ = [
     "layer_plan",
     "output_plan",
     "chunks",
-    "sample_blocks",
-    "per_sample_bytes",
     "input_columns",
     "input_reach",
 ]
@@ -358,44 +355,6 @@ def chunks(count: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(count, start + size)) for start in range(0, count, size)]
 
 
-def sample_blocks(
-    per_sample_bytes: np.ndarray,  # host
-    budget: int,
-    n_threads: int = 1,
-    min_share: int = 0,  # host
-) -> list[tuple[int, int]]:  # host
-    """Consecutive sample ranges whose summed ``per_sample_bytes`` fit ``budget``
-    (at least one sample each): the loss is a mean, so block gradients add.
-
-    With ``n_threads > 1`` the blocks are also at most ``1 / n_threads`` of the
-    total bytes (their count a multiple of ``n_threads``), so that every thread
-    gets an equal share of the work; but no more threads are planned for than
-    shares of at least ``min_share`` bytes (less work than that runs faster on
-    one thread than it takes to hand out).
-    """
-    per_sample = np.asarray(per_sample_bytes, dtype=float)  # host
-    cumulative = np.cumsum(per_sample)  # host
-    n = per_sample.shape[0]
-    if n and min_share > 0:
-        n_threads = max(1, min(n_threads, int(cumulative[-1] // min_share)))
-    if n_threads > 1 and n:
-        # equal shares of the total: cut where the cumulative bytes pass each share
-        count = n_threads * max(1, math.ceil(float(cumulative[-1]) / max(1, budget) / n_threads))
-        count = min(count, n)
-        shares = float(cumulative[-1]) * np.arange(1, count) / count  # host
-        cuts = np.searchsorted(cumulative, shares, side="left") + 1  # host
-        bounds = [0, *sorted(set(int(c) for c in np.clip(cuts, 1, n - 1))), n]  # host
-        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    blocks, start, n = [], 0, per_sample.shape[0]
-    while start < n:
-        base = cumulative[start - 1] if start else 0.0
-        stop = int(np.searchsorted(cumulative, base + budget, side="right"))  # host
-        stop = min(n, max(stop, start + 1))
-        blocks.append((start, stop))
-        start = stop
-    return blocks
-
-
 def input_columns(x: np.ndarray, span: tuple) -> np.ndarray:  # host
     """The columns ``span`` of ``[x, 1]`` (the last column, 1, is the bias's input)."""
     columns = x[:, span[0] : min(span[1], x.shape[1])]
@@ -412,39 +371,3 @@ def input_reach(x: np.ndarray, span: tuple, h: float) -> np.ndarray:  # host
     if span[1] > x.shape[1]:  # the bias's input, 1
         largest = np.maximum(largest, 1.0)  # host
     return h * largest
-
-
-# bytes per (pair, unit) a block keeps besides its result: the pairs' rows of
-# results side by side, the per-pair rows the inputs sum, and on a device the
-# gathered layout (measured peaks: 0.5-0.8 of the estimate on Fashion-MNIST nets)
-_ITEM_BYTES = 8 + 8 + 8
-
-
-def per_sample_bytes(
-    x: np.ndarray,  # host (N, D): the network's inputs
-    spans: list,
-    sizes: tuple,
-    itemsize: int,
-    max_terms: int,
-) -> np.ndarray:  # host
-    """What one sample adds to a sample block's memory, per sample of ``x`` (N, D):
-    the cached forward pass, and the largest layer's pairs (inputs counted dense
-    above the first), items, stored results and ``max_terms`` series
-    coefficients; ``spans`` as the structured gradient's (None: a layer skipped)."""
-    # the first layer's distinct non-zero values per sample (+ the bias input):
-    # its pairs, as distinct_pairs will find them (sorted 64 rows at a time: no copy)
-    pairs0 = np.ones(x.shape[0])  # host
-    for start, stop in chunks(x.shape[0], 64):
-        ordered = np.sort(x[start:stop], axis=1)  # host
-        changes = np.count_nonzero(ordered[:, 1:] != ordered[:, :-1], axis=1)  # host
-        pairs0[start:stop] += changes + (ordered[:, 0] != 0)
-    per_sample = np.full(x.shape[0], float(itemsize * 4 * sum(sizes[1:])))  # host
-    largest = np.zeros_like(per_sample)  # host
-    for layer, span in enumerate(spans[:-1]):
-        if span is None:
-            continue
-        pairs = pairs0 if layer == 0 else float(span[1] - span[0])
-        units = sizes[layer + 1]
-        kept = max_terms * units * sizes[-1] * itemsize + 8 * (span[1] - span[0])
-        largest = np.maximum(largest, pairs * units * (itemsize + _ITEM_BYTES) + kept)  # host
-    return per_sample + largest

@@ -34,11 +34,11 @@ Rules of this module:
     perturbed losses (softmax: ``log(q-) - log(q+)`` as ``log(q- / q+)``).
 * Weight decay is not seen here: its central difference is exact per coordinate
   (``lambda * W``) and is added by :mod:`xpnet.numerical`.
-* Planning is apart from computing: sample blocks are planned once, each block's
-  layers after what the plan needs of its forward pass comes to the host in one
-  transfer (:mod:`xpnet.plan`). This module runs the blocks, gathers those facts
-  and computes the last layer's rows; a layer below the last is
-  :mod:`xpnet.hidden`'s.
+* Planning is apart from computing: sample blocks are planned once
+  (:mod:`xpnet.budget`), each block's layers after what the plan needs of its
+  forward pass comes to the host in one transfer (:mod:`xpnet.plan`). This
+  module runs the blocks, gathers those facts and computes the last layer's
+  rows; a layer below the last is :mod:`xpnet.hidden`'s.
 * Work is split into chunks whose intermediates fit ``chunk_bytes`` (cache-sized
   on the host, large on a GPU), a chunk that runs out of memory retried as two
   halves; on NumPy the sample blocks run on ``n_threads`` threads
@@ -55,7 +55,7 @@ import numpy as np  # host: unpacking the plan's one transfer
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from . import checks, model, series
+from . import budget, checks, model, series
 from . import plan as planner
 from .backend import to_numpy
 from .device import tune_host_allocator
@@ -174,12 +174,12 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
 def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
     """The gradient's sample blocks: each within its thread's share of
     ``max_bytes`` (every thread holds one block and one chunk at a time)."""
-    budget = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
+    limit = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
     if ctx.host:  # larger blocks ran no faster on the host (HOST_BLOCK_BYTES)
-        budget = min(budget, HOST_BLOCK_BYTES)
+        limit = min(limit, HOST_BLOCK_BYTES)
     item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
-    per_sample = planner.per_sample_bytes(x_host, spans, ctx.spec.sizes, item, series.MAX_TERMS)
-    blocks = planner.sample_blocks(per_sample, budget, ctx.n_threads, _THREAD_SHARE_BYTES)
+    per_sample = budget.per_sample_bytes(x_host, spans, ctx.spec.sizes, item, series.MAX_TERMS)
+    blocks = budget.sample_blocks(per_sample, limit, ctx.n_threads, _THREAD_SHARE_BYTES)
     if len(blocks) > 1 and ctx.n_threads > 1:
         tune_host_allocator()  # else threads spend their time in page faults
     return blocks
