@@ -143,21 +143,22 @@ def input_sums(pairs: Pairs, row_bytes: int, chunk_bytes: int) -> InputSums:  # 
         laid_out = [(lo, hi, n_samples, lo * n_samples) for lo, hi in plain]
         return InputSums(by_feature.reshape(-1), laid_out, None)
     zero = by_feature == pairs.count - 1  # host: the pair of value 0
-    order = np.argsort(n_samples - np.count_nonzero(zero, axis=1), kind="stable")  # host
+    counts = n_samples - np.count_nonzero(zero, axis=1)  # host: non-zero inputs per feature
+    order = np.argsort(counts, kind="stable")  # host
     # per feature, its non-zero inputs first, in sample order (a stable sort)
     first = np.argsort(zero[order], axis=1, kind="stable")  # host
     laid = np.take_along_axis(by_feature[order], first, axis=1)  # host
-    widths = np.maximum(n_samples - np.count_nonzero(zero[order], axis=1), 1)  # host: rising
+    widths = np.maximum(counts[order], 1)  # host: rising
     laid_out, parts, lo = [], [], 0
     while lo < n_features:  # (hi - lo) features by the width of the last (widest) one
         cost = np.arange(1, n_features - lo + 1) * widths[lo:]  # host
-        hi = lo + max(1, int(np.searchsorted(cost, rows, side="right")))
+        hi = lo + max(1, int(np.searchsorted(cost, rows, side="right")))  # host
         offset = sum((b - a) * w for a, b, w, _ in laid_out)
         laid_out.append((lo, hi, int(widths[hi - 1]), offset))
         parts.append(laid[lo:hi, : int(widths[hi - 1])].reshape(-1))
         lo = hi
     inverse = np.empty_like(order)  # host
-    inverse[order] = np.arange(n_features)
+    inverse[order] = np.arange(n_features)  # host
     return InputSums(np.concatenate(parts), laid_out, inverse.astype(np.int64))  # host
 
 
@@ -325,7 +326,7 @@ def _layout(pairs: Pairs, direct: np.ndarray, position, width: int, n_direct: in
     rank = np.cumsum(direct, axis=1) - 1  # host
     layout = np.where(direct, width + rank, np.where(position < 0, width + slots, position))  # host
     if not slots:
-        return layout.astype(np.int64), None
+        return layout.astype(np.int64), None  # host
     # pair u's items start where the items of the pairs before it end
     counts = per_sample[pairs.sample]  # host
     starts = np.cumsum(counts) - counts  # host
