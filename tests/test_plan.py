@@ -49,6 +49,36 @@ def test_distinct_pairs_of_signed_rows_with_negative_zeros():
         assert np.array_equal(pairs.value[pairs.index], np.where(zeros, 0.0, z))
 
 
+def test_sort_keys_order_like_the_values_with_each_zero_its_own_key_above_all():
+    """The keys of distinct_pairs's argsort: against comparisons of the values
+    themselves, over signs, magnitudes from subnormal to inf, float32 and
+    float64, and the zeros (both signs) above every other value, by column."""
+    rng = np.random.default_rng(2)
+    for dtype in (np.float64, np.float32):
+        info = np.finfo(dtype)
+        special = [0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal, info.max]
+        special += [-info.max, np.inf, -np.inf, 1.0, -1.0]
+        scaled = rng.standard_normal(60) * 10.0 ** rng.integers(-30, 30, 60)
+        z = np.concatenate([np.array(special, dtype=dtype), scaled.astype(dtype)])[None, :]
+        keys = plan._sort_keys(z)[0]
+        zero = z[0] == 0
+        nonzero = np.flatnonzero(~zero)
+        a, b = np.meshgrid(nonzero, nonzero, indexing="ij")
+        assert np.array_equal(keys[a] < keys[b], z[0][a] < z[0][b])
+        assert np.array_equal(keys[a] == keys[b], z[0][a] == z[0][b])
+        assert keys[zero].min() > keys[nonzero].max()
+        assert np.array_equal(np.diff(keys[zero]) > 0, np.diff(np.flatnonzero(zero)) > 0)
+
+
+def test_distinct_pairs_of_float32_rows_with_many_zeros():
+    rng = np.random.default_rng(3)
+    z = (rng.integers(0, 4, (7, 50)) * (rng.random((7, 50)) < 0.3)).astype(np.float32) / 3
+    pairs = plan.distinct_pairs(z)
+    expected = [(n, v) for n, row in enumerate(z) for v in sorted(set(row[row != 0]))]
+    assert list(zip(pairs.sample[:-1], pairs.value[:-1], strict=True)) == expected
+    assert np.array_equal(pairs.value[pairs.index], z)
+
+
 def _summed(sums, values):
     """The gradient rows as the computation sums them (:mod:`xpnet.hidden`)."""
     parts = []

@@ -85,7 +85,7 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     the pair of value 0 after them (:class:`Pairs`)."""
     z = np.asarray(z)  # host
     n_samples, n_features = z.shape
-    order = np.argsort(z, axis=1)  # host: equal values are interchangeable
+    order = np.argsort(_sort_keys(z), axis=1)  # host: equal values are interchangeable
     ordered = np.take_along_axis(z, order, axis=1)  # host
     new = np.empty(ordered.shape, dtype=bool)  # host
     if n_features:
@@ -106,6 +106,31 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     sample = np.append(starts // max(n_features, 1), max(n_samples - 1, 0)).astype(np.int64)  # host
     value = np.append(ordered.reshape(-1)[starts], np.zeros(1, dtype=z.dtype))  # host
     return Pairs(sample, value, index.astype(np.int64))  # host
+
+
+# inf's key is 0x7FF0...0 (2**63 - 2**52), every finite value's below it: the
+# zeros' keys, from one above it on, lie above every finite or infinite value's
+_ZERO_KEYS = np.int64(2**63 - 2**52 + 1)
+
+
+def _sort_keys(z: np.ndarray) -> np.ndarray:  # host
+    """int64 keys (N, F) that sort like the values of ``z`` (N, F), real floating,
+    except that each input equal to 0 (or -0.0) gets a key of its own, above
+    every other value's, by its column.
+
+    Why: with half an image's inputs 0, NumPy's quicksort argsort of the values
+    themselves took 2.0 ms for 50 Fashion-MNIST rows and 0.76 ms of these keys
+    (distinct keys: no long runs of equal ones); dense rows sort as fast either
+    way. A float's bits read as a signed integer sort like the float for
+    non-negative floats and in reverse for negative ones: flipping a negative
+    key's 63 low bits puts them in order (sign-magnitude to two's complement).
+    Equal non-zero values get equal keys, so they still lie side by side.
+    """
+    bits = np.ascontiguousarray(z, dtype=np.float64).view(np.int64)  # host: exact
+    keys = bits ^ ((bits >> 63) & np.int64(2**63 - 1))  # host
+    zero = z == 0  # host
+    columns = np.arange(z.shape[1], dtype=np.int64)  # host
+    return np.where(zero, _ZERO_KEYS + columns, keys)  # host
 
 
 @dataclass(frozen=True)
