@@ -364,6 +364,7 @@ def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
         return real_block(ctx, layers, work_layers, x, *args)
 
     monkeypatch.setattr(xpnet.work, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(xpnet.work, "_POOL", xpnet.work._Pool())  # none kept from before
     monkeypatch.setattr(structured, "_block", counted_block)
     net = xpnet.TwoLayerNet(30, 7, 4, 0.5, seed=0)
     x, t = make_batch(9, 30, 4, seed=5)
@@ -380,6 +381,10 @@ def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
     assert started == [2] and len(blocks) == 3 and sum(blocks) == 9
     for name in single:
         xp_assert_close(threaded[name], single[name], rtol=_BLOCKS)
+    # the helper threads are kept for the next gradient
+    net.numerical_gradient(x, t, n_threads=3)
+    assert started == [2] and len(blocks) == 6
+    xpnet.work._POOL.pool.shutdown(wait=True)
 
 
 def test_a_block_of_rows_that_are_zero_for_every_sample_is_zero(backend):

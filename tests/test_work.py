@@ -1,0 +1,96 @@
+"""How a structured gradient's work is run (xpnet.work): tasks on the kept
+helper threads, in order, with the calling thread working too."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import make_batch
+
+import xpnet
+import xpnet.work
+from xpnet.work import make_context
+
+
+@pytest.fixture
+def fresh_pool(monkeypatch):
+    """A pool of helper threads of this test's own (shut down after it)."""
+    pool = xpnet.work._Pool()
+    monkeypatch.setattr(xpnet.work, "_POOL", pool)
+    yield pool
+    if pool.pool is not None:
+        pool.pool.shutdown(wait=True)
+
+
+def _context(n_threads):
+    net = xpnet.TwoLayerNet(6, 4, 3, 0.5, seed=0)
+    x, _ = make_batch(5, 6, 3, seed=0)
+    return make_context(np, net.spec, np.asarray(x), 1e-4, "central", 2**20, n_threads)
+
+
+def test_tasks_run_on_the_calling_thread_and_the_kept_helpers_in_order(fresh_pool):
+    ctx = _context(3)
+    seen = []
+    gate = threading.Barrier(3, timeout=10)  # all three threads at once, or it raises
+
+    def task(k):
+        gate.wait()
+        seen.append(threading.current_thread().name)
+        return k * k
+
+    assert ctx.run([lambda k=k: task(k) for k in range(3)]) == [0, 1, 4]
+    assert threading.current_thread().name in seen
+    assert sum(name.startswith("xpnet") for name in seen) == 2
+    first = fresh_pool.pool
+    # the next call reuses the same helpers; a smaller one too
+    assert ctx.run([lambda k=k: k for k in range(5)]) == list(range(5))
+    assert _context(2).run([lambda: 1, lambda: 2]) == [1, 2]
+    assert fresh_pool.pool is first and fresh_pool.size == 2
+
+
+def test_more_threads_grow_the_pool():
+    pool = xpnet.work._Pool()
+    small = pool.executor(1)
+    large = pool.executor(3)
+    assert large is not small and pool.size == 3 and pool.executor(2) is large
+    large.shutdown(wait=True)
+
+
+def test_a_run_inside_a_helper_that_finds_every_helper_busy_does_not_wait(fresh_pool):
+    """One helper, busy running a task that runs tasks itself: the inner run's
+    caller does them all and does not wait for the helper it could not get."""
+    ctx = _context(2)
+    done = []
+
+    def outer(k):
+        return sum(ctx.run([lambda m=m: m + k for m in range(4)]))
+
+    def main():
+        done.append(ctx.run([lambda k=k: outer(k) for k in range(2)]))
+
+    runner = threading.Thread(target=main, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "nested runs waited for each other"
+    assert done == [[6, 10]]
+
+
+def test_a_forked_child_starts_without_the_parents_helpers():
+    pool = xpnet.work._Pool()
+    pool.executor(2)
+    parent = pool.pool
+    pool.forked()
+    assert pool.pool is None and pool.size == 0
+    assert pool.executor(1) is not parent
+    parent.shutdown(wait=True)
+    pool.pool.shutdown(wait=True)
+
+
+def test_an_error_in_a_task_reaches_the_caller(fresh_pool):
+    ctx = _context(2)
+
+    def bad():
+        raise ValueError("task failed")
+
+    with pytest.raises(ValueError, match="task failed"):
+        ctx.run([lambda: 1, bad, lambda: 3])
