@@ -82,16 +82,18 @@ def _in_place(ctx, plan, results, pair_sample, dev):
     rows.append(xp.zeros((n_pairs, 1), dtype=ctx.real, device=dev))
     table = xp.concat(rows, axis=1)  # (U, S + T + 1)
     if ctx.host:
-        # NumPy: one column gather per sample (its pairs share its layout); a
-        # gather along two axes at once measured ~10x slower
+        # NumPy: one column gather per sample (its pairs share its layout), written
+        # in place: a gather along two axes at once measured ~10x slower, gathers
+        # concatenated afterwards ~1.6x (and twice the memory). mode="clip": the
+        # planned indices are in range, and "raise" buffers the output
+        values = np.empty((n_pairs, n_units), dtype=table.dtype)  # host: NumPy here
         starts = plan.pairs.sample_starts
-        samples = [(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True) if b > a]
-
-        def one_sample(u0, u1):  # pairs of one sample (or a half of them)
-            layout_n = plan.layout[int(plan.pairs.sample[u0]), :]
-            return xp.take(table[u0:u1, ...], xp.asarray(layout_n), axis=1)
-
-        return ctx.in_pieces(samples, one_sample)
+        for n, (u0, u1) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+            if u1 > u0:
+                np.take(
+                    table[u0:u1], plan.layout[n], axis=1, out=values[u0:u1], mode="clip"
+                )  # host
+        return values
     layout = xp.asarray(plan.layout, device=dev)
 
     def gather(u0, u1):
