@@ -10,7 +10,8 @@ threads: the voluntary context switches (a thread that waits, mostly for the
 GIL) and the CPU time, against one thread's. Last, the granularity: N threads
 and N processes running a fixed NumPy kernel whose operations take from a few
 to a few hundred microseconds (threads gain only where an operation is long
-enough to cover handing the GIL over to another thread).
+enough to cover handing the GIL over to another thread), and the hand-off
+itself: the round trip of two threads waking each other.
 
     python scripts/bench_threads.py --net "784-50-10 sigmoid (book)" --out bench-out/threads.json
 
@@ -24,6 +25,7 @@ import multiprocessing
 import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -167,6 +169,30 @@ def _granularity(n, dry_run):
     return rows
 
 
+def _hand_off(exchanges: int = 5_000) -> float:
+    """Microseconds for one thread to wake another and be woken back (two locks
+    passed to and fro): what a thread pays when it wants the GIL while another
+    holds it and must sleep until it is handed over."""
+    mine, theirs = threading.Lock(), threading.Lock()
+    mine.acquire()
+    theirs.acquire()
+
+    def other():
+        for _ in range(exchanges):
+            mine.acquire()
+            theirs.release()
+
+    helper = threading.Thread(target=other)
+    helper.start()
+    start = time.perf_counter()
+    for _ in range(exchanges):
+        mine.release()
+        theirs.acquire()
+    elapsed = time.perf_counter() - start
+    helper.join()
+    return elapsed / exchanges * 1e6
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.net not in NETS:
@@ -199,6 +225,8 @@ def main(argv=None) -> int:
     print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")
     _print(rows, speedups, n)
     granularity = _granularity(n, args.dry_run)
+    hand_off = statistics.median(_hand_off(200 if args.dry_run else 5_000) for _ in range(3))
+    print(f"hand-off: one thread wakes another and is woken back in {hand_off:.1f} us")
     info = machine_info([("numpy", None)])
     out = {
         "command": "python scripts/bench_threads.py "
@@ -211,6 +239,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "speedups": speedups,
         "granularity": granularity,
+        "hand_off_us": hand_off,
     }
     save_json(Path(args.out), out)
     print(f"wrote {args.out}  ({info['cpu']}, {info['date']})")

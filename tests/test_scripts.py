@@ -136,8 +136,10 @@ def test_bench_threads(tmp_path, capsys):
     (granularity,) = data["granularity"]  # one operation size in a dry run
     assert granularity["elements"] == 10_000 and granularity["op_us"] > 0
     assert granularity["threads"] > 0 and granularity["processes"] > 0
+    assert data["hand_off_us"] > 0
     printed = capsys.readouterr().out
     assert "speed-up:" in printed and "granularity: ops of  10,000 elements" in printed
+    assert "hand-off: one thread wakes another" in printed
     assert _load("bench_threads").main(["--net", "no such net", "--out", str(out)]) == 2
 
 
