@@ -53,6 +53,13 @@ def test_more_threads_grow_the_pool():
     small = pool.executor(1)
     large = pool.executor(3)
     assert large is not small and pool.size == 3 and pool.executor(2) is large
+    with pytest.raises(RuntimeError):  # the smaller pool was shut down
+        small.submit(lambda: 0)
+    # submit() takes the pool under its lock: it never meets a shut-down one
+    futures = pool.submit(lambda: 7, 2) + pool.submit(lambda: 8, 4) + pool.submit(lambda: 9, 1)
+    assert [f.result(timeout=10) for f in futures] == [7, 7] + [8] * 4 + [9]
+    assert pool.size == 4
+    pool.pool.shutdown(wait=True)
     large.shutdown(wait=True)
 
 

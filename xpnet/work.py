@@ -6,7 +6,7 @@ Rules of this module:
   to every piece of work: namespace, model spec, the steps as arrays in the
   working dtype, the scale of the central difference or complex step, byte
   budgets and thread count. It is frozen; nothing here keeps state between
-  gradients.
+  gradients but the idle helper threads of :meth:`Context.run`.
 * Work is run three ways, all here: tasks on ``n_threads`` threads with the
   calling thread working too (:meth:`Context.run`, NumPy only; the helper
   threads are kept between gradients, and a caller never waits for a helper
@@ -94,7 +94,7 @@ class Context:
         # the calling thread works too: its core is busy, so the scheduler wakes
         # the pool's threads on the other cores at once
         workers = min(self.n_threads, len(tasks)) - 1
-        futures = [_POOL.executor(workers).submit(work) for _ in range(workers)]
+        futures = _POOL.submit(work, workers)
         work()
         for future in futures:
             # a helper that has not started finds nothing left to do: not waited
@@ -147,12 +147,22 @@ class _Pool:
 
     def executor(self, workers: int) -> ThreadPoolExecutor:
         with self.lock:
-            if self.pool is None or self.size < workers:
-                if self.pool is not None:
-                    self.pool.shutdown(wait=False)  # its threads end when idle
-                self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpnet")
-                self.size = workers
-            return self.pool
+            return self._grown(workers)
+
+    def submit(self, task, workers: int) -> list:
+        """``task`` on ``workers`` helper threads: futures. Submitted under the
+        lock, so that no other caller shuts the pool down in between."""
+        with self.lock:
+            pool = self._grown(workers)
+            return [pool.submit(task) for _ in range(workers)]
+
+    def _grown(self, workers: int) -> ThreadPoolExecutor:
+        if self.pool is None or self.size < workers:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False)  # its threads end once idle
+            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpnet")
+            self.size = workers
+        return self.pool
 
     def forked(self):
         self.lock = threading.Lock()
