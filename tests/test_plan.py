@@ -79,6 +79,20 @@ def test_distinct_pairs_of_float32_rows_with_many_zeros():
     assert np.array_equal(pairs.value[pairs.index], z)
 
 
+def test_direct_items_are_each_pairs_samples_direct_units_in_order():
+    """Against the definition: every (pair, unit) whose sample has the unit
+    direct, by pair, then unit; samples with none, and a batch with none."""
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        z = rng.integers(0, 4, (rng.integers(1, 7), rng.integers(1, 6))) / 3
+        pairs = plan.distinct_pairs(z)
+        direct = rng.random((z.shape[0], rng.integers(1, 8))) < rng.random()
+        pair, unit = plan._direct_items(pairs, direct)
+        expected = np.nonzero(direct[pairs.sample])
+        assert np.array_equal(pair, expected[0]) and np.array_equal(unit, expected[1])
+        assert pair.dtype == unit.dtype == np.int64
+
+
 def _summed(sums, values):
     """The gradient rows as the computation sums them (:mod:`xpnet.hidden`)."""
     parts = []

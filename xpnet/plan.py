@@ -334,10 +334,18 @@ def layer_plan(
 
 
 def _direct_items(pairs: Pairs, direct: np.ndarray):  # host
-    """The direct path's (pair, unit) items, grouped by pair (and by unit in a pair)."""
-    if direct.any():
-        return np.nonzero(direct[pairs.sample])  # host
-    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)  # host
+    """The direct path's (pair, unit) items, grouped by pair (and by unit in a pair):
+    ``np.nonzero(direct[pairs.sample])``, built from the sample's direct units
+    without the (pairs, units) mask (2.7 ms of the deep ReLU net's gradient)."""
+    cell_sample, cell_unit = np.nonzero(direct)  # host: by sample, then unit
+    per_sample = np.bincount(cell_sample, minlength=direct.shape[0])  # host
+    counts = per_sample[pairs.sample]  # host: items per pair
+    pair = np.repeat(np.arange(pairs.count, dtype=np.int64), counts)  # host
+    # the k-th item of a pair is the k-th direct unit of its sample
+    first_cell = np.cumsum(per_sample) - per_sample  # host
+    item_start = np.cumsum(counts) - counts  # host
+    k = np.arange(pair.shape[0]) - item_start[pair]  # host
+    return pair, cell_unit[first_cell[pairs.sample[pair]] + k].astype(np.int64)  # host
 
 
 def _layout(pairs: Pairs, direct: np.ndarray, position, width: int, n_direct: int):  # host
