@@ -50,15 +50,17 @@ def test_tasks_run_on_the_calling_thread_and_the_kept_helpers_in_order(fresh_poo
 
 def test_more_threads_grow_the_pool():
     pool = xpnet.work._Pool()
-    small = pool.executor(1)
-    large = pool.executor(3)
-    assert large is not small and pool.size == 3 and pool.executor(2) is large
+    assert [f.result(timeout=10) for f in pool.submit(lambda: 6, 1)] == [6]
+    small = pool.pool
+    futures = pool.submit(lambda: 7, 3)
+    large = pool.pool
+    assert large is not small and pool.size == 3
     with pytest.raises(RuntimeError):  # the smaller pool was shut down
         small.submit(lambda: 0)
     # submit() takes the pool under its lock: it never meets a shut-down one
-    futures = pool.submit(lambda: 7, 2) + pool.submit(lambda: 8, 4) + pool.submit(lambda: 9, 1)
-    assert [f.result(timeout=10) for f in futures] == [7, 7] + [8] * 4 + [9]
-    assert pool.size == 4
+    futures += pool.submit(lambda: 8, 2) + pool.submit(lambda: 9, 4)
+    assert [f.result(timeout=10) for f in futures] == [7] * 3 + [8] * 2 + [9] * 4
+    assert pool.size == 4 and pool.pool is not large
     pool.pool.shutdown(wait=True)
     large.shutdown(wait=True)
 
@@ -84,11 +86,12 @@ def test_a_run_inside_a_helper_that_finds_every_helper_busy_does_not_wait(fresh_
 
 def test_a_forked_child_starts_without_the_parents_helpers():
     pool = xpnet.work._Pool()
-    pool.executor(2)
+    pool.submit(lambda: None, 2)
     parent = pool.pool
     pool.forked()
     assert pool.pool is None and pool.size == 0
-    assert pool.executor(1) is not parent
+    pool.submit(lambda: None, 1)
+    assert pool.pool is not parent and pool.size == 1
     parent.shutdown(wait=True)
     pool.pool.shutdown(wait=True)
 

@@ -87,12 +87,13 @@ def per_sample_bytes(
     # the first layer's distinct non-zero values per sample (+ the bias input):
     # its pairs, as distinct_pairs will find them (sorted 64 rows at a time: no copy)
     pairs0 = np.ones(x.shape[0])  # host
-    if not exact:
+    if exact:
+        for start, stop in chunks(x.shape[0], 64):
+            ordered = np.sort(x[start:stop], axis=1)  # host
+            changes = np.count_nonzero(ordered[:, 1:] != ordered[:, :-1], axis=1)  # host
+            pairs0[start:stop] += changes + (ordered[:, 0] != 0)
+    else:
         pairs0 += np.count_nonzero(x, axis=1)  # host
-    for start, stop in chunks(x.shape[0], 64) if exact else ():
-        ordered = np.sort(x[start:stop], axis=1)  # host
-        changes = np.count_nonzero(ordered[:, 1:] != ordered[:, :-1], axis=1)  # host
-        pairs0[start:stop] += changes + (ordered[:, 0] != 0)
     per_sample = np.full(x.shape[0], float(itemsize * 4 * sum(sizes[1:])))  # host
     largest = np.zeros_like(per_sample)  # host
     for layer, span in enumerate(spans[:-1]):

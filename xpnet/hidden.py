@@ -90,9 +90,9 @@ def _in_place(ctx, plan, results, pair_sample, dev):
         starts = plan.pairs.sample_starts
         for n, (u0, u1) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
             if u1 > u0:
-                np.take(
+                np.take(  # host
                     table[u0:u1], plan.layout[n], axis=1, out=values[u0:u1], mode="clip"
-                )  # host
+                )
         return values
     layout = xp.asarray(plan.layout, device=dev)
 

@@ -110,7 +110,7 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
 
 # inf's key is 0x7FF0...0 (2**63 - 2**52), every finite value's below it: the
 # zeros' keys, from one above it on, lie above every finite or infinite value's
-_ZERO_KEYS = np.int64(2**63 - 2**52 + 1)
+_ZERO_KEYS = np.int64(2**63 - 2**52 + 1)  # host
 
 
 def _sort_keys(z: np.ndarray) -> np.ndarray:  # host
@@ -335,7 +335,7 @@ def layer_plan(
 
 def _direct_items(pairs: Pairs, direct: np.ndarray):  # host
     """The direct path's (pair, unit) items, grouped by pair (and by unit in a pair):
-    ``np.nonzero(direct[pairs.sample])``, built from the sample's direct units
+    the non-zero cells of ``direct[pairs.sample]``, built from the sample's direct units
     without the (pairs, units) mask (2.7 ms of the deep ReLU net's gradient)."""
     cell_sample, cell_unit = np.nonzero(direct)  # host: by sample, then unit
     per_sample = np.bincount(cell_sample, minlength=direct.shape[0])  # host

@@ -145,29 +145,19 @@ class _Pool:
         self.pool = None
         self.size = 0
 
-    def executor(self, workers: int) -> ThreadPoolExecutor:
-        with self.lock:
-            return self._grown(workers)
-
     def submit(self, task, workers: int) -> list:
         """``task`` on ``workers`` helper threads: futures. Submitted under the
         lock, so that no other caller shuts the pool down in between."""
         with self.lock:
-            pool = self._grown(workers)
-            return [pool.submit(task) for _ in range(workers)]
-
-    def _grown(self, workers: int) -> ThreadPoolExecutor:
-        if self.pool is None or self.size < workers:
-            if self.pool is not None:
-                self.pool.shutdown(wait=False)  # its threads end once idle
-            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpnet")
-            self.size = workers
-        return self.pool
+            if self.pool is None or self.size < workers:
+                if self.pool is not None:
+                    self.pool.shutdown(wait=False)  # its threads end once idle
+                self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpnet")
+                self.size = workers
+            return [self.pool.submit(task) for _ in range(workers)]
 
     def forked(self):
-        self.lock = threading.Lock()
-        self.pool = None
-        self.size = 0
+        self.__init__()
 
 
 _POOL = _Pool()
