@@ -4,11 +4,12 @@ For each network, in one run, interleaved round by round so that machine load
 hits them alike: the book's loop as the book writes it (plain NumPy, one BLAS
 thread; :mod:`xpnet.book`, timed on a sample of ``W1`` coordinates and
 extrapolated: every coordinate costs the same two forward passes), xpnet's
-default numerical gradient on one thread and on every core, the complex step
+default numerical gradient on one thread and on every core (helper processes,
+the default, and threads), the complex step
 and backprop (each ``--repeats`` times per round, interleaved; the round takes
 their median). Each round also measures the machine's parallel ceiling (N
-processes of a fixed NumPy kernel at once vs one), which the threads' speed-up
-is reported against.
+processes of a fixed NumPy kernel at once vs one), which the speed-ups on every
+core are reported against.
 
     python scripts/bench_depth.py --out bench-out/depth.json
 """
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import machine_info, parallel_ceiling  # scripts/harness.py
+from harness import machine_info, on_threads, parallel_ceiling  # scripts/harness.py
 from tqdm.auto import tqdm
 
 import xpnet
@@ -96,15 +97,21 @@ def _setups(names, args):
 
 
 def _methods(threads):
-    """(row label, call) of every timed xpnet method."""
+    """(row label, call) of every timed xpnet method; the first three are the
+    speed-up's: one thread, every core (the default: helper processes), and every
+    core on threads."""
     return [
         ("structured, 1 thread", lambda n, x, t: n.numerical_gradient(x, t, n_threads=1)),
         (
-            f"structured, {threads} threads",
+            f"structured, {threads} cores (helper processes)",
             lambda n, x, t: n.numerical_gradient(x, t, n_threads=threads),
         ),
         (
-            f"complex, {threads} threads",
+            f"structured, {threads} threads",
+            on_threads(lambda n, x, t: n.numerical_gradient(x, t, n_threads=threads)),
+        ),
+        (
+            f"complex, {threads} cores",
             lambda n, x, t: n.numerical_gradient(x, t, method="complex", n_threads=threads),
         ),
         ("backprop", lambda n, x, t: n.gradient(x, t)),
@@ -140,26 +147,24 @@ def _rows(names, setups, loops, times, labels, ceilings, threads):
                     "vs_loop": loop / statistics.median(ts),
                 }
             )
-        one = statistics.median(times[(name, labels[0])])
-        many = statistics.median(times[(name, labels[1])])
-        # per round: the speed-up against that round's own ceiling (the load of a
-        # shared VM changes from round to round; both are measured within it)
-        shares = [
-            (a / b) / c["processes"]
-            for a, b, c in zip(
-                times[(name, labels[0])], times[(name, labels[1])], ceilings[name], strict=True
+        one = times[(name, labels[0])]
+        for many, kind in ((labels[1], "helper processes"), (labels[2], "threads")):
+            # per round: the speed-up against that round's own ceiling (the load
+            # of a shared VM changes from round to round; both measured within it)
+            shares = [
+                (a / b) / c["processes"]
+                for a, b, c in zip(one, times[(name, many)], ceilings[name], strict=True)
+            ]
+            rows.append(
+                {
+                    "net": name,
+                    "method": f"{kind} speed-up ({threads} vs 1)",
+                    "speedup": statistics.median(one) / statistics.median(times[(name, many)]),
+                    "ceiling": ceiling,
+                    "share_of_ceiling": statistics.median(shares),
+                    "share_per_round": shares,
+                }
             )
-        ]
-        rows.append(
-            {
-                "net": name,
-                "method": f"threads speed-up ({threads} vs 1)",
-                "speedup": one / many,
-                "ceiling": ceiling,
-                "share_of_ceiling": statistics.median(shares),
-                "share_per_round": shares,
-            }
-        )
     return rows
 
 
@@ -202,6 +207,7 @@ def main(argv=None) -> int:
     methods = _methods(threads)
     labels = [label for label, _ in methods]
     progress = not args.no_progress and sys.stderr.isatty()
+    xpnet.procs.helpers(threads - 1, wait=True)  # started before any timing
     for name in names:  # warm-up
         net, x, t, _ = setups[name]
         for _, call in methods:

@@ -2,7 +2,8 @@
 threads' speed-up goes.
 
 Per round, interleaved: xpnet on one thread (the whole batch); xpnet on N
-threads; N processes each computing the gradient of its 1/N of the batch at
+threads; xpnet on N cores with its helper processes (the default,
+:mod:`xpnet.procs`: the blocks' arrays through shared memory); N processes each computing the gradient of its 1/N of the batch at
 once; and the same N shares one after another (what the processes are compared
 with). The processes do the threads' work without sharing an interpreter (no
 GIL between them, no shared address space). Also reported, per gradient on N
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench_depth import NETS, _data  # scripts/bench_depth.py
-from harness import machine_info, parallel_ceiling  # scripts/harness.py
+from harness import machine_info, on_threads, parallel_ceiling  # scripts/harness.py
 from tqdm.auto import tqdm
 
 import xpnet
@@ -141,8 +142,9 @@ def _print(rows, speedups, n):
             f"({r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}){extra}"
         )
     print(
-        f"speed-up: {n} threads {speedups['threads']:.2f}x one thread; "
-        f"{n} processes {speedups['processes']:.2f}x the same shares one after another"
+        f"speed-up: {n} threads {speedups['threads']:.2f}x one thread; xpnet's helper "
+        f"processes {speedups['helper_processes']:.2f}x; {n} processes "
+        f"{speedups['processes']:.2f}x the same shares one after another"
     )
 
 
@@ -207,21 +209,27 @@ def main(argv=None) -> int:
     net = xpnet.MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], activation, seed=args.seed)
     tune_host_allocator()  # as xpnet does for its threads; the processes inherit it
     shares = _Shares(net, x, t, n)
+    xpnet.procs.helpers(n - 1, wait=True)  # started before any timing
     cases = {
         "xpnet, 1 thread": lambda: net.numerical_gradient(x, t, n_threads=1),
-        f"xpnet, {n} threads": lambda: net.numerical_gradient(x, t, n_threads=n),
+        f"xpnet, {n} threads": on_threads(lambda: net.numerical_gradient(x, t, n_threads=n)),
+        f"xpnet, {n} cores (helper processes)": lambda: net.numerical_gradient(x, t, n_threads=n),
         f"{n} processes at once": shares.together,
         f"{n} processes one after another": shares.one_after_another,
     }
     rounds = 1 if args.dry_run else args.rounds
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        times, usage = _time(cases, rounds, list(cases)[:2], progress)
+        times, usage = _time(cases, rounds, list(cases)[:3], progress)
     finally:
         shares.close()
     rows = _rows(times, usage)
-    one, threads, together, apart = (r["median_s"] for r in rows)
-    speedups = {"threads": one / threads, "processes": apart / together}
+    one, threads, helpers, together, apart = (r["median_s"] for r in rows)
+    speedups = {
+        "threads": one / threads,
+        "helper_processes": one / helpers,
+        "processes": apart / together,
+    }
     print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")
     _print(rows, speedups, n)
     granularity = _granularity(n, args.dry_run)

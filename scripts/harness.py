@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from xpnet.backend import BACKENDS, library_version, resolve_backend
 from xpnet.device import device_name
+from xpnet.procs import PARALLEL_VARIABLE
 from xpnet.timing import blas_threads
 
 __all__ = ["machine_info", "available_backends", "parse_backends", "parallel_ceiling"]
@@ -119,3 +120,21 @@ def parallel_ceiling(n: int, repeats: int = 200, elements: int = 2**19) -> dict:
         list(pool.map(_kernel, [repeats] * n, [elements] * n))
         threads = n * one / (time.perf_counter() - start)
     return {"n": n, "processes": processes, "threads": threads, "op_us": op_us}
+
+
+def on_threads(call):
+    """``call`` with xpnet's host work on threads, not helper processes
+    (``$XPNET_PARALLEL=threads`` while it runs)."""
+
+    def wrapped(*args):
+        before = os.environ.get(PARALLEL_VARIABLE)
+        os.environ[PARALLEL_VARIABLE] = "threads"
+        try:
+            return call(*args)
+        finally:
+            if before is None:
+                del os.environ[PARALLEL_VARIABLE]
+            else:
+                os.environ[PARALLEL_VARIABLE] = before
+
+    return wrapped

@@ -127,12 +127,14 @@ def test_bench_threads(tmp_path, capsys):
     assert [r["method"] for r in data["rows"]] == [
         "xpnet, 1 thread",
         "xpnet, 2 threads",
+        "xpnet, 2 cores (helper processes)",
         "2 processes at once",
         "2 processes one after another",
     ]
     assert all(r["median_s"] > 0 for r in data["rows"])
-    assert {"switches", "cpu_s"} <= set(data["rows"][1])
-    assert data["speedups"]["threads"] > 0 and data["speedups"]["processes"] > 0
+    assert {"switches", "cpu_s"} <= set(data["rows"][1]) & set(data["rows"][2])
+    assert set(data["speedups"]) == {"threads", "helper_processes", "processes"}
+    assert all(v > 0 for v in data["speedups"].values())
     (granularity,) = data["granularity"]  # one operation size in a dry run
     assert granularity["elements"] == 10_000 and granularity["op_us"] > 0
     assert granularity["threads"] > 0 and granularity["processes"] > 0
@@ -155,9 +157,11 @@ def test_bench_depth(tmp_path, capsys):
         assert {
             "book loop (plain NumPy, 1 BLAS thread)",
             "structured, 1 thread",
+            f"structured, {threads} cores (helper processes)",
             f"structured, {threads} threads",
-            f"complex, {threads} threads",
+            f"complex, {threads} cores",
             "backprop",
+            f"helper processes speed-up ({threads} vs 1)",
             f"threads speed-up ({threads} vs 1)",
         } == methods
     assert all(r["vs_loop"] > 0 for r in data["rows"] if "vs_loop" in r)

@@ -348,9 +348,11 @@ def test_device_to_host_transfers_of_one_gradient(transfers, hidden, activation,
 
 
 def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
-    """On NumPy, n_threads > 1 splits the samples into blocks on a thread pool."""
+    """On NumPy, n_threads > 1 splits the samples into blocks on a thread pool
+    (with helper processes turned off; test_procs.py runs them)."""
     import xpnet.structured as structured
 
+    monkeypatch.setenv(xpnet.procs.PARALLEL_VARIABLE, "threads")
     started, blocks = [], []
     real_pool, real_block = xpnet.work.ThreadPoolExecutor, structured._block
 

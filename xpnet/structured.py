@@ -41,8 +41,8 @@ Rules of this module:
   rows; a layer below the last is :mod:`xpnet.hidden`'s.
 * Work is split into chunks whose intermediates fit ``chunk_bytes`` (cache-sized
   on the host, large on a GPU), a chunk that runs out of memory retried as two
-  halves; on NumPy the sample blocks run on ``n_threads`` threads
-  (:mod:`xpnet.work`).
+  halves; on NumPy the sample blocks run ``n_threads`` at a time, in helper
+  processes or on threads (:mod:`xpnet.work`, :mod:`xpnet.procs`).
 """
 
 from __future__ import annotations
@@ -147,28 +147,28 @@ def structured_gradient(
 
 
 def _run_blocks(ctx, layers, x, t, spans, max_bytes):
-    """The gradient as the sum of its sample blocks' (n_threads at a time, added
-    in block order whatever thread finishes first)."""
+    """The gradient as the sum of its sample blocks' (n_threads at a time, in
+    helper processes or threads; added in block order whatever finishes first)."""
+    x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
+    blocks = _sample_blocks(ctx, x_host, spans, max_bytes)
+    common = (replace(ctx, n_threads=1), layers, spans)
+    parts = [(x, t, x_host)]  # the whole batch: no copies
+    if len(blocks) > 1:  # on NumPy x_host is x: not sent twice
+        parts = [(x[a:b, ...], t[a:b, ...], None if ctx.host else x_host[a:b]) for a, b in blocks]
+    total = None
+    for part in ctx.map(_block_task, common, parts):
+        total = part if total is None else [_add(u, v) for u, v in zip(total, part, strict=True)]
+    return total
+
+
+def _block_task(ctx, layers, spans, x, t, x_host):
+    """One sample block's gradient rows, from what a helper process receives."""
     xp = ctx.xp
     work_layers = layers
     if not ctx.central:  # complex activations need complex weights (torch does not promote)
         work_layers = [(xp.astype(W, ctx.work), xp.astype(b, ctx.work)) for W, b in layers]
-    x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
-    blocks = _sample_blocks(ctx, x_host, spans, max_bytes)
-    single = replace(ctx, n_threads=1)
-
-    def block(r):
-        if len(blocks) == 1:  # the whole batch: no copies
-            return _block(single, layers, work_layers, x, t, x_host, spans)
-        return _block(single, layers, work_layers, x[r, ...], t[r, ...], x_host[r], spans)
-
-    total = None
-    for lo, hi in planner.chunks(len(blocks), ctx.n_threads):
-        for part in ctx.run([lambda a=a, b=b: block(slice(a, b)) for a, b in blocks[lo:hi]]):
-            total = (
-                part if total is None else [_add(u, v) for u, v in zip(total, part, strict=True)]
-            )
-    return total
+    x_host = to_numpy(x) if x_host is None else x_host  # host
+    return _block(ctx, layers, work_layers, x, t, x_host, spans)
 
 
 def _sample_blocks(ctx, x_host, spans, max_bytes):  # host

@@ -6,8 +6,11 @@ Rules of this module:
   to every piece of work: namespace, model spec, the steps as arrays in the
   working dtype, the scale of the central difference or complex step, byte
   budgets and thread count. It is frozen; nothing here keeps state between
-  gradients but the idle helper threads of :meth:`Context.run`.
-* Work is run three ways, all here: tasks on ``n_threads`` threads with the
+  gradients but the idle helper threads of :meth:`Context.run` (and the helper
+  processes of :mod:`xpnet.procs`).
+* Work is run four ways, all here: a module-level function over parts in
+  helper processes, or on threads where none is ready (:meth:`Context.map`,
+  NumPy only; :mod:`xpnet.procs`); tasks on ``n_threads`` threads with the
   calling thread working too (:meth:`Context.run`, NumPy only; the helper
   threads are kept between gradients, and a caller never waits for a helper
   that has not started, so that runs may nest); ranges in chunks
@@ -20,14 +23,16 @@ Rules of this module:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from . import model
+from . import model, procs
 from . import plan as planner
 from .backend import is_numpy
 from .device import host_threads, out_of_memory_errors
@@ -103,6 +108,24 @@ class Context:
                 future.result()
         return results
 
+    def __reduce__(self):
+        """Pickled for a helper process (NumPy contexts only): everything but the
+        namespace, which is the steps' again on the other side."""
+        fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return (_unpickled, (fields[1:],))
+
+    def map(self, function, common, parts):
+        """``function(*common, *part)`` for each of ``parts``, yielded in order,
+        ``n_threads`` at a time (a round's results are held until it ends): in
+        helper processes where they are ready (:mod:`xpnet.procs`), else on
+        threads. ``function`` is a module-level function of xpnet; ``common`` and
+        ``parts`` hold NumPy arrays and plain picklable values."""
+        if self.n_threads > 1 and len(parts) > 1 and procs.helpers(self.n_threads - 1):
+            yield from procs.run(function, common, parts, self.n_threads - 1)
+            return
+        for lo, hi in planner.chunks(len(parts), self.n_threads):
+            yield from self.run([lambda p=p: function(*common, *p) for p in parts[lo:hi]])
+
     def split_on_oom(self, compute, lo, hi):
         """``compute(lo, hi)``; a chunk that runs out of memory is computed as its
         two halves instead (same arithmetic), down to single items. Only the
@@ -132,6 +155,10 @@ class Context:
         tasks = [(lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi)) for lo, hi in bounds]
         parts = self.run(tasks)
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
+
+
+def _unpickled(fields) -> Context:
+    return Context(array_namespace(fields[1]), *fields)  # fields[1]: the steps
 
 
 class _Pool:

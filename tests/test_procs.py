@@ -1,0 +1,167 @@
+"""Helper processes (xpnet.procs): NumPy host work only, so no backend fixture."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import checks, functions, procs
+
+pytestmark = pytest.mark.skipif(
+    not (hasattr(os, "memfd_create") and os.sys.platform == "linux"),
+    reason="helper processes need Linux (memfd_create)",
+)
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    """A pool of this test's own, stopped after it."""
+    monkeypatch.delenv(procs.PARALLEL_VARIABLE, raising=False)
+    fresh = procs._Pool()
+    monkeypatch.setattr(procs, "_POOL", fresh)
+    yield fresh
+    fresh.stop()
+
+
+def test_results_come_back_in_order_from_another_process(pool):
+    assert procs.helpers(2, wait=True) == 2
+    pids = {h.process.pid for h in pool.helpers}
+    assert os.getpid() not in pids and len(pids) == 2
+    parts = [(np.linspace(-k, k, 1000 + k).reshape(-1, 1),) for k in range(5)]
+    got = list(procs.run(functions.sigmoid, (), parts, 2))
+    for (x,), result in zip(parts, got, strict=True):
+        assert result.shape == x.shape
+        np.testing.assert_array_equal(result, functions.sigmoid(x))
+    # copied out of the shared memory: the next call cannot change them
+    again = list(procs.run(functions.sigmoid, (), [(-x,) for (x,) in parts], 2))
+    np.testing.assert_array_equal(got[3], functions.sigmoid(parts[3][0]))
+    np.testing.assert_array_equal(again[3], functions.sigmoid(-parts[3][0]))
+
+
+def test_arrays_larger_than_the_first_memory_grow_it(pool):
+    assert procs.helpers(1, wait=True) == 1
+    rows = 3 * procs._FIRST_BYTES // (8 * 4)  # 3 MiB of float64 (rows, 4)
+    rng = np.random.default_rng(0)
+    y = functions.softmax(rng.standard_normal((rows, 4)))
+    labels = [(rng.integers(0, 4, rows),) for _ in range(2)]
+    got = list(procs.run(functions.cross_entropy_error, (y,), labels, 1))
+    for (t,), loss in zip(labels, got, strict=True):
+        assert float(loss) == float(functions.cross_entropy_error(y, t))
+    assert pool.shared.size >= y.nbytes > procs._FIRST_BYTES
+
+
+def _add_first(array, value):  # not of xpnet: refused
+    return array + value
+
+
+def test_only_functions_of_xpnet_are_sent(pool):
+    with pytest.raises(ValueError, match="module-level function of xpnet"):
+        list(procs.run(_add_first, (np.ones(3),), [(1.0,), (2.0,)], 1))
+
+
+def test_a_part_that_fails_in_a_helper_is_computed_here_and_raises(pool):
+    assert procs.helpers(1, wait=True) == 1
+    first = pool.helpers[0]
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        list(procs.run(checks.positive_int, ("n",), [(3,), (-1,)], 1))
+    assert not first.alive and first.process.poll() is not None
+    # a new helper replaces it
+    assert procs.helpers(1, wait=True) == 1
+    assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,)], 1)) == [3, 4]
+
+
+def test_an_error_here_leaves_the_helpers_ready_for_the_next_call(pool):
+    assert procs.helpers(1, wait=True) == 1
+    helper = pool.helpers[0]
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        list(procs.run(checks.positive_int, ("n",), [(-1,), (4,)], 1))
+    # the helper's reply (4) was read and dropped, not left for this call
+    assert helper.alive
+    assert list(procs.run(checks.positive_int, ("n",), [(5,), (6,)], 1)) == [5, 6]
+
+
+def test_a_helper_that_died_is_replaced_and_its_part_computed_here(pool):
+    assert procs.helpers(1, wait=True) == 1
+    dead = pool.helpers[0]
+    dead.process.kill()
+    dead.process.wait()
+    assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,), (5,)], 1)) == [3, 4, 5]
+    assert not dead.alive
+    assert procs.helpers(1, wait=True) == 1 and pool.helpers[0] is not dead
+
+
+def test_an_interrupted_call_drops_the_busy_helpers(pool, monkeypatch):
+    assert procs.helpers(1, wait=True) == 1
+    busy = pool.helpers[0]
+
+    def interrupted(name, value):  # stands in for positive_int here, not in the helper
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupted, "__module__", "xpnet.checks")
+    monkeypatch.setattr(interrupted, "__qualname__", "positive_int")
+    with pytest.raises(KeyboardInterrupt):
+        list(procs.run(interrupted, ("n",), [(3,), (4,)], 1))
+    # its reply would have been read by the next call: it is gone
+    assert not busy.alive and busy.process.poll() is not None
+
+
+def test_threads_setting_and_a_second_caller_get_no_helpers(pool, monkeypatch):
+    monkeypatch.setenv(procs.PARALLEL_VARIABLE, "threads")
+    assert procs.helpers(2, wait=True) == 0 and pool.helpers == []
+    monkeypatch.setenv(procs.PARALLEL_VARIABLE, "processes")
+    assert procs.helpers(1, wait=True) == 1
+    with pool.lock:  # another caller's: everything computed here
+        assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,)], 1)) == [3, 4]
+
+
+def test_helpers_that_cannot_start_leave_the_work_here(pool, monkeypatch):
+    monkeypatch.setattr(procs.sys, "executable", "/bin/false")  # ends before it is ready
+    for _ in range(procs._MAX_FAILURES):
+        assert procs.helpers(1, wait=True) == 0
+    assert pool.failures == procs._MAX_FAILURES and pool.helpers == []
+    assert procs.helpers(1, wait=True) == 0 and pool.helpers == []  # none started again
+    assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,)], 1)) == [3, 4]
+
+
+def test_no_interpreter_to_run_means_no_helpers(pool, monkeypatch):
+    monkeypatch.setattr(procs.sys, "executable", "/nonexistent/python")
+    assert procs.helpers(1, wait=True) == 0 and pool.failures == procs._MAX_FAILURES
+    assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,)], 1)) == [3, 4]
+
+
+def test_a_bad_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv(procs.PARALLEL_VARIABLE, "fork")
+    with pytest.raises(ValueError, match=r"\$XPNET_PARALLEL must be 'processes' or 'threads'"):
+        procs.helpers(1)
+
+
+def test_helpers_stop_when_their_pipe_closes(pool):
+    assert procs.helpers(1, wait=True) == 1
+    helper = pool.helpers[0]
+    helper.writer.close()
+    assert helper.process.wait(timeout=10) == 0
+
+
+def test_the_gradient_in_helpers_equals_the_one_on_threads(pool, monkeypatch):
+    """Same blocks, same arithmetic: bit for bit, central and complex."""
+    import xpnet.structured as structured
+
+    monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)  # blocks even for a tiny net
+    net = xpnet.MultiLayerNet(20, [6, 5], 3, "sigmoid", seed=0)
+    rng = np.random.default_rng(1)
+    x, t = rng.random((11, 20)), rng.integers(0, 3, 11)
+    assert procs.helpers(2, wait=True) == 2
+    seen = []
+    real_run = procs.run
+    monkeypatch.setattr(procs, "run", lambda *a: seen.append(len(a[2])) or real_run(*a))
+    for method, h in (("structured", 1e-4), ("complex", 1e-20)):
+        in_helpers = net.numerical_gradient(x, t, method=method, h=h, n_threads=3)
+        monkeypatch.setenv(procs.PARALLEL_VARIABLE, "threads")
+        on_threads = net.numerical_gradient(x, t, method=method, h=h, n_threads=3)
+        monkeypatch.delenv(procs.PARALLEL_VARIABLE)
+        for name in in_helpers:
+            np.testing.assert_array_equal(in_helpers[name], on_threads[name])
+    assert seen == [3, 3]  # three blocks, two of them in helpers, each time

@@ -1,0 +1,422 @@
+"""Helper processes for host work: every core, no GIL between them.
+
+Threads of one interpreter hand the GIL to each other around every NumPy
+operation; on a small VM each hand-off costs tens of microseconds and a
+gradient makes dozens (``scripts/bench_threads.py``). Processes do not share a
+GIL. This module keeps a few helper processes and runs module-level functions
+of xpnet in them.
+
+Rules of this module:
+
+* Host (NumPy) work only, on Linux (``os.memfd_create``); elsewhere, or with
+  ``$XPNET_PARALLEL=threads``, :func:`helpers` gives none and callers use
+  threads (:mod:`xpnet.work`).
+* A helper is a fresh interpreter (``sys.executable``), never a fork of the
+  caller (forking a process with threads may deadlock; a fresh interpreter
+  inherits nothing of the caller's state). It is started in the background the
+  first time helpers are asked for and used once it has imported xpnet; until
+  then callers use threads. Helpers are kept for the process's life and told to
+  stop at exit (they also stop when their pipe closes).
+* Arrays travel through shared memory (one ``memfd`` per helper and one shared
+  by all, mapped by both sides), never through the pipe: objects are pickled
+  with their arrays' buffers out of band (protocol 5), the buffers copied into
+  the shared memory, and the pipe carries only the small pickle. What a helper
+  returns is copied out before the next call reuses the memory.
+* A helper runs only functions of xpnet named ``"module:function"``, with BLAS at
+  one thread and ``$XPNET_NUM_THREADS=1`` (no helpers of its own), SIGINT
+  ignored (a Ctrl-C is the caller's). A helper that fails or dies is dropped and
+  its task computed again in the caller, which raises the error if it is one.
+* One caller at a time: a second caller (another thread) meanwhile gets no
+  helpers. A call interrupted in the caller (Ctrl-C) drops every helper in use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import mmap
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+
+__all__ = ["PARALLEL_VARIABLE", "helpers", "run"]
+
+#: Environment variable: ``threads`` keeps host work on threads (no helper processes).
+PARALLEL_VARIABLE = "XPNET_PARALLEL"
+
+_ALIGN = 64  # bytes: every buffer starts on a cache line
+_FIRST_BYTES = 1 << 20
+_MAX_FAILURES = 3
+
+
+class _Memory:
+    """A shared memory file (``memfd``) and this side's mapping of it, grown on
+    demand (the other side remaps when told the new size)."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd = fd
+        self.size = 0
+        self.map: mmap.mmap | None = None
+        self.remap(size)
+
+    @classmethod
+    def create(cls, name: str) -> _Memory:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, _FIRST_BYTES)
+        return cls(fd, _FIRST_BYTES)
+
+    def remap(self, size: int):
+        """Map ``size`` bytes (the file is at least that large)."""
+        if size != self.size:
+            # the old mapping is not closed: arrays may still view it; it goes
+            # with the last of them
+            self.map = mmap.mmap(self.fd, size)
+            self.size = size
+
+    def grow(self, size: int):
+        if size > self.size:
+            size = max(size, 2 * self.size)
+            os.ftruncate(self.fd, size)
+            self.remap(size)
+
+    def put(self, obj, start: int = 0):
+        """Pickle ``obj`` with its buffers placed from ``start``: ``(pickle,
+        [(offset, length)], end)``."""
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        raws = [buffer.raw() for buffer in buffers]
+        places, end = [], start
+        for raw in raws:
+            end = -(-end // _ALIGN) * _ALIGN
+            places.append((end, raw.nbytes))
+            end += raw.nbytes
+        self.grow(end)
+        view = memoryview(self.map)
+        for raw, (offset, length) in zip(raws, places, strict=True):
+            view[offset : offset + length] = raw
+        return data, places, end
+
+    def get(self, data: bytes, places):
+        """The object of :meth:`put`, its arrays viewing this memory."""
+        view = memoryview(self.map)
+        return pickle.loads(data, buffers=[view[o : o + n] for o, n in places])
+
+
+def _copied(obj):
+    """``obj`` with every NumPy array in it copied (out of the shared memory)."""
+    if isinstance(obj, list | tuple):
+        return type(obj)(_copied(item) for item in obj)
+    copy = getattr(obj, "copy", None)
+    return copy() if callable(copy) and hasattr(obj, "__array_interface__") else obj
+
+
+class _Helper:
+    """One helper process, its pipes and its shared memory."""
+
+    def __init__(self, shared: _Memory):
+        self.memory = _Memory.create("xpnet-helper")
+        to_read, self.to_write = os.pipe()
+        self.from_read, from_write = os.pipe()
+        env = dict(os.environ)
+        env.update(
+            {
+                "OPENBLAS_NUM_THREADS": "1",
+                "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+                "XPNET_NUM_THREADS": "1",
+                PARALLEL_VARIABLE: "threads",
+            }
+        )
+        fds = (to_read, from_write, shared.fd, self.memory.fd)
+        # sys.path[0] is the working directory under -c: the caller's xpnet instead
+        code = (
+            "import sys; sys.path[0] = sys.argv[1]; "
+            "from xpnet.procs import _serve; _serve(*map(int, sys.argv[2:]))"
+        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, _PACKAGE_ROOT, *map(str, fds)],
+                pass_fds=fds,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # a helper prints nothing; its errors go to stderr
+                start_new_session=True,  # a Ctrl-C in the terminal is the caller's
+            )
+        except BaseException:
+            for fd in (self.to_write, self.from_read, self.memory.fd):
+                os.close(fd)
+            raise
+        finally:
+            os.close(to_read)
+            os.close(from_write)
+        self.reader = os.fdopen(self.from_read, "rb")
+        self.writer = os.fdopen(self.to_write, "wb")
+        self.ready = self.started = False
+        self.alive = True
+
+    def poll_ready(self) -> bool:
+        """Whether the helper has started (without waiting)."""
+        if not self.ready and self.alive:
+            readable, _, _ = select.select([self.reader], [], [], 0)
+            if readable:
+                if self.reader.read(1) == b"R":
+                    self.ready = self.started = True
+                else:  # it ended before it was ready
+                    self.stop(kill=True)
+        return self.ready
+
+    def send(self, message):
+        _write_message(self.writer, message)
+
+    def receive(self):
+        return _read_message(self.reader)
+
+    def stop(self, kill: bool = False):
+        self.alive = self.ready = False
+        for stream in (self.writer, self.reader):
+            with contextlib.suppress(OSError):
+                stream.close()
+        if kill:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=2)
+            return
+        self.process.kill()
+        self.process.wait()
+
+    def forget(self):
+        """In a forked child: close this copy of the pipes, touch nothing else."""
+        for fd in (self.to_write, self.from_read, self.memory.fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _write_message(stream, message):
+    data = pickle.dumps(message, protocol=5)
+    stream.write(len(data).to_bytes(8, "little") + data)
+    stream.flush()
+
+
+def _read_message(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("the helper process ended")
+    size = int.from_bytes(header, "little")
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("the helper process ended")
+    return pickle.loads(data)
+
+
+class _Pool:
+    """The kept helpers (started on demand), and the memory they all share."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.shared: _Memory | None = None
+        self.helpers: list[_Helper] = []
+        self.failures = 0  # helpers that ended before they were ready
+
+    def start(self, count: int):
+        """Start helpers up to ``count`` (in the background). Where helpers cannot
+        start (no interpreter to run, or three of them ended before they were
+        ready), none is started again in this process."""
+        self.drop_ended()
+        if self.failures >= _MAX_FAILURES:
+            return
+        try:
+            if self.shared is None:
+                self.shared = _Memory.create("xpnet-shared")
+            while len(self.helpers) < count:
+                self.helpers.append(_Helper(self.shared))
+        except (OSError, ValueError, subprocess.SubprocessError):
+            self.failures = _MAX_FAILURES
+
+    def ready(self, count: int) -> list[_Helper]:
+        self.start(count)
+        ready = [h for h in self.helpers if h.poll_ready()]
+        self.drop_ended()
+        return ready[:count]
+
+    def drop_ended(self):
+        self.failures += sum(not (h.alive or h.started) for h in self.helpers)
+        self.helpers = [h for h in self.helpers if h.alive]
+
+    def stop(self):
+        for helper in self.helpers:
+            helper.stop()
+        self.helpers = []
+
+    def forked(self):
+        for helper in self.helpers:
+            helper.forget()
+        if self.shared is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.shared.fd)
+        self.__init__()
+
+
+_POOL = _Pool()
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+atexit.register(_POOL.stop)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.forked)
+
+
+def enabled() -> bool:
+    """Whether helper processes may be used here (Linux, not turned off)."""
+    setting = os.environ.get(PARALLEL_VARIABLE, "").strip().lower()
+    if setting not in ("", "processes", "threads"):
+        raise ValueError(f"${PARALLEL_VARIABLE} must be 'processes' or 'threads', got {setting!r}")
+    return setting != "threads" and hasattr(os, "memfd_create") and sys.platform == "linux"
+
+
+def helpers(count: int, *, wait: bool = False) -> int:
+    """How many helpers are ready now, up to ``count`` (starting the missing ones
+    in the background; ``wait``: until they are ready). 0 where helpers are not
+    :func:`enabled`."""
+    if count <= 0 or not enabled():
+        return 0
+    with _POOL.lock:
+        ready = _POOL.ready(count)
+        while wait and len(ready) < count:
+            waiting = [h.reader for h in _POOL.helpers if h.alive and not h.ready]
+            if not waiting:
+                break
+            select.select(waiting, [], [], 30)
+            ready = _POOL.ready(count)
+        return len(ready)
+
+
+def run(function, common, parts, count):
+    """``function(*common, *part)`` for each of ``parts``, yielded in order, round
+    by round: in each round the first part in this process, the next ones in up
+    to ``count`` ready helpers at the same time (one part each).
+
+    Parameters
+    ----------
+    function : callable
+        A module-level function of xpnet (found by name in the helpers).
+    common : tuple
+        Arguments shared by every part (sent once per call); picklable, arrays
+        NumPy.
+    parts : list of tuple
+        Each part's own arguments.
+    count : int
+        The most helpers to use.
+
+    Yields
+    ------
+    object
+        The results, in the order of ``parts`` (a round's results are held until
+        the round ends, no longer). Parts no helper takes (none ready, another
+        caller using them, a helper that failed) are computed here.
+    """
+    name = f"{function.__module__}:{function.__qualname__}"
+    if not name.startswith("xpnet.") or "." in function.__qualname__:
+        raise ValueError(f"function must be a module-level function of xpnet, got {name}")
+    if len(parts) > 1 and count > 0 and enabled() and _POOL.lock.acquire(blocking=False):
+        try:
+            yield from _remote(name, function, common, parts, min(count, len(parts) - 1))
+        finally:
+            _POOL.lock.release()
+    else:
+        for part in parts:
+            yield function(*common, *part)
+
+
+_FAILED = object()  # a part whose helper failed: computed again here
+
+
+def _remote(name, function, common, parts, count):
+    ready = _POOL.ready(count)
+    shared, common_message = _POOL.shared, None
+    if ready and shared is not None:
+        common_message = ("run", name, shared.size, *shared.put(common)[:2])
+    index = 0
+    while index < len(parts):
+        sent = [
+            (helper, _send(helper, common_message, parts[k]))
+            for helper, k in zip(ready, range(index + 1, len(parts)), strict=False)
+        ]
+        try:
+            local = function(*common, *parts[index])
+        except Exception:
+            for helper, ok in sent:  # the helpers' replies are read (and dropped) first
+                if ok:
+                    _receive(helper)
+            raise
+        except BaseException:  # interrupted: replies would be read by the next call
+            for helper, _ in sent:
+                helper.stop(kill=True)
+            raise
+        replies = [_receive(helper) if ok else _FAILED for helper, ok in sent]
+        yield local
+        for k, reply in enumerate(replies, start=index + 1):
+            yield function(*common, *parts[k]) if reply is _FAILED else reply
+        index += 1 + len(sent)
+        ready = [h for h in ready if h.alive]
+
+
+def _send(helper, common_message, part) -> bool:
+    """Whether ``part`` went to ``helper`` (a helper that cannot take it is dropped)."""
+    data, places, end = helper.memory.put(part)
+    try:
+        helper.send((*common_message, helper.memory.size, data, places, end))
+        return True
+    except OSError:
+        helper.stop(kill=True)
+        return False
+
+
+def _receive(helper):
+    """The helper's result (copied out of its memory), or _FAILED (it is dropped)."""
+    try:
+        status, *reply = helper.receive()
+    except (OSError, EOFError):
+        status = "ended"
+    if status != "ok":  # computed again here (which raises the error, if it is one)
+        helper.stop(kill=True)
+        return _FAILED
+    size, data, places = reply
+    helper.memory.remap(size)
+    return _copied(helper.memory.get(data, places))
+
+
+def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragma: no cover
+    """A helper's loop (in the helper process): run what the caller sends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reader, writer = os.fdopen(to_read, "rb"), os.fdopen(from_write, "wb")
+    import xpnet.structured  # noqa: F401  (what helpers run, loaded before "ready")
+    from xpnet.device import tune_host_allocator
+
+    tune_host_allocator()  # as in the caller: freed blocks kept for reuse
+
+    shared, own = _Memory(shared_fd, _FIRST_BYTES), _Memory(own_fd, _FIRST_BYTES)
+    writer.write(b"R")
+    writer.flush()
+    while True:
+        try:
+            message = _read_message(reader)
+        except EOFError:
+            return
+        _kind, name, shared_size, common_data, common_places, *own_message = message
+        own_size, data, places, end = own_message
+        result = None
+        try:
+            module, _, qualname = name.partition(":")
+            function = getattr(importlib.import_module(module), qualname)
+            shared.remap(shared_size)
+            own.remap(own_size)
+            result = function(*shared.get(common_data, common_places), *own.get(data, places))
+            data, places, _ = own.put(result, start=end)
+            reply = ("ok", own.size, data, places)
+        except Exception as exc:  # the caller computes it again and reports
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        del result
+        _write_message(writer, reply)
