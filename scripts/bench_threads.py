@@ -8,7 +8,8 @@ once; and the same N shares one after another (what the processes are compared
 with). The processes do the threads' work without sharing an interpreter (no
 GIL between them, no shared address space). Also reported, per gradient on N
 threads: the voluntary context switches (a thread that waits, mostly for the
-GIL) and the CPU time, against one thread's. Last, the granularity: N threads
+GIL) and the CPU time, against one thread's (for the helper processes, the
+calling process's own: the helpers' is not counted). Last, the granularity: N threads
 and N processes running a fixed NumPy kernel whose operations take from a few
 to a few hundred microseconds (threads gain only where an operation is long
 enough to cover handing the GIL over to another thread), and the hand-off

@@ -148,8 +148,8 @@ FLAGS = {
         "samples per batch when evaluating a whole set", kind="positive_int", commands=_TRAIN
     ),
     "threads": _flag(
-        "threads of the numerical gradient on NumPy (default: every core this process may "
-        "use, or $XPNET_NUM_THREADS)",
+        "cores of the numerical gradient on NumPy, in helper processes or threads "
+        "($XPNET_PARALLEL; default: every core this process may use, or $XPNET_NUM_THREADS)",
         kind="positive_int",
         commands=("train",),
     ),

@@ -346,8 +346,9 @@ class MultiLayerNet:
         chunk_size, max_bytes : int, optional
             Chunking of ``batched`` (``max_bytes`` also bounds ``structured``).
         n_threads : int, optional
-            Host threads of ``structured``/``complex`` on NumPy (default: the
-            cores this process may use, capped by ``$XPNET_NUM_THREADS``).
+            Cores of ``structured``/``complex`` on NumPy (default: the cores
+            this process may use, capped by ``$XPNET_NUM_THREADS``), in helper
+            processes (:mod:`xpnet.procs`) or threads (``$XPNET_PARALLEL``).
         client : distributed.Client, optional
             Compute on a Dask cluster (:mod:`xpnet.distributed`): the batch is
             split into sample shards (and parameter blocks), each a task on a

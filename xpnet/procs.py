@@ -60,9 +60,8 @@ class _Memory:
 
     def __init__(self, fd: int, size: int):
         self.fd = fd
-        self.size = 0
-        self.map: mmap.mmap | None = None
-        self.remap(size)
+        self.size = size
+        self.map = mmap.mmap(fd, size)
 
     @classmethod
     def create(cls, name: str) -> _Memory:
@@ -216,7 +215,7 @@ def _read_message(stream):
 class _Pool:
     """The kept helpers (started on demand), and the memory they all share."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.shared: _Memory | None = None
         self.helpers: list[_Helper] = []
@@ -408,6 +407,7 @@ def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragm
         _kind, name, shared_size, common_data, common_places, *own_message = message
         own_size, data, places, end = own_message
         result = None
+        reply: tuple
         try:
             module, _, qualname = name.partition(":")
             function = getattr(importlib.import_module(module), qualname)
