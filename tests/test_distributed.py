@@ -161,6 +161,24 @@ def test_a_task_that_fails_raises_its_own_error(inproc_client, monkeypatch):
         net.numerical_gradient(np.ones((4, 4)), np.array([0, 1, 0, 1]), client=inproc_client)
 
 
+def test_a_task_uses_one_core(inproc_client, monkeypatch):
+    """Each task is one of the cluster's slots: it computes on one core (more
+    would start helper processes in every worker, oversubscribing the machine)."""
+    import xpnet.distributed as module
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("n_threads"))
+        return model_gradient(*args, **kwargs)
+
+    model_gradient = module.model_gradient
+    monkeypatch.setattr(module, "model_gradient", recording)
+    net = xpnet.TwoLayerNet(4, 3, 2, seed=0)
+    net.numerical_gradient(np.ones((4, 4)), np.array([0, 1, 0, 1]), client=inproc_client)
+    assert seen and set(seen) == {1}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", ["TwoLayerNet", "MultiLayerNet"])
 def test_worker_processes_give_the_same_gradient(process_client, cls):

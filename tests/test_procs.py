@@ -113,8 +113,10 @@ def test_threads_setting_and_a_second_caller_get_no_helpers(pool, monkeypatch):
     assert procs.helpers(2, wait=True) == 0 and pool.helpers == []
     monkeypatch.setenv(procs.PARALLEL_VARIABLE, "processes")
     assert procs.helpers(1, wait=True) == 1
-    with pool.lock:  # another caller's: everything computed here
+    with pool.lock:  # another caller's: everything computed here, nothing waits
+        assert procs.helpers(1) == 0
         assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,)], 1)) == [3, 4]
+    assert procs.helpers(1) == 1
 
 
 def test_helpers_that_cannot_start_leave_the_work_here(pool, monkeypatch):

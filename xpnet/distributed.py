@@ -19,7 +19,9 @@ Rules of this module:
   elsewhere; an error or an interrupt cancels the gradient's remaining tasks.
 * A worker runs the model core (:func:`xpnet.numerical.model_gradient`) on its
   own device (with dask-cuda, the worker's GPU), unchecked: the data was
-  validated once, on the client. Nothing here imports the network classes.
+  validated once, on the client. A task uses one core (``n_threads=1``): the
+  cluster's parallelism is its worker threads, each with tasks of its own.
+  Nothing here imports the network classes.
 * A cluster that cannot be reached, has no workers or loses its scheduler is
   one :class:`xpnet.cluster.ClusterError`.
 """
@@ -71,8 +73,17 @@ def _shard_task(worker: WorkerSpec, host_layers, shard, rows, method, h, max_byt
         batch = model.Batch(
             backend.from_host(x_host, dtype=backend.dtype), backend.from_host(t_host)
         )
+        # one core per task: the plan gives every worker thread tasks of its own
+        # (more cores per task would start helpers in every worker: oversubscribed)
         blocks = model_gradient(
-            worker.model_spec, layers, batch, h=h, method=method, max_bytes=max_bytes, rows=rows
+            worker.model_spec,
+            layers,
+            batch,
+            h=h,
+            method=method,
+            max_bytes=max_bytes,
+            n_threads=1,
+            rows=rows,
         )
     return [None if block is None else to_numpy(block) for block in blocks]
 

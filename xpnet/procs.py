@@ -278,10 +278,13 @@ def enabled() -> bool:
 def helpers(count: int, *, wait: bool = False) -> int:
     """How many helpers are ready now, up to ``count`` (starting the missing ones
     in the background; ``wait``: until they are ready). 0 where helpers are not
-    :func:`enabled`."""
+    :func:`enabled`, and while another caller is using them (unless ``wait``):
+    a second caller runs on threads rather than wait for the first's work."""
     if count <= 0 or not enabled():
         return 0
-    with _POOL.lock:
+    if not _POOL.lock.acquire(blocking=wait):
+        return 0
+    try:
         ready = _POOL.ready(count)
         while wait and len(ready) < count:
             waiting = [h.reader for h in _POOL.helpers if h.alive and not h.ready]
@@ -290,6 +293,8 @@ def helpers(count: int, *, wait: bool = False) -> int:
             select.select(waiting, [], [], 30)
             ready = _POOL.ready(count)
         return len(ready)
+    finally:
+        _POOL.lock.release()
 
 
 def run(function, common, parts, count):
