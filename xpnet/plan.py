@@ -86,7 +86,11 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     z = np.asarray(z)  # host
     n_samples, n_features = z.shape
     order = np.argsort(_sort_keys(z), axis=1)  # host: equal values are interchangeable
-    ordered = np.take_along_axis(z, order, axis=1)  # host
+    # the sorted rows' places in the flat z: a flat take and scatter run 2x as
+    # fast as take_along_axis/put_along_axis, which build an index per axis
+    rows = np.arange(n_samples, dtype=np.int64)[:, None] * n_features  # host
+    flat = (order + rows).reshape(-1)  # host
+    ordered = np.take(z.reshape(-1), flat).reshape(z.shape)  # host
     new = np.empty(ordered.shape, dtype=bool)  # host
     if n_features:
         new[:, 0] = True
@@ -100,12 +104,13 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     # running sum; no maximum scan: those hold the GIL on NumPy)
     position = np.cumsum(new, axis=None).reshape(ordered.shape) - 1  # host
     position = np.where(zero, count, position)  # host
-    index = np.empty_like(position)  # host
-    np.put_along_axis(index, order, position, axis=1)  # host
+    index = np.empty(position.size, dtype=np.int64)  # host
+    index[flat] = position.reshape(-1)
+    index = index.reshape(z.shape)
     # the pair of value 0, last (its sample the last: samples stay non-decreasing)
     sample = np.append(starts // max(n_features, 1), max(n_samples - 1, 0)).astype(np.int64)  # host
     value = np.append(ordered.reshape(-1)[starts], np.zeros(1, dtype=z.dtype))  # host
-    return Pairs(sample, value, index.astype(np.int64))  # host
+    return Pairs(sample, value, index)
 
 
 # inf's key is 0x7FF0...0 (2**63 - 2**52), every finite value's below it: the
