@@ -104,9 +104,9 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     # running sum; no maximum scan: those hold the GIL on NumPy)
     position = np.cumsum(new, axis=None).reshape(ordered.shape) - 1  # host
     position = np.where(zero, count, position)  # host
-    index = np.empty(position.size, dtype=np.int64)  # host
-    index[flat] = position.reshape(-1)
-    index = index.reshape(z.shape)
+    scattered = np.empty(position.size, dtype=np.int64)  # host
+    scattered[flat] = position.reshape(-1)
+    index = scattered.reshape(z.shape)
     # the pair of value 0, last (its sample the last: samples stay non-decreasing)
     sample = np.append(starts // max(n_features, 1), max(n_samples - 1, 0)).astype(np.int64)  # host
     value = np.append(ordered.reshape(-1)[starts], np.zeros(1, dtype=z.dtype))  # host
