@@ -22,9 +22,10 @@ from pathlib import Path
 from harness import machine_info, parse_backends  # scripts/harness.py
 from tqdm.auto import tqdm
 
-from xpnet import TwoLayerNet, book
+from xpnet import TwoLayerNet, book, procs
 from xpnet.backend import to_numpy
 from xpnet.bench import mnist_like_batch
+from xpnet.device import host_threads
 from xpnet.io import atomic_write_bytes, save_json
 from xpnet.timing import time_call
 
@@ -267,6 +268,7 @@ def plot(rows, path):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    procs.helpers(host_threads() - 1, wait=True)  # NumPy rows time the default: helpers
     rows, backends = run_sweep(args)
     info = machine_info(backends)
     out = Path(args.out)

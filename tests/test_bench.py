@@ -24,3 +24,17 @@ def test_bench_methods_rows(backend):
     assert by["structured"]["rel_vs_loop"] < 1e-7 and by["batched"]["rel_vs_loop"] < 1e-7
     assert 1e-9 < by["backprop"]["rel_vs_loop"] < 1e-4  # the book's +1e-7 term
     assert all(r["speedup"] > 0 for r in rows)
+
+
+def test_helpers_are_ready_before_the_first_timed_method(monkeypatch):
+    """On NumPy the timed rows are the default's (helper processes), not threads
+    that stand in while the helpers start."""
+    import xpnet.bench as module
+
+    events = []
+    monkeypatch.setattr(module, "host_threads", lambda: 3)
+    monkeypatch.setattr(module.procs, "helpers", lambda n, wait=False: events.append((n, wait)))
+    timed = module._timed
+    monkeypatch.setattr(module, "_timed", lambda *a: events.append("timed") or timed(*a))
+    bench_methods(sizes=(16, 4, 3), batch=6, repeats=1, loop_sample=4, methods=("structured",))
+    assert events[:3] == [(2, False), (2, True), "timed"]

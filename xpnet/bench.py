@@ -17,8 +17,9 @@ import math
 
 import numpy as np  # host
 
-from . import book, model
-from .backend import to_numpy
+from . import book, model, procs
+from .backend import is_numpy, to_numpy
+from .device import host_threads
 from .gradient import numerical_gradient
 from .timing import format_duration, time_call
 
@@ -63,7 +64,8 @@ def bench_methods(
     :func:`mnist_like_batch`.
 
     Returns one dict per method: ``method``, timing (``median_s``...), ``speedup``
-    over the loop measured in this run, ``peak_bytes`` (extra memory of one call),
+    over the loop measured in this run, ``peak_bytes`` (extra memory of one call
+    in this process; helper processes hold their own blocks besides),
     ``rel_vs_loop`` (worst normwise difference from the loop on b1, W2, b2).
     ``log``, if given, receives a line as each method starts and ends.
     """
@@ -72,6 +74,8 @@ def bench_methods(
     say = log or (lambda line: None)
     net = TwoLayerNet(*sizes, backend=backend, device=device, dtype=dtype, seed=seed)
     xp = net.xp
+    helpers = host_threads() - 1 if is_numpy(xp) else 0
+    procs.helpers(helpers)  # started now: ready before the first timed method
     if data is None:
         x_host, t_host = mnist_like_batch(batch, sizes[0], sizes[2], seed=seed)
     else:
@@ -90,6 +94,7 @@ def bench_methods(
     )
     loop = {"median_s": loop_s, "min_s": loop_s, "max_s": loop_s, "speedup": 1.0}
     rows = [{"method": "loop", **loop, "peak_bytes": None, "rel_vs_loop": 0.0, "note": note}]
+    procs.helpers(helpers, wait=True)
     for method in methods:
         rows.append(_timed(net, chosen, method, repeats, reference, loop_s, say))
     meta = {
