@@ -61,13 +61,11 @@ def bench_methods(
     """Time the gradient methods of one network side by side, in one run.
 
     ``data``: host ``(x, t)`` to take the first ``batch`` rows of; default
-    :func:`mnist_like_batch`.
-
-    Returns one dict per method: ``method``, timing (``median_s``...), ``speedup``
-    over the loop measured in this run, ``peak_bytes`` (extra memory of one call
-    in this process; helper processes hold their own blocks besides),
-    ``rel_vs_loop`` (worst normwise difference from the loop on b1, W2, b2).
-    ``log``, if given, receives a line as each method starts and ends.
+    :func:`mnist_like_batch`. Returns one dict per method: ``method``, timing
+    (``median_s``...), ``speedup`` over the loop measured in this run,
+    ``peak_bytes`` (extra memory of one call in this process; helper processes
+    hold their own blocks besides), ``rel_vs_loop`` (worst normwise difference
+    from the loop on b1, W2, b2). ``log`` gets a line as each method starts, ends.
     """
     from .two_layer import TwoLayerNet
 
