@@ -128,6 +128,23 @@ def test_resume_runs_only_the_missing_trials_and_keeps_the_finished_ones(client,
         sweep(_small(), client=client, out=tmp_path / "new", resume=True, log=None)
 
 
+@pytest.mark.parametrize("threads, expected", [(None, 1), (2, 2)])
+def test_a_trial_uses_one_core_unless_told(client, monkeypatch, threads, expected):
+    """Trials run side by side on the workers: each on one core by default (all
+    cores each would start helper processes in every worker)."""
+    module = sys.modules["xpnet.sweep"]  # the package's name `sweep` is the function
+    seen = []
+
+    def recording(config, **kwargs):
+        seen.append(config.threads)
+        return train(config, **kwargs)
+
+    train = module.train
+    monkeypatch.setattr(module, "train", recording)
+    sweep(_small(trials=2, threads=threads), client=client, log=None, progress=False)
+    assert seen == [expected, expected]
+
+
 def test_a_diverged_trial_is_a_record_not_an_error(client):
     config = _small(trials=2, lr=None)
     config.lr_range = (1e4, 1e5)  # far too large: the loss overflows

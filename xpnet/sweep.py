@@ -10,7 +10,8 @@ Rules of this module:
   permutation from ``default_rng(seed)``); the test set is never read.
 * The client scatters the training and validation arrays to every worker once;
   a trial task receives them as futures. A trial whose worker dies is run again
-  by Dask (the data has copies on the other workers).
+  by Dask (the data has copies on the other workers). A trial trains on one
+  core unless its settings say ``threads``: the workers are the parallelism.
 * ``sweep.json`` is rewritten atomically after every finished trial, records in
   trial order. A resumed sweep skips the finished trials and refuses one whose
   settings differ; a diverged trial is a record (``diverged``), not an error.
@@ -149,7 +150,10 @@ def _split(config: SweepConfig):
 def _trial(train_settings: dict, data, trial: int, lr: float, weight_decay: float) -> dict:
     """On a worker: one training run, scored on the validation split."""
     worker = worker_address()
-    config = TrainConfig(**{**train_settings, "lr": lr, "weight_decay": weight_decay})
+    settings = {**train_settings, "lr": lr, "weight_decay": weight_decay}
+    if settings.get("threads") is None:  # one core per trial: the workers are the parallelism
+        settings["threads"] = 1  # (every core would start helper processes in every worker)
+    config = TrainConfig(**settings)
     record: dict[str, Any] = {"trial": trial, "lr": lr, "weight_decay": weight_decay}
     start = time.perf_counter()
     try:
