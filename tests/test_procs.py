@@ -167,3 +167,12 @@ def test_the_gradient_in_helpers_equals_the_one_on_threads(pool, monkeypatch):
         for name in in_helpers:
             np.testing.assert_array_equal(in_helpers[name], on_threads[name])
     assert seen == [3, 3]  # three blocks, two of them in helpers, each time
+
+
+def test_stop_ends_every_helper_and_the_next_call_starts_them_again(pool):
+    assert procs.helpers(2, wait=True) == 2
+    processes = [helper.process for helper in pool.helpers]
+    procs.stop()
+    assert pool.helpers == [] and all(p.poll() is not None for p in processes)
+    assert procs.helpers(1, wait=True) == 1
+    assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,)], 1)) == [3, 4]

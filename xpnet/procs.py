@@ -16,7 +16,7 @@ Rules of this module:
   inherits nothing of the caller's state). It is started in the background the
   first time helpers are asked for and used once it has imported xpnet; until
   then callers use threads. Helpers are kept for the process's life and told to
-  stop at exit (they also stop when their pipe closes).
+  stop at exit or by :func:`stop` (they also stop when their pipe closes).
 * Arrays travel through shared memory (one ``memfd`` per helper and one shared
   by all, mapped by both sides), never through the pipe: objects are pickled
   with their arrays' buffers out of band (protocol 5), the buffers copied into
@@ -44,7 +44,7 @@ import subprocess
 import sys
 import threading
 
-__all__ = ["PARALLEL_VARIABLE", "helpers", "run"]
+__all__ = ["PARALLEL_VARIABLE", "helpers", "run", "stop"]
 
 #: Environment variable: ``threads`` keeps host work on threads (no helper processes).
 PARALLEL_VARIABLE = "XPNET_PARALLEL"
@@ -169,12 +169,6 @@ class _Helper:
                     self.stop(kill=True)
         return self.ready
 
-    def send(self, message):
-        _write_message(self.writer, message)
-
-    def receive(self):
-        return _read_message(self.reader)
-
     def stop(self, kill: bool = False):
         self.alive = self.ready = False
         for stream in (self.writer, self.reader):
@@ -276,10 +270,28 @@ def enabled() -> bool:
 
 
 def helpers(count: int, *, wait: bool = False) -> int:
-    """How many helpers are ready now, up to ``count`` (starting the missing ones
-    in the background; ``wait``: until they are ready). 0 where helpers are not
-    :func:`enabled`, and while another caller is using them (unless ``wait``):
-    a second caller runs on threads rather than wait for the first's work."""
+    """How many helper processes are ready now, starting the missing ones.
+
+    Parameters
+    ----------
+    count : int
+        Helpers wanted (a gradient on ``n`` cores asks for ``n - 1``).
+    wait : bool
+        Wait until they are ready (benchmarks); else return at once.
+
+    Returns
+    -------
+    int
+        Ready helpers, at most ``count``; 0 where helpers are not used
+        (``$XPNET_PARALLEL=threads``, not Linux) and, unless ``wait``, while
+        another caller is using them (a second caller runs on threads rather
+        than wait for the first's work).
+
+    Raises
+    ------
+    ValueError
+        ``$XPNET_PARALLEL`` is neither ``processes`` nor ``threads``.
+    """
     if count <= 0 or not enabled():
         return 0
     if not _POOL.lock.acquire(blocking=wait):
@@ -295,6 +307,13 @@ def helpers(count: int, *, wait: bool = False) -> int:
         return len(ready)
     finally:
         _POOL.lock.release()
+
+
+def stop() -> None:
+    """Stop every helper now (their memory back); the next gradient that asks
+    for helpers starts them again. Waits for a caller using them to finish."""
+    with _POOL.lock:
+        _POOL.stop()
 
 
 def run(function, common, parts, count):
@@ -371,7 +390,7 @@ def _send(helper, common_message, part) -> bool:
     """Whether ``part`` went to ``helper`` (a helper that cannot take it is dropped)."""
     data, places, end = helper.memory.put(part)
     try:
-        helper.send((*common_message, helper.memory.size, data, places, end))
+        _write_message(helper.writer, (*common_message, helper.memory.size, data, places, end))
         return True
     except OSError:
         helper.stop(kill=True)
@@ -381,7 +400,7 @@ def _send(helper, common_message, part) -> bool:
 def _receive(helper):
     """The helper's result (copied out of its memory), or _FAILED (it is dropped)."""
     try:
-        status, *reply = helper.receive()
+        status, *reply = _read_message(helper.reader)
     except (OSError, EOFError):
         status = "ended"
     if status != "ok":  # computed again here (which raises the error, if it is one)
