@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -176,3 +178,18 @@ def test_stop_ends_every_helper_and_the_next_call_starts_them_again(pool):
     assert pool.helpers == [] and all(p.poll() is not None for p in processes)
     assert procs.helpers(1, wait=True) == 1
     assert list(procs.run(checks.positive_int, ("n",), [(3,), (4,)], 1)) == [3, 4]
+
+
+def test_a_caller_that_exits_while_helpers_start_prints_nothing(tmp_path):
+    """Helpers still importing when the caller exits are killed at once, and a
+    helper whose caller is gone exits quietly (no broken-pipe traceback)."""
+    code = "import xpnet.procs as p; assert p.helpers(2) == 0"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, procs.PARALLEL_VARIABLE: "processes"},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0 and done.stderr == ""

@@ -72,8 +72,7 @@ class _Memory:
     def remap(self, size: int):
         """Map ``size`` bytes (the file is at least that large)."""
         if size != self.size:
-            # the old mapping is not closed: arrays may still view it; it goes
-            # with the last of them
+            # the old mapping stays open while arrays view it (it goes with them)
             self.map = mmap.mmap(self.fd, size)
             self.size = size
 
@@ -191,7 +190,9 @@ class _Helper:
 
 def _write_message(stream, message):
     data = pickle.dumps(message, protocol=5)
-    stream.write(len(data).to_bytes(8, "little") + data)
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:  # an unbuffered stream may take part of it
+        view = view[stream.write(view) :]
     stream.flush()
 
 
@@ -242,7 +243,7 @@ class _Pool:
 
     def stop(self):
         for helper in self.helpers:
-            helper.stop()
+            helper.stop(kill=not helper.ready)  # one still starting has nothing to finish
         self.helpers = []
 
     def forked(self):
@@ -414,33 +415,36 @@ def _receive(helper):
 def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragma: no cover
     """A helper's loop (in the helper process): run what the caller sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reader, writer = os.fdopen(to_read, "rb"), os.fdopen(from_write, "wb")
+    # unbuffered: no unsent reply left to print a broken pipe when the helper exits
+    reader, writer = os.fdopen(to_read, "rb"), os.fdopen(from_write, "wb", buffering=0)
     import xpnet.structured  # noqa: F401  (what helpers run, loaded before "ready")
     from xpnet.device import tune_host_allocator
 
     tune_host_allocator()  # as in the caller: freed blocks kept for reuse
-
     shared, own = _Memory(shared_fd, _FIRST_BYTES), _Memory(own_fd, _FIRST_BYTES)
-    writer.write(b"R")
-    writer.flush()
-    while True:
-        try:
-            message = _read_message(reader)
-        except EOFError:
-            return
-        _kind, name, shared_size, common_data, common_places, *own_message = message
-        own_size, data, places, end = own_message
-        result = None
-        reply: tuple
-        try:
-            module, _, qualname = name.partition(":")
-            function = getattr(importlib.import_module(module), qualname)
-            shared.remap(shared_size)
-            own.remap(own_size)
-            result = function(*shared.get(common_data, common_places), *own.get(data, places))
-            data, places, _ = own.put(result, start=end)
-            reply = ("ok", own.size, data, places)
-        except Exception as exc:  # the caller computes it again and reports
-            reply = ("error", f"{type(exc).__name__}: {exc}")
-        del result
-        _write_message(writer, reply)
+    try:
+        writer.write(b"R")
+        while True:
+            _serve_one(_read_message(reader), shared, own, writer)
+    except (BrokenPipeError, EOFError):  # the caller closed the pipe or is gone
+        return
+
+
+def _serve_one(message, shared: _Memory, own: _Memory, writer):  # pragma: no cover
+    """Run one message's function in a helper and write the reply."""
+    _kind, name, shared_size, common_data, common_places, *own_message = message
+    own_size, data, places, end = own_message
+    result = None
+    reply: tuple
+    try:
+        module, _, qualname = name.partition(":")
+        function = getattr(importlib.import_module(module), qualname)
+        shared.remap(shared_size)
+        own.remap(own_size)
+        result = function(*shared.get(common_data, common_places), *own.get(data, places))
+        data, places, _ = own.put(result, start=end)
+        reply = ("ok", own.size, data, places)
+    except Exception as exc:  # the caller computes it again and reports
+        reply = ("error", f"{type(exc).__name__}: {exc}")
+    del result
+    _write_message(writer, reply)
