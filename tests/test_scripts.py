@@ -145,6 +145,23 @@ def test_bench_threads(tmp_path, capsys):
     assert _load("bench_threads").main(["--net", "no such net", "--out", str(out)]) == 2
 
 
+def test_bench_malloc(tmp_path, capsys):
+    """Each setting is timed in fresh processes (the settings cannot be undone)."""
+    out = tmp_path / "m.json"
+    args = ["--dry-run", "--no-progress", "--nets", "784-50-10 sigmoid (book)", "--out", str(out)]
+    assert _load("bench_malloc").main(args) == 0
+    data = json.loads(out.read_text())
+    assert [r["malloc"] for r in data["rows"]] == [
+        "tuned (as with several cores)",
+        "glibc's own (XPNET_TUNE_MALLOC=0)",
+    ]
+    assert all(r["median_s"] > 0 and len(r["per_round_s"]) == 1 for r in data["rows"])
+    assert data["rows"][0]["vs_tuned"] == 1.0
+    assert data["command"].startswith("python scripts/bench_malloc.py")
+    assert "vs tuned" in capsys.readouterr().out
+    assert _load("bench_malloc").main(["--nets", "no such net", "--out", str(out)]) == 2
+
+
 def test_bench_depth(tmp_path, capsys):
     out = tmp_path / "d.json"
     assert _load("bench_depth").main(["--dry-run", "--no-progress", "--out", str(out)]) == 0

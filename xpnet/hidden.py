@@ -12,7 +12,8 @@ Rules of this module:
   (:func:`moves`); the layers above either as a power series whose left-out
   remainder is provably below rounding (its terms from the plan) or, for the
   plan's direct items, as the network evaluates them
-  (:func:`xpnet.model.forward`).
+  (:func:`xpnet.model.forward`) from the move of the affine map right above,
+  which is linear (``dz * W_{l+1}[j, :]``).
 * Each pair's results lie side by side, ``[series slots | direct slots | 0]``,
   and are put in place per unit with its sample's layout from the plan; each
   input then adds its pair's row, in the plan's chunks of features (inputs
@@ -61,7 +62,7 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
             _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache)
         )
     if plan.direct_count:
-        results.append(_direct(ctx, plan, unit, work_layers, z, cache, pair_value))
+        results.append(_direct(ctx, plan, unit, work_layers, a, cache, pair_value))
     if plan.layout is None:
         values = results[0]
     else:
@@ -191,10 +192,12 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_value, cache
     return ctx.chunked(plan.pairs.count, plan.series_chunk, compute)
 
 
-def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
-    """Combined differences of the direct items, (D,): each item's moved row of
-    activations through the layers above (:func:`xpnet.model.forward`) and the
-    head, as the network evaluates them."""
+def _direct(ctx, plan, unit, work_layers, a, cache, pair_value):
+    """Combined differences of the direct items, (D,): each item's moved row
+    through the layers above and the head, as the network evaluates them, but
+    for the affine map right above, which is linear: ``a_{l+1}`` moves by
+    exactly ``dz * W_{l+1}[j, :]`` (a row of ``W`` per item instead of a matrix
+    product; the ReLUs and layers above it are evaluated on the moved row)."""
     xp, spec = ctx.xp, ctx.spec
     layer = plan.layer
     dev = device_of(pair_value)
@@ -206,16 +209,18 @@ def _direct(ctx, plan, unit, work_layers, z, cache, pair_value):
         device=dev,
     )
     flat = xp.reshape(unit, (2, -1))
-    positions = xp.arange(n_units, device=dev)
+    above = work_layers[layer + 1][0]  # (J, H): the move of a_{l+1} per unit dz
+    act = ACTIVATIONS[spec.activation].function
+    last = len(work_layers) - 1
 
     def compute(i0, i1):
         n, cell, j, pair = xp.unstack(items[:, i0:i1])
         first, second = xp.unstack(xp.take(flat, cell, axis=1)[:, :, None])
         dz = moves(ctx, first, second, xp.take(pair_value, pair, axis=0))  # (S, P, 1)
-        moved_unit = xp.astype(j[:, None] == positions, ctx.real)  # (P, J)
-        moved = xp.take(z[layer + 1], n, axis=0) + dz * moved_unit  # (S, P, J)
-        scores = model.forward(spec, work_layers, moved, start=layer + 1)[0][-1]
-        return ctx.loss(spec.head.losses(scores, xp.take(cache.target, n, axis=0)))
+        moved = xp.take(a[layer + 1], n, axis=0) + dz * xp.take(above, j, axis=0)  # (S, P, H)
+        if layer + 1 < last:
+            moved = model.forward(spec, work_layers, act(moved), start=layer + 2)[0][-1]
+        return ctx.loss(spec.head.losses(moved, xp.take(cache.target, n, axis=0)))
 
     return ctx.chunked(plan.direct_count, plan.direct_chunk, compute)
 
