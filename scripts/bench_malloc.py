@@ -77,7 +77,10 @@ def _in_fresh_process(name, setting, args) -> float:
     env = {**os.environ, ALLOCATOR_VARIABLE: setting, "XPNET_PARALLEL": "threads"}
     for variable in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         env.pop(variable, None)  # glibc's own variables would override both settings
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the timing process for {name!r} failed: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])["median_s"]
 
 

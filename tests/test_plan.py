@@ -70,6 +70,32 @@ def test_sort_keys_order_like_the_values_with_each_zero_its_own_key_above_all():
         assert np.array_equal(np.diff(keys[zero]) > 0, np.diff(np.flatnonzero(zero)) > 0)
 
 
+def _expected_pairs(z):
+    return [(n, v) for n, row in enumerate(z) for v in sorted(set(row[row != 0]))]
+
+
+def test_distinct_pairs_by_either_key_are_the_definitions():
+    """Rows of exact float32 values (sorted by float32 keys) and rows with values
+    that float32 would merge or cannot hold (int64 keys): the pairs are the
+    definition's either way, and each path is taken where it should be."""
+    rng = np.random.default_rng(4)
+    levels = (rng.integers(-255, 256, (6, 40)) * (rng.random((6, 40)) < 0.5)).astype(np.float32)
+    exact = (levels / np.float32(255)).astype(np.float64)  # float32 pixels in a float64 net
+    merged = exact.copy()
+    merged[0, :3] = [1.0, 1.0 + 1e-12, 1.0 - 1e-12]  # distinct in float64, equal in float32
+    huge, tiny = exact.copy(), exact.copy()
+    huge[1, 0], tiny[2, 0] = 1e300, 1e-300  # inf and 0 in float32
+    with_inf = exact.copy()
+    with_inf[3, 5] = np.inf  # a float32 value, but it would tie with the zeros' key
+    assert plan._float32_keys(exact) is not None
+    for z in (merged, huge, tiny, with_inf):
+        assert plan._float32_keys(z) is None
+    for z in (exact, merged, huge, tiny, with_inf, exact.astype(np.float32)):
+        pairs = plan.distinct_pairs(z)
+        assert list(zip(pairs.sample[:-1], pairs.value[:-1], strict=True)) == _expected_pairs(z)
+        assert np.array_equal(pairs.value[pairs.index], np.where(z == 0, 0.0, z))
+
+
 def test_distinct_pairs_of_float32_rows_with_many_zeros():
     rng = np.random.default_rng(3)
     z = (rng.integers(0, 4, (7, 50)) * (rng.random((7, 50)) < 0.3)).astype(np.float32) / 3

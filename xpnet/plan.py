@@ -85,7 +85,10 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     the pair of value 0 after them (:class:`Pairs`)."""
     z = np.asarray(z)  # host
     n_samples, n_features = z.shape
-    order = np.argsort(_sort_keys(z), axis=1)  # host: equal values are interchangeable
+    keys = _float32_keys(z)
+    if keys is None:
+        keys = _sort_keys(z)
+    order = np.argsort(keys, axis=1)  # host: equal values are interchangeable
     # the sorted rows' places in the flat z: a flat take and scatter run 2x as
     # fast as take_along_axis/put_along_axis, which build an index per axis
     rows = np.arange(n_samples, dtype=np.int64)[:, None] * n_features  # host
@@ -111,6 +114,27 @@ def distinct_pairs(z: np.ndarray) -> Pairs:  # host
     sample = np.append(starts // max(n_features, 1), max(n_samples - 1, 0)).astype(np.int64)  # host
     value = np.append(ordered.reshape(-1)[starts], np.zeros(1, dtype=z.dtype))  # host
     return Pairs(sample, value, index)
+
+
+def _float32_keys(z: np.ndarray) -> np.ndarray | None:  # host
+    """float32 keys (N, F) that sort like the values of ``z`` (N, F), every input
+    equal to 0 (or -0.0) keyed inf, above every other value; None where a value
+    is not exactly a finite float32 (then :func:`_sort_keys`).
+
+    Why: pixels scaled in float32 (the datasets' loaders, the book's
+    normalisation) stay exact float32 values in a float64 network, and NumPy
+    argsorts float32 keys faster than int64 ones: distinct_pairs of 100
+    Fashion-MNIST rows took 2.3-2.5 against 3.1-3.2 ms here (x86-simd-sort,
+    whose partitions take the run of equal zero keys in stride). Exact values
+    keep their order and their ties, so the pairs are the same.
+    """
+    with np.errstate(over="ignore"):  # host: a value beyond float32 becomes inf: refused below
+        keys = z if z.dtype == np.float32 else z.astype(np.float32)  # host
+    if keys is not z and not np.array_equal(keys, z):  # host: rounded (or NaN)
+        return None
+    if np.isinf(keys).any():  # host: an inf would tie with the zeros' key
+        return None
+    return np.where(keys == 0, np.float32(np.inf), keys)  # host
 
 
 # inf's key is 0x7FF0...0 (2**63 - 2**52), every finite value's below it: the
