@@ -88,7 +88,9 @@ def test_distinct_pairs_by_either_key_are_the_definitions():
     with_inf = exact.copy()
     with_inf[3, 5] = np.inf  # a float32 value, but it would tie with the zeros' key
     assert plan._float32_keys(exact) is not None
-    for z in (merged, huge, tiny, with_inf):
+    not_finite = exact.astype(np.float32)
+    not_finite[4, 1] = np.nan  # float32 already: no rounding to find, but not finite
+    for z in (merged, huge, tiny, with_inf, not_finite):
         assert plan._float32_keys(z) is None
     for z in (exact, merged, huge, tiny, with_inf, exact.astype(np.float32)):
         pairs = plan.distinct_pairs(z)

@@ -130,9 +130,9 @@ def _float32_keys(z: np.ndarray) -> np.ndarray | None:  # host
     """
     with np.errstate(over="ignore"):  # host: a value beyond float32 becomes inf: refused below
         keys = z if z.dtype == np.float32 else z.astype(np.float32)  # host
-    if keys is not z and not np.array_equal(keys, z):  # host: rounded (or NaN)
+    if keys is not z and not np.array_equal(keys, z):  # host: rounded
         return None
-    if np.isinf(keys).any():  # host: an inf would tie with the zeros' key
+    if not np.isfinite(keys).all():  # host: an inf would tie with the zeros' key
         return None
     return np.where(keys == 0, np.float32(np.inf), keys)  # host
 
