@@ -71,7 +71,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _data(batch, d, dry):
+def load_batch(batch, d, dry):
+    """The first ``batch`` Fashion-MNIST images (float64), their labels and the
+    data's name; a synthetic MNIST-like batch without them or in a dry run."""
     if not dry:
         try:
             (x, t), _ = xpnet.load_fashion_mnist()
@@ -88,7 +90,7 @@ def _setups(names, args):
         sizes, activation, batch = NETS[name]
         if args.dry_run:
             sizes, batch = (36, *(max(3, s // 20) for s in sizes[1:-1]), 10), 8
-        x, t, data_name = _data(batch, sizes[0], args.dry_run)
+        x, t, data_name = load_batch(batch, sizes[0], args.dry_run)
         net = xpnet.MultiLayerNet(
             sizes[0], list(sizes[1:-1]), sizes[-1], activation, 0.01, seed=args.seed
         )

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_depth import NETS, _data  # scripts/bench_depth.py: the same nets and data
+from bench_depth import NETS, load_batch  # scripts/bench_depth.py: the same nets and data
 from harness import machine_info  # scripts/harness.py
 from tqdm.auto import tqdm
 
@@ -55,7 +55,7 @@ def _child(args) -> int:
     sizes, activation, batch = NETS[args.child]
     if args.dry_run:
         sizes, batch = (36, *(max(3, s // 20) for s in sizes[1:-1]), 10), 8
-    x, t, _ = _data(batch, sizes[0], args.dry_run)
+    x, t, _ = load_batch(batch, sizes[0], args.dry_run)
     net = xpnet.MultiLayerNet(
         sizes[0], list(sizes[1:-1]), sizes[-1], activation, 0.01, seed=args.seed
     )

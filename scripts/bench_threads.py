@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_depth import NETS, _data  # scripts/bench_depth.py
+from bench_depth import NETS, load_batch  # scripts/bench_depth.py
 from harness import machine_info, on_threads, parallel_ceiling  # scripts/harness.py
 from tqdm.auto import tqdm
 
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         sizes, batch = (36, 6, 10), 8
     n = max(2, host_threads(args.threads))
-    x, t, data_name = _data(batch, sizes[0], args.dry_run)
+    x, t, data_name = load_batch(batch, sizes[0], args.dry_run)
     x = x[:, : sizes[0]]
     net = xpnet.MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], activation, seed=args.seed)
     tune_host_allocator()  # as xpnet does for its threads; the processes inherit it
