@@ -8,9 +8,11 @@ nothing (timing is :mod:`xpnet.timing`, the compared methods :mod:`xpnet.bench`)
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import platform
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -84,42 +86,89 @@ def parse_backends(spec: str) -> list[tuple[str, object]]:
     return pairs
 
 
-def _kernel(repeats: int = 200, elements: int = 2**19) -> float:
-    """Seconds of a fixed NumPy kernel (exp and a multiply on ``elements``
-    doubles, 4 MiB by default, in place): what one core does when nothing else
-    runs on it."""
+def _timed_kernel(start: float, repeats: int, elements: int) -> tuple[float, float]:
+    """A fixed NumPy kernel (exp and a multiply on ``elements`` doubles, 4 MiB by
+    default, in place, ``repeats`` times), begun at ``start``
+    (``time.perf_counter``'s clock, which every process of the machine shares):
+    its ``(begin, end)``. What one core does when nothing else runs on it."""
     import numpy as np
 
     a = np.linspace(0.0, 1.0, elements)
     out = np.empty_like(a)
-    start = time.perf_counter()
+    np.exp(a, out=out)  # the pages touched before the clock starts
+    while time.perf_counter() < start:
+        pass
+    begin = time.perf_counter()
     for _ in range(repeats):
         np.exp(a, out=out)
         out *= a
-    return time.perf_counter() - start
+    return begin, time.perf_counter()
 
 
-def parallel_ceiling(n: int, repeats: int = 200, elements: int = 2**19) -> dict:
+_POOLS: dict = {}  # (kind, n): a kept executor, warm
+
+
+def _pool(kind: str, n: int):
+    pool = _POOLS.get((kind, n))
+    if pool is None:
+        pool = (ProcessPoolExecutor if kind == "processes" else ThreadPoolExecutor)(n)
+        list(pool.map(time.sleep, [0.2] * n))  # every worker started before any timing
+        _POOLS[(kind, n)] = pool
+    return pool
+
+
+@atexit.register
+def _shut_pools():
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
+def _ratio(pool, n: int, repeats: int, elements: int) -> tuple[float, float]:
+    """One alone, then ``n`` at once, in the same kind of worker, each begun at
+    an agreed moment (no dispatch in the timing): the throughput of ``n`` over
+    one's, and the one's seconds."""
+    lead = 0.02  # s: enough for every worker to receive its task first
+    begin, end = pool.submit(_timed_kernel, time.perf_counter() + lead, repeats, elements).result()
+    alone = end - begin
+    spans = list(
+        pool.map(_timed_kernel, [time.perf_counter() + lead] * n, [repeats] * n, [elements] * n)
+    )
+    together = max(e for _, e in spans) - min(b for b, _ in spans)
+    return n * alone / together, alone
+
+
+def parallel_ceiling(n: int, repeats: int = 200, elements: int = 2**19, pairs: int = 5) -> dict:
     """The machine's parallel ceiling for ``n`` workers, measured now: the
     throughput of ``n`` processes (and of ``n`` threads) running the same fixed
     NumPy kernel at once, as a multiple of one alone. Virtual CPUs that share a
     physical core, or a loaded host, give less than ``n``. ``op_us``: one
     operation of the kernel alone, in microseconds (threads gain only where
-    operations are long enough to cover handing the GIL over)."""
-    one = _kernel(repeats, elements)
-    op_us = one / (2 * repeats) * 1e6
+    operations are long enough to cover handing the GIL over).
+
+    Each ceiling is the median of ``pairs`` measurements (one alone, then ``n``
+    at once, in kept, warm workers of the same kind), each worker timing its own
+    kernel from an agreed start, so that neither starting workers nor handing
+    out the tasks is timed. Measured once, in fresh workers and with the
+    hand-out in the time (as this function did until 2026-12-03), the ceiling of
+    two workers read from 0.70 to 3.14 here (bench_depth's records) and low: 20
+    calls of each way, interleaved, gave a median of 1.70 (1.12-2.00) that way
+    and 1.81 (1.66-1.96) this way (docs/benchmarks.md).
+    """
     if n <= 1:
+        alone = _timed_kernel(time.perf_counter(), repeats, elements)
+        op_us = (alone[1] - alone[0]) / (2 * repeats) * 1e6
         return {"n": 1, "processes": 1.0, "threads": 1.0, "op_us": op_us}
-    with ProcessPoolExecutor(n) as pool:
-        list(pool.map(_kernel, [5] * n))  # start the workers
-        start = time.perf_counter()
-        list(pool.map(_kernel, [repeats] * n, [elements] * n))
-        processes = n * one / (time.perf_counter() - start)
-    with ThreadPoolExecutor(n) as pool:
-        start = time.perf_counter()
-        list(pool.map(_kernel, [repeats] * n, [elements] * n))
-        threads = n * one / (time.perf_counter() - start)
-    return {"n": n, "processes": processes, "threads": threads, "op_us": op_us}
+    out: dict = {"n": n}
+    ones = []
+    for kind in ("processes", "threads"):
+        pool = _pool(kind, n)
+        measured = [_ratio(pool, n, repeats, elements) for _ in range(max(1, pairs))]
+        out[kind] = statistics.median(r for r, _ in measured)
+        out[f"{kind}_pairs"] = [r for r, _ in measured]
+        ones += [one for _, one in measured]
+    out["op_us"] = statistics.median(ones) / (2 * repeats) * 1e6
+    return out
 
 
 def on_threads(call):

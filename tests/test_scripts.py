@@ -1,8 +1,10 @@
 """Every script in scripts/ runs end to end (dry runs) on numpy and on
 array-api-strict's non-default device, and writes what it promises."""
 
+import importlib
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -214,6 +216,21 @@ def test_machine_info():
     info = _load("harness").machine_info([("numpy", None)])
     assert info["cpu"] and info["cpu_count"] >= 1 and "numpy" in info["versions"]
     assert info["devices"] == {"numpy:default": "cpu"}
+
+
+def test_parallel_ceiling():
+    # imported (not _load-ed): its pool's workers find the kernel by module name
+    harness = importlib.import_module("harness")
+    one = harness.parallel_ceiling(1, repeats=2, elements=1_000)
+    assert one["processes"] == one["threads"] == 1.0 and one["op_us"] > 0
+    for _ in range(2):  # the second call runs in the kept workers
+        two = harness.parallel_ceiling(2, repeats=3, elements=10_000, pairs=3)
+        assert two["n"] == 2 and two["op_us"] > 0
+        for kind in ("processes", "threads"):
+            pairs = two[f"{kind}_pairs"]
+            # throughputs, not bounded above: a hiccup of the lone run inflates one
+            assert len(pairs) == 3 and all(0 < r < float("inf") for r in pairs)
+            assert two[kind] == statistics.median(pairs)
 
 
 @pytest.mark.parametrize("name", ["numpy", "array_api_strict"])
