@@ -99,6 +99,36 @@ def test_series_in_a_units_change_equals_the_losses(backend, name):
             ), (n, j)
 
 
+@pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("general", [False, True], ids=["linear", "general"])
+def test_a_series_in_a_scaled_variable_is_the_same_series(backend, name, general):
+    """``scale`` gives the series in ``r``, ``dz = scale * r``: evaluated at ``r``
+    it equals the series in ``dz`` evaluated at ``scale * r`` (the linear
+    shortcut and the term-by-term path alike)."""
+    xp = backend.xp
+    head = get_head(name)
+    a, t = _case(backend, name, n=3, c=4)
+    rng = np.random.default_rng(4)
+    V = backend.from_host(rng.standard_normal((2, 4)))  # (J, C)
+    scale = rng.uniform(0.05, 0.25, (3, 2))  # (N, J): a sigmoid's slopes
+    r = rng.uniform(-1e-3, 1e-3, (2, 3, 2))  # (S, N, J)
+    moves = [None, V, None] if general else [None, V]
+    cache = head.cache(a, t)
+
+    def differences(coefficients, at):
+        rows = list(xp.unstack(coefficients))
+        per_sample = lambda array: array[:, None, ...]  # noqa: E731 (items: all (n, j))
+        return to_numpy(
+            head.series_differences(cache, rows, backend.from_host(at), per_sample, _Combine(xp))
+        )
+
+    in_dz = head.series_coefficients(cache, None, moves, 4)
+    in_r = head.series_coefficients(cache, None, moves, 4, backend.from_host(scale))
+    assert in_r.shape == in_dz.shape
+    expected = differences(in_dz, scale[None, ...] * r)
+    np.testing.assert_allclose(differences(in_r, r), expected, rtol=1e-9, atol=1e-18)
+
+
 def test_unknown_head_is_one_clear_error():
     with pytest.raises(ValueError, match="output='tanh' is not known"):
         get_head("tanh")

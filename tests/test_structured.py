@@ -241,7 +241,8 @@ def test_out_of_memory_with_nothing_left_to_halve_propagates(monkeypatch):
     def broken(*args):
         raise MemoryError("never fits")
 
-    monkeypatch.setattr(xpnet.hidden, "moves", broken)
+    # every chunk of the hidden layer's series fails, down to single pairs
+    monkeypatch.setattr(xpnet.heads.Softmax, "series_differences", broken)
     net = xpnet.TwoLayerNet(5, 3, 2, seed=0)
     with pytest.raises(MemoryError, match="never fits"):
         net.numerical_gradient(np.ones((2, 5)), np.array([0, 1]), max_bytes=2**20)

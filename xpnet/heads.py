@@ -112,14 +112,16 @@ class Head:
         """
         raise NotImplementedError
 
-    def series_coefficients(self, cache: HeadCache, rows, moves, terms: int):
+    def series_coefficients(self, cache: HeadCache, rows, moves, terms: int, scale=None):
         """Per (sample, unit) arrays, for samples ``rows`` (a slice; None: all),
         that :meth:`series_differences` needs, stacked: ``(R, n, J, ...)``.
 
         ``moves`` is the series of the score rows' change when unit ``j`` below
         moves by ``dz``: ``moves[m]`` ``(n, J, C)``, or ``(J, C)`` shared by every
         sample, the coefficient of ``dz^m`` (``moves[0]`` None; a list ``[None,
-        V]``: exactly linear).
+        V]``: exactly linear). ``scale`` (n, J), optional: the series in ``r``
+        instead, ``dz = scale * r`` (the coefficient of ``dz^m`` times
+        ``scale^m``).
         """
         raise NotImplementedError
 
@@ -128,7 +130,8 @@ class Head:
 
         ``coefficients``: the ``R`` rows of :meth:`series_coefficients`, each
         gathered for the items; ``dz`` (S, *items): each item's unit change per
-        step; ``take(array)`` gathers a per-sample array (N, ...) for the items.
+        step (or ``r``, for coefficients with a ``scale``); ``take(array)``
+        gathers a per-sample array (N, ...) for the items.
         """
         raise NotImplementedError
 
@@ -181,7 +184,7 @@ class Softmax(Head):
         p += F.LOG_EPS
         return xp.sum(combine.negative_log(p), axis=-1)  # (I, C)
 
-    def series_coefficients(self, cache, rows, moves, terms):
+    def series_coefficients(self, cache, rows, moves, terms, scale=None):
         # p_t = e_t / Y, Y(dz) = sum_c e_c exp(x_c(dz) - x_t(dz)): the exp of a
         # series with no constant term, weighted by the cached e_c. Rows: e_t,
         # then Y's coefficients Y_0 = sum_c e_c, Y_1, ..., Y_{terms-1}
@@ -195,11 +198,14 @@ class Softmax(Head):
             return front
         if len(moves) == 2:  # linear in dz: exp's coefficients are gap^m / m!
             gap = _gaps(xp, moves[1], labels)  # (n, J, C)
+            if scale is not None:  # linear in r: the gaps per unit r
+                gap = gap * scale[..., None]
             powers = [gap]  # (multiplied out: a cumulative product along a short
             for m in range(2, terms):  # first axis ran 10x slower on NumPy)
                 powers.append(powers[-1] * (gap / m))
             grown = xp.stack(powers)  # (terms - 1, n, J, C)
         else:  # every term's gaps at once, then exp's recurrence term by term
+            moves = _scaled(moves, scale)
             present = [m for m in range(1, min(terms, len(moves))) if moves[m] is not None]
             stacked = xp.stack([_per_sample(xp, moves[m], n) for m in present])  # (M, n, J, C)
             index = xp.broadcast_to(labels[None, :, None, None], (*stacked.shape[:-1], 1))
@@ -241,10 +247,11 @@ class _Separable(Head):
         moved = self.term(scores + delta[:, :, None, :], target)  # (S, I, C, N)
         return xp.sum(combine.loss(moved), axis=-1)
 
-    def series_coefficients(self, cache, rows, moves, terms):
+    def series_coefficients(self, cache, rows, moves, terms, scale=None):
         # the score change's own coefficients, from dz^1 on: (terms - 1, n, J, C)
         xp = array_namespace(cache.scores)
         n = _rows(cache.target, rows).shape[0]
+        moves = _scaled(moves, scale)
         out = []
         for m in range(1, terms):
             x = moves[m] if m < len(moves) else None
@@ -364,6 +371,19 @@ def _gaps(xp, x, labels):
         return x - at_label.T[:, :, None]
     index = xp.broadcast_to(labels[:, None, None], (*x.shape[:-1], 1))
     return x - xp.take_along_axis(x, index, axis=-1)
+
+
+def _scaled(moves, scale):
+    """A score change's series in ``dz`` as the series in ``r``, ``dz = scale * r``
+    (``scale`` (n, J); None: as it is): ``moves[m]`` times ``scale^m``."""
+    if scale is None:
+        return moves
+    out, power = [None], scale[..., None]
+    for m, move in enumerate(moves[1:], start=1):
+        out.append(None if move is None else move * power)
+        if m + 1 < len(moves):
+            power = power * scale[..., None]
+    return out
 
 
 def _filled(xp, coefficients):

@@ -179,9 +179,8 @@ def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
         limit = min(limit, HOST_BLOCK_BYTES)
     item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
     sizes = ctx.spec.sizes
-    # first the bound without a sort (0.7 ms of a 100-image batch, before the
-    # threads start); counted exactly only where the bound splits the batch into
-    # more blocks than threads (where larger blocks run faster)
+    # first the bound without a sort (0.7 ms of a 100-image batch, before the threads
+    # start); exact only where it gives more blocks than threads (larger run faster)
     bound = budget.per_sample_bytes(x_host, spans, sizes, item, series.MAX_TERMS, exact=False)
     blocks = budget.sample_blocks(bound, limit, ctx.n_threads, _THREAD_SHARE_BYTES)
     if len(blocks) > ctx.n_threads:
@@ -216,7 +215,7 @@ class _Facts:
     pre: object  # (N, J) or None: ReLU's pre-activations (the host finds those no step moves)
     unsafe: object  # (N, J) bool or None: units whose move may cross a ReLU kink above
     moves: list | None  # series of the score change (ReLU above: exact, linear)
-    bound: object  # 0-d: what |dz| multiplies to bound the score change
+    bound: object  # 0-d: what |dz| multiplies to bound the score change; (J, C): see below
 
 
 def _device_reach(ctx, inputs, *, with_bias: bool):
@@ -281,9 +280,8 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
     xp, spec = ctx.xp, ctx.spec
     relu = spec.activation == "relu"
     above = len(layers) - 2 - layer  # hidden layers above this one
-    # the inputs' reach per sample is taken on the host (the first layer's from
-    # x, the others' from their inputs, transferred for the plan); the device
-    # needs it only to test the ReLU layers above
+    # the inputs' reach per sample is taken on the host (from x, or the inputs sent
+    # for the plan); the device needs it only to test the ReLU layers above
     inputs = None if layer == 0 else _columns(z[layer], span)
     reach: Any = None
     if relu and above > 0:
@@ -299,8 +297,10 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
             moves = [None, layers[-1][0]]
         else:
             moves, unsafe = _relu_moves(ctx, layers, a, layer, reach)
-        V = moves[1]  # |dz (V_c - V_c')| <= |dz| * the largest spread of a row
-        bound = xp.max(xp.max(V, axis=-1) - xp.min(V, axis=-1))
+        # |dz (V_c - V_c')| <= |dz| * the largest spread of a row; the head's
+        # weights (J, C) go to the host, which takes it (no reductions here)
+        V = moves[1]
+        bound = V if above == 0 else xp.max(xp.max(V, axis=-1) - xp.min(V, axis=-1))
     else:
         # sigmoid layers above: |x_l'| <= |dz| * beta_l' elementwise (slopes <= 1 in
         # the strip |Im| < pi/2), beta by products of |W|; the largest sets the
@@ -343,9 +343,9 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
     """What planning needs of the layers' facts, ``{(layer, name): host array}``,
     brought over in one transfer (the first layer's from ``x_host``)."""
     xp = ctx.xp
-    scalars, arrays = [], []  # (layer, name, array), 0-d and not
+    scalars = [(layer, "bound", f.bound) for layer, f in facts.items() if not f.bound.ndim]
+    arrays = [(layer, "bound", f.bound) for layer, f in facts.items() if f.bound.ndim]
     for layer, fact in facts.items():
-        scalars.append((layer, "bound", fact.bound))
         if fact.inputs is not None:  # the first layer's inputs are x, already on the host
             arrays.append((layer, "inputs", fact.inputs))
         for name in ("pre", "unsafe"):
@@ -369,6 +369,8 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
         host[(layer, name)] = flat[offset : offset + size].reshape(tuple(array.shape))
         offset += size
     for layer, fact in facts.items():  # the inputs with the bias's column, their reach
+        if host[(layer, "bound")].ndim:  # the head's weights: the largest row spread
+            host[(layer, "bound")] = np.max(np.ptp(host[(layer, "bound")], axis=-1))  # host
         columns, span = x_host, fact.span
         if layer > 0:  # the transferred columns of the span
             columns, span = host[(layer, "inputs")], (0, fact.span[1] - fact.span[0])
