@@ -472,7 +472,7 @@ def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
 @pytest.mark.parametrize(
     "hidden, activation, budget",
     [
-        # the book's net: 97 today on this synthetic batch's paths (docs/benchmarks.md)
+        # the book's net: 93 today on this synthetic batch's paths (docs/benchmarks.md)
         ([50], "sigmoid", 100),
         ([100, 100], "relu", 600),
         ([100, 100], "sigmoid", 600),
