@@ -429,6 +429,26 @@ def test_series_and_direct_paths_agree(backend, monkeypatch, mode, activation):
         assert rel_error(by_series[name], by_direct[name]) <= bound, name
 
 
+@pytest.mark.parametrize("dtype, tiny", [("float64", 1e-310), ("float32", 1e-37)])
+def test_tiny_inputs_take_the_sigmoid_series_without_faults(backend, monkeypatch, dtype, tiny):
+    """A central difference of a sigmoid net takes each pair's ``1 / q`` from the
+    host: inputs so small that ``1 / q`` overflows the dtype (the move below the
+    smallest normal number) give the gradient of the direct path, with no
+    warning (they are errors here)."""
+    import xpnet.structured as structured
+
+    net = make_net(backend, (6, 5, 3), dtype=dtype)
+    x, t = make_batch(4, 6, 3, seed=3)
+    x[:, :2] = tiny * np.array([1.0, -3.0])
+    by_series = net.numerical_gradient(x.astype(dtype), t)
+    monkeypatch.setattr(structured, "_terms", lambda *a: None)
+    by_direct = net.numerical_gradient(x.astype(dtype), t)
+    # float64: central differences agree to ~eps L / h; float32 to its own rounding
+    bound = 1e-9 if dtype == "float64" else 1e-3
+    for name in by_direct:
+        assert rel_error(by_series[name], by_direct[name]) <= bound, name
+
+
 def test_a_layer_with_series_and_direct_units_equals_the_loop(backend, monkeypatch):
     """A step large enough that some ReLU units may cross a kink above (direct
     items) while the others take the series, in one layer: each pair's series

@@ -11,8 +11,8 @@ Rules of this module:
   rounding (docs/numerical-gradient.md): the moved unit by an exact identity
   (:func:`moves`; a sigmoid unit under a series as ``s (1 - s) r``, the
   series taken in ``r``, see :func:`_series`); the layers above either as a
-  power series whose left-out
-  remainder is provably below rounding (its terms from the plan) or, for the
+  power series whose left-out remainder is provably below rounding (its terms
+  from the plan) or, for the
   plan's direct items, as the network evaluates them
   (:func:`xpnet.model.forward`) from the move of the affine map right above,
   which is linear (``dz * W_{l+1}[j, :]``).
@@ -69,7 +69,7 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
         rows = unit if slope is None else z[layer + 1][None, ...]
         pair_move = pair_value
         if inverse:  # the pairs' 1 / q, (S, U, 1), from the host
-            pair_move = _inverse_moves(ctx.h, plan.pairs.value)  # host
+            pair_move = _inverse_moves(ctx.h, plan.pairs.value, ctx.itemsize)  # host
             pair_move = xp.asarray(pair_move, dtype=ctx.real, device=dev)
         results.append(_series(ctx, plan, slots, rows, coefficients, pair_sample, pair_move, cache))
     if plan.direct_count:
@@ -182,13 +182,18 @@ def moves(ctx, first, second, value):
     return ACTIVATIONS["relu"].function(first + ctx.steps * value) - second
 
 
-def _inverse_moves(h: float, values: np.ndarray) -> np.ndarray:  # host
+def _inverse_moves(h: float, values: np.ndarray, itemsize: int) -> np.ndarray:  # host
     """``1 / q``, ``q = e^u - 1`` for ``u = +-h * value`` (the steps of a central
-    difference, in ``Context.steps``' order), (S, U, 1) float64: inf for a value
-    of 0 (whose move is then exactly 0: ``1 / (s + inf)``)."""
+    difference, in ``Context.steps``' order), (S, U, 1), float64 or (``itemsize``
+    4) float32: inf for a value of 0, whose move is then exactly 0 (``1 / (s +
+    inf)``), and where ``1 / q`` overflows, whose move is below the smallest
+    normal number (0 in the loss); 0 where ``e^u`` overflows (``r = 1 / s``,
+    the limit)."""
     u = np.array([h, -h])[:, None, None] * values[None, :, None]  # host
-    with np.errstate(divide="ignore", over="ignore"):  # host: 1 / 0 is the inf wanted
-        return 1.0 / np.expm1(u)  # host
+    # host: 1 / 0 and the overflows are the infs and zeros wanted, not faults
+    with np.errstate(divide="ignore", over="ignore"):
+        inverse = 1.0 / np.expm1(u)  # host
+        return inverse.astype(np.float32) if itemsize == 4 else inverse  # host
 
 
 def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_move, cache):
