@@ -190,8 +190,8 @@ def _inverse_moves(h: float, values: np.ndarray, itemsize: int) -> np.ndarray:  
     normal number (0 in the loss); 0 where ``e^u`` overflows (``r = 1 / s``,
     the limit)."""
     u = np.array([h, -h])[:, None, None] * values[None, :, None]  # host
-    # host: 1 / 0 and the overflows are the infs and zeros wanted, not faults
-    with np.errstate(divide="ignore", over="ignore"):
+    # 1 / 0 and the overflows are the infs and zeros wanted, not faults
+    with np.errstate(divide="ignore", over="ignore"):  # host
         inverse = 1.0 / np.expm1(u)  # host
         return inverse.astype(np.float32) if itemsize == 4 else inverse  # host
 
