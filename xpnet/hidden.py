@@ -229,8 +229,7 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_move, cache)
         if apart is not None:
             rows = list(xp.unstack(xp.take(apart, n, axis=1)))
         if inverse:
-            whole = u0 == 0 and u1 == pair_move.shape[1]
-            dz = 1.0 / (second + (pair_move if whole else pair_move[:, u0:u1, ...]))
+            dz = 1.0 / (second + ctx.part(pair_move, u0, u1, axis=1))
         else:
             dz = moves(ctx, first, second, ctx.part(pair_move, u0, u1))
 

@@ -139,12 +139,12 @@ class Context:
             halves = [self.split_on_oom(compute, lo, mid), self.split_on_oom(compute, mid, hi)]
             return self.xp.concat(halves, axis=0)
 
-    def part(self, array, start, stop):
-        """``array[start:stop]`` along the first axis; the array itself where that
-        is all of it (a slice is an operation on some devices)."""
-        if start == 0 and stop == array.shape[0]:
+    def part(self, array, start, stop, axis: int = 0):
+        """``array[start:stop]`` along ``axis`` (the first by default); the array
+        itself where that is all of it (a slice is an operation on some devices)."""
+        if start == 0 and stop == array.shape[axis]:
             return array
-        return array[start:stop, ...]
+        return array[(slice(None),) * axis + (slice(start, stop), ...)]
 
     def chunked(self, count, size, compute):
         """``compute(lo, hi)`` over ``range(count)`` in chunks, concatenated."""
