@@ -9,7 +9,8 @@ the default, and threads), the complex step
 and backprop (each ``--repeats`` times per round, interleaved; the round takes
 their median). Each round also measures the machine's parallel ceiling (N
 processes of a fixed NumPy kernel at once vs one), which the speed-ups on every
-core are reported against.
+core are reported against (``harness.share_of_ceiling``: not measured where
+most rounds' speed-ups exceed their ceilings).
 
     python scripts/bench_depth.py --out bench-out/depth.json
 """
@@ -24,7 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import machine_info, on_threads, parallel_ceiling  # scripts/harness.py
+from harness import (  # scripts/harness.py
+    machine_info,
+    on_threads,
+    parallel_ceiling,
+    share_of_ceiling,
+)
 from tqdm.auto import tqdm
 
 import xpnet
@@ -153,18 +159,18 @@ def _rows(names, setups, loops, times, labels, ceilings, threads):
         for many, kind in ((labels[1], "helper processes"), (labels[2], "threads")):
             # per round: the speed-up against that round's own ceiling (the load
             # of a shared VM changes from round to round; both measured within it)
-            shares = [
-                (a / b) / c["processes"]
-                for a, b, c in zip(one, times[(name, many)], ceilings[name], strict=True)
-            ]
+            share = share_of_ceiling(
+                one, times[(name, many)], [c["processes"] for c in ceilings[name]]
+            )
             rows.append(
                 {
                     "net": name,
                     "method": f"{kind} speed-up ({threads} vs 1)",
                     "speedup": statistics.median(one) / statistics.median(times[(name, many)]),
                     "ceiling": ceiling,
-                    "share_of_ceiling": statistics.median(shares),
-                    "share_per_round": shares,
+                    "share_of_ceiling": share["share"],
+                    "share_per_round": share["per_round"],
+                    "rounds_above_ceiling": share["rounds_above_ceiling"],
                 }
             )
     return rows
@@ -175,9 +181,12 @@ def _print(rows, ceilings):
     for r in rows:
         if "speedup" in r:
             ceiling = f"ceiling {r['ceiling']:.2f}x"
+            share = "n/a" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.0%}"
+            above = r["rounds_above_ceiling"]
+            above = f" ({above} of {len(r['share_per_round'])} rounds above 1)" if above else ""
             print(
                 f"{r['net']:<26} {r['method']:<40} {r['speedup']:>9.2f}x "
-                f"{ceiling:>22} {r['share_of_ceiling']:>7.0%}"
+                f"{ceiling:>22} {share:>7}{above}"
             )
             continue
         span = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f} ms"
@@ -187,6 +196,7 @@ def _print(rows, ceilings):
         )
     print(
         "share of the ceiling: median over rounds of (speed-up / that round's ceiling); "
+        "n/a where that median is above 1 (the ceiling's measurement failed); "
         "parallel ceiling per round (processes / threads of a fixed NumPy kernel): "
         + "; ".join(
             f"{name.split()[0]}: "

@@ -233,6 +233,22 @@ def test_parallel_ceiling():
             assert two[kind] == statistics.median(pairs)
 
 
+def test_share_of_ceiling_is_the_median_round_and_none_above_one():
+    share_of_ceiling = _load("harness").share_of_ceiling
+    # speed-ups 2.0, 1.5, 1.6, 1.2, 1.9 against ceilings 1.6, 2.0, 2.0, 2.0, 2.0
+    one, many = [4.0, 3.0, 3.2, 2.4, 3.8], [2.0] * 5
+    got = share_of_ceiling(one, many, [1.6, 2.0, 2.0, 2.0, 2.0])
+    assert got["per_round"] == pytest.approx([1.25, 0.75, 0.8, 0.6, 0.95])
+    assert got["share"] == pytest.approx(0.8)  # the median: one round above 1 moves it little
+    assert got["rounds_above_ceiling"] == 1
+    assert share_of_ceiling([2.0], [1.0], [2.0])["share"] == 1.0  # at the ceiling: kept
+    # the ceiling's kernel below the gradient's speed-up in most rounds: not measured
+    failed = share_of_ceiling([3.0, 3.0, 3.0], [2.0, 2.0, 2.0], [0.9, 1.1, 1.8])
+    assert failed["share"] is None and failed["rounds_above_ceiling"] == 2
+    with pytest.raises(ValueError):
+        share_of_ceiling([1.0, 2.0], [1.0], [1.0, 1.0])
+
+
 @pytest.mark.parametrize("name", ["numpy", "array_api_strict"])
 def test_available_backends_includes_host(name):
     assert (name, None) in _load("harness").available_backends(("numpy", "array_api_strict"))
