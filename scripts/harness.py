@@ -1,9 +1,11 @@
-"""What the benchmark scripts share: the machine record every JSON carries, and
-the backends a script runs on.
+"""What the benchmark scripts share: the machine record every JSON carries, the
+backends a script runs on, the machine's parallel ceiling and a speed-up's
+share of it.
 
 Rules of this module: it lives with the scripts, not in the library (the
-scripts put their own folder on ``sys.path``); it reads the machine, it times
-nothing (timing is :mod:`xpnet.timing`, the compared methods :mod:`xpnet.bench`).
+scripts put their own folder on ``sys.path``); it reads the machine (the
+ceiling by timing a fixed NumPy kernel), never xpnet (timing is
+:mod:`xpnet.timing`, the compared methods :mod:`xpnet.bench`).
 """
 
 from __future__ import annotations
