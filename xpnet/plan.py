@@ -196,13 +196,19 @@ def input_sums(pairs: Pairs, row_bytes: int, chunk_bytes: int) -> InputSums:  # 
         plain = chunks(n_features, max(1, rows // max(1, n_samples)))
         laid_out = [(lo, hi, n_samples, lo * n_samples) for lo, hi in plain]
         return InputSums(by_feature.reshape(-1), laid_out, None)
-    zero = by_feature == pairs.count - 1  # host: the pair of value 0
-    counts = n_samples - np.count_nonzero(zero, axis=1)  # host: non-zero inputs per feature
+    zero_pair = pairs.count - 1  # the pair of value 0
+    nonzero = by_feature != zero_pair  # host
+    counts = np.count_nonzero(nonzero, axis=1)  # host: non-zero inputs per feature
     order = np.argsort(counts, kind="stable")  # host
-    # per feature, its non-zero inputs first, in sample order (a stable sort)
-    first = np.argsort(zero[order], axis=1, kind="stable")  # host
-    laid = np.take_along_axis(by_feature[order], first, axis=1)  # host
-    widths = np.maximum(counts[order], 1)  # host: rising
+    widths = counts[order]  # host: rising
+    # per feature, its non-zero inputs first, in sample order, then the pair of
+    # value 0: boolean masks enumerate row by row, so the k-th non-zero input of
+    # all lands in the k-th of the slots "first count_f of row f" (a stable
+    # argsort of the mask and a gather by it took 1.6x as long)
+    laid = np.full((n_features, n_samples), zero_pair, dtype=by_feature.dtype)  # host
+    slots = np.arange(n_samples)[None, :] < widths[:, None]  # host
+    laid[slots] = by_feature[order][nonzero[order]]
+    widths = np.maximum(widths, 1)  # host
     laid_out, parts, lo = [], [], 0
     while lo < n_features:  # (hi - lo) features by the width of the last (widest) one
         cost = np.arange(1, n_features - lo + 1) * widths[lo:]  # host
