@@ -33,6 +33,7 @@ from array_api_compat import device as device_of
 from . import model, series
 from . import plan as planner
 from .functions import ACTIVATIONS
+from .work import central_steps
 
 __all__ = ["hidden_rows", "moves", "COEFFICIENT_CHUNKS"]
 
@@ -184,12 +185,12 @@ def moves(ctx, first, second, value):
 
 def _inverse_moves(h: float, values: np.ndarray, itemsize: int) -> np.ndarray:  # host
     """``1 / q``, ``q = e^u - 1`` for ``u = +-h * value`` (the steps of a central
-    difference, in ``Context.steps``' order), (S, U, 1), float64 or (``itemsize``
+    difference, :func:`xpnet.work.central_steps`), (S, U, 1), float64 or (``itemsize``
     4) float32: inf for a value of 0, whose move is then exactly 0 (``1 / (s +
     inf)``), and where ``1 / q`` overflows, whose move is below the smallest
     normal number (0 in the loss); 0 where ``e^u`` overflows (``r = 1 / s``,
     the limit)."""
-    u = np.array([h, -h])[:, None, None] * values[None, :, None]  # host
+    u = np.array(central_steps(h))[:, None, None] * values[None, :, None]  # host
     # 1 / 0 and the overflows are the infs and zeros wanted, not faults
     with np.errstate(divide="ignore", over="ignore"):  # host
         inverse = 1.0 / np.expm1(u)  # host

@@ -38,7 +38,7 @@ from .backend import is_numpy
 from .device import host_threads, out_of_memory_errors
 from .dtypes import dtype_info
 
-__all__ = ["Context", "make_context"]
+__all__ = ["Context", "central_steps", "make_context"]
 
 
 @dataclass(frozen=True)
@@ -192,13 +192,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forked)
 
 
+def central_steps(h: float) -> tuple[float, float]:
+    """A central difference's steps in the order of ``Context.steps`` (and of
+    the perturbed losses that :meth:`Context.loss` unstacks): ``+h``, then ``-h``."""
+    return (h, -h)
+
+
 def make_context(xp, spec, x, h, mode, chunk_bytes, n_threads) -> Context:
     real = x.dtype
     info = dtype_info(xp, real)
     dev = device_of(x)
     n_samples = x.shape[0]
     if mode == "central":
-        steps = [h, -h]
+        steps = list(central_steps(h))
         work, itemsize, scale = real, info.itemsize, 1.0 / (2 * h * n_samples)
     else:
         work = info.complex(xp)
