@@ -182,8 +182,8 @@ def _print(rows, ceilings):
         if "speedup" in r:
             ceiling = f"ceiling {r['ceiling']:.2f}x"
             share = "n/a" if r["share_of_ceiling"] is None else f"{r['share_of_ceiling']:.0%}"
-            above = r["rounds_above_ceiling"]
-            above = f" ({above} of {len(r['share_per_round'])} rounds above 1)" if above else ""
+            n_above, n_rounds = r["rounds_above_ceiling"], len(r["share_per_round"])
+            above = f" ({n_above} of {n_rounds} rounds above 1)" if n_above else ""
             print(
                 f"{r['net']:<26} {r['method']:<40} {r['speedup']:>9.2f}x "
                 f"{ceiling:>22} {share:>7}{above}"
