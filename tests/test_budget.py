@@ -40,3 +40,38 @@ def test_per_sample_bytes_grow_with_each_samples_distinct_inputs():
     # a skipped first layer leaves only what does not depend on the inputs
     flat = budget.per_sample_bytes(x, [None, (0, 4)], sizes, 8, 8)
     assert flat[0] == flat[1] == flat[2]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_thread_shares_give_each_thread_one_run_of_consecutive_blocks(n_threads):
+    blocks = budget.sample_blocks(np.full(12, 1.0), 2, n_threads)
+    shares = budget.thread_shares(blocks, n_threads)
+    assert len(shares) == min(n_threads, len(blocks))
+    assert shares[0][0] == 0 and shares[-1][1] == 12
+    for (start, stop, bounds), (next_start, _, _) in zip(
+        shares, [*shares[1:], (12, 0, 0)], strict=True
+    ):
+        assert stop == next_start
+        # the run's blocks, counted from its start, in order and without a gap
+        assert [(a + start, b + start) for a, b in bounds] == [
+            block for block in blocks if start <= block[0] < stop
+        ]
+    assert budget.thread_shares([(0, 5)], 4) == [(0, 5, [(0, 5)])]
+
+
+def test_gradient_blocks_count_pairs_exactly_only_for_more_blocks_than_threads():
+    """Four rows of one repeated value and four of distinct values: the bound
+    (every non-zero input a pair) makes all eight alike. The exact count (a
+    sort) is taken only where the bound would give more blocks than threads."""
+    x = np.vstack([np.full((4, 15), 0.5), np.tile(np.linspace(0.1, 1.0, 15), (4, 1))])
+    sizes, spans = (15, 4, 2), [(0, 16), (0, 5)]
+    bound = budget.per_sample_bytes(x, spans, sizes, 8, 8, exact=False)
+    exact = budget.per_sample_bytes(x, spans, sizes, 8, 8)
+    assert np.all(bound == bound[0]) and exact[0] < exact[-1] == bound[-1]
+    roomy = int(16 * bound[0])  # the bound gives the threads' two blocks: kept
+    assert budget.gradient_blocks(x, spans, sizes, 8, 8, roomy, 2) == [(0, 4), (4, 8)]
+    tight = int(exact.sum() / 2 + exact[-1])  # the bound gives more than two
+    assert len(budget.sample_blocks(bound, tight, 2)) > 2
+    blocks = budget.gradient_blocks(x, spans, sizes, 8, 8, tight, 2)
+    assert blocks == budget.sample_blocks(exact, tight, 2) and len(blocks) == 2
+    assert blocks != [(0, 4), (4, 8)]  # cut where the exact bytes halve

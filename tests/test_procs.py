@@ -171,6 +171,37 @@ def test_the_gradient_in_helpers_equals_the_one_on_threads(pool, monkeypatch):
     assert seen == [3, 3]  # three blocks, two of them in helpers, each time
 
 
+def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, monkeypatch):
+    """Blocks that a small memory budget makes: each core takes a run of them
+    (one part per helper, no round trip per block), the same bits as on
+    threads, and the one-thread gradient to rounding (blocks evaluate the
+    forward pass on fewer rows: each loss difference moves by ~eps * L, the
+    gradient by ~1e-10 relative, as in tests/test_structured.py)."""
+    import xpnet.structured as structured
+
+    monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)
+    net = xpnet.MultiLayerNet(20, [6], 3, "sigmoid", seed=0)
+    rng = np.random.default_rng(2)
+    x, t = rng.random((12, 20)), rng.integers(0, 3, 12)
+    blocks, parts = [], []
+    real_blocks, real_run = structured._sample_blocks, procs.run
+    monkeypatch.setattr(
+        structured, "_sample_blocks", lambda *a: blocks.append(real_blocks(*a)) or blocks[-1]
+    )
+    monkeypatch.setattr(procs, "run", lambda *a: parts.append(a[2]) or real_run(*a))
+    assert procs.helpers(1, wait=True) == 1
+    in_helpers = net.numerical_gradient(x, t, n_threads=2, max_bytes=1)
+    assert len(blocks[-1]) == 12 and len(parts[-1]) == 2  # a block per sample, two runs
+    assert [part[-1] for part in parts[-1]] == [[(k, k + 1) for k in range(6)]] * 2
+    monkeypatch.setenv(procs.PARALLEL_VARIABLE, "threads")
+    on_threads = net.numerical_gradient(x, t, n_threads=2, max_bytes=1)
+    one = net.numerical_gradient(x, t, n_threads=1)
+    for name in in_helpers:
+        np.testing.assert_array_equal(in_helpers[name], on_threads[name])
+        scale = np.max(np.abs(one[name]))
+        assert np.max(np.abs(in_helpers[name] - one[name])) <= 1e-9 * scale
+
+
 def test_stop_ends_every_helper_and_the_next_call_starts_them_again(pool):
     assert procs.helpers(2, wait=True) == 2
     processes = [helper.process for helper in pool.helpers]

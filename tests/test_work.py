@@ -104,3 +104,13 @@ def test_an_error_in_a_task_reaches_the_caller(fresh_pool):
 
     with pytest.raises(ValueError, match="task failed"):
         ctx.run([lambda: 1, bad, lambda: 3])
+
+
+def test_results_are_added_in_the_order_given():
+    """Floating-point addition is not associative: 1 + 1e16 rounds to 1e16, so
+    left to right gives 0 where any other order gives 1."""
+    parts = [[np.array([1.0]), None], [np.array([1e16]), None], [np.array([-1e16]), None]]
+    total = xpnet.work.added_in_order(iter(parts))
+    assert total[0][0] == 0.0 and total[1] is None
+    assert xpnet.work.added_in_order(iter(parts[1:] + parts[:1]))[0][0] == 1.0
+    assert xpnet.work.added_in_order(iter([])) is None

@@ -41,8 +41,8 @@ Rules of this module:
   rows; a layer below the last is :mod:`xpnet.hidden`'s.
 * Work is split into chunks whose intermediates fit ``chunk_bytes`` (cache-sized
   on the host, large on a GPU), a chunk that runs out of memory retried as two
-  halves; on NumPy the sample blocks run ``n_threads`` at a time, in helper
-  processes or on threads (:mod:`xpnet.work`, :mod:`xpnet.procs`).
+  halves; on NumPy each of ``n_threads`` takes a run of consecutive sample
+  blocks, in helper processes or on threads (:mod:`xpnet.work`, :mod:`xpnet.procs`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from .device import tune_host_allocator
 from .dtypes import same_dtype
 from .heads import HeadCache
 from .hidden import hidden_rows
-from .work import make_context
+from .work import added_in_order, make_context
 
 __all__ = [
     "structured_gradient",
@@ -147,28 +147,34 @@ def structured_gradient(
 
 
 def _run_blocks(ctx, layers, x, t, spans, max_bytes):
-    """The gradient as the sum of its sample blocks' (n_threads at a time, in
-    helper processes or threads; added in block order whatever finishes first)."""
+    """The gradient as the sum of its sample blocks': a run of consecutive blocks
+    per thread (in helper processes or threads; :func:`xpnet.budget.thread_shares`),
+    added in order whatever finishes first."""
     x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
-    blocks = _sample_blocks(ctx, x_host, spans, max_bytes)
+    shares = budget.thread_shares(_sample_blocks(ctx, x_host, spans, max_bytes), ctx.n_threads)
     common = (replace(ctx, n_threads=1), layers, spans)
-    parts = [(x, t, x_host)]  # the whole batch: no copies
-    if len(blocks) > 1:  # on NumPy x_host is x: not sent twice
-        parts = [(x[a:b, ...], t[a:b, ...], None if ctx.host else x_host[a:b]) for a, b in blocks]
-    total = None
-    for part in ctx.map(_block_task, common, parts):
-        total = part if total is None else [_add(u, v) for u, v in zip(total, part, strict=True)]
-    return total
+    host_rows = None if ctx.host else x_host  # on NumPy x_host is x: not sent twice
+    parts = [(*_rows(x, t, host_rows, a, b), bounds) for a, b, bounds in shares]
+    return added_in_order(ctx.map(_share_task, common, parts))
 
 
-def _block_task(ctx, layers, spans, x, t, x_host):
-    """One sample block's gradient rows, from what a helper process receives."""
+def _share_task(ctx, layers, spans, x, t, x_host, bounds):
+    """One run of sample blocks' gradient rows (its blocks' ``bounds`` in order),
+    from what a helper process receives."""
     xp = ctx.xp
     work_layers = layers
     if not ctx.central:  # complex activations need complex weights (torch does not promote)
         work_layers = [(xp.astype(W, ctx.work), xp.astype(b, ctx.work)) for W, b in layers]
     x_host = to_numpy(x) if x_host is None else x_host  # host
-    return _block(ctx, layers, work_layers, x, t, x_host, spans)
+    blocks = (_rows(x, t, x_host, a, b) for a, b in bounds)
+    return added_in_order(_block(ctx, layers, work_layers, *block, spans) for block in blocks)
+
+
+def _rows(x, t, x_host, a, b):
+    """Samples ``a:b`` of the batch (the arrays themselves where that is all of it)."""
+    if a == 0 and b == x.shape[0]:
+        return x, t, x_host
+    return x[a:b, ...], t[a:b, ...], None if x_host is None else x_host[a:b]
 
 
 def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
@@ -178,21 +184,11 @@ def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
     if ctx.host:  # larger blocks ran no faster on the host (HOST_BLOCK_BYTES)
         limit = min(limit, HOST_BLOCK_BYTES)
     item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
-    sizes = ctx.spec.sizes
-    # first the bound without a sort (0.7 ms of a 100-image batch, before the threads
-    # start); exact only where it gives more blocks than threads (larger run faster)
-    bound = budget.per_sample_bytes(x_host, spans, sizes, item, series.MAX_TERMS, exact=False)
-    blocks = budget.sample_blocks(bound, limit, ctx.n_threads, _THREAD_SHARE_BYTES)
-    if len(blocks) > ctx.n_threads:
-        per_sample = budget.per_sample_bytes(x_host, spans, sizes, item, series.MAX_TERMS)
-        blocks = budget.sample_blocks(per_sample, limit, ctx.n_threads, _THREAD_SHARE_BYTES)
+    planned = (x_host, spans, ctx.spec.sizes, item, series.MAX_TERMS, limit)
+    blocks = budget.gradient_blocks(*planned, ctx.n_threads, _THREAD_SHARE_BYTES)
     if len(blocks) > 1 and ctx.n_threads > 1:
         tune_host_allocator()  # else threads spend their time in page faults
     return blocks
-
-
-def _add(a, b):
-    return None if a is None else a + b
 
 
 def _spans(spec, rows):
@@ -445,6 +441,3 @@ def _output_rows(ctx, plan, inputs, cache: HeadCache):
         return head.column_differences(cache, delta, ctx)
 
     return ctx.chunked(columns.shape[0], plan.chunk, compute)
-
-
-# -- a layer below the last ------------------------------------------------------------

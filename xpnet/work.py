@@ -19,6 +19,8 @@ Rules of this module:
   two halves instead (:meth:`Context.split_on_oom`).
 * The two perturbed losses of an item are combined here, once: their scaled
   difference, or a ratio under one log for losses ``-log(q)``.
+* Blocks' results are added in the blocks' order (:func:`added_in_order`),
+  whichever thread or process computed them: the bits depend on the blocks only.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .backend import is_numpy
 from .device import host_threads, out_of_memory_errors
 from .dtypes import dtype_info
 
-__all__ = ["Context", "central_steps", "make_context"]
+__all__ = ["Context", "added_in_order", "central_steps", "make_context"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,19 @@ class _Pool:
 _POOL = _Pool()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forked)
+
+
+def added_in_order(results):
+    """The sum of per-block results, each a list of arrays (None where a
+    layer is skipped), added in the order given: the same bits whichever
+    thread or process computed each."""
+    total = None
+    for part in results:
+        if total is None:
+            total = part
+        else:
+            total = [None if u is None else u + v for u, v in zip(total, part, strict=True)]
+    return total
 
 
 def central_steps(h: float) -> tuple[float, float]:
