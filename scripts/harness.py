@@ -173,25 +173,34 @@ def parallel_ceiling(n: int, repeats: int = 200, elements: int = 2**19, pairs: i
     return out
 
 
-def share_of_ceiling(one, many, ceilings) -> dict:
+def share_of_ceiling(one, many, ceilings, pairs=()) -> dict:
     """The parallel speed-up's share of the machine's ceiling, round by round:
     ``(one[r] / many[r]) / ceilings[r]`` (times on one core and on every core,
     and that round's ceiling), and their median, which a disturbed minority of
     rounds (high or low) does not move far.
 
-    A share above 1, a speed-up beyond the ceiling measured beside it, says that
-    one of the two measurements was disturbed; where the median is above 1 the
-    ceiling's measurement failed in most rounds (on this VM, two processes of
-    the ceiling's kernel once ran at 0.9x one for a whole run while the
-    gradient's two processes ran at 1.5x) and the share is None: not measured.
-    Rounds above 1 are counted in ``rounds_above_ceiling``.
+    A share above 1, a speed-up beyond the ceiling measured beside it, is
+    either the noise of the two measurements (a speed-up at the ceiling reads
+    above 1 in about half the rounds) or a ceiling that failed (on this VM, two
+    processes of the ceiling's kernel once ran at 0.9x one for a whole run while
+    the gradient's two processes ran at 1.5x). ``ceiling_spread`` tells them
+    apart: half the interquartile range of the ceiling's own measurements
+    (``pairs``, every pair of every round) over their median. A median share
+    within ``1 + ceiling_spread`` is kept (at the ceiling, to within what the
+    ceiling itself can tell); above it, the share is None: not measured. Rounds
+    above 1 are counted in ``rounds_above_ceiling``.
     """
     per_round = [(a / b) / c for a, b, c in zip(one, many, ceilings, strict=True)]
     share = statistics.median(per_round)
+    spread = 0.0
+    if len(pairs) >= 4:
+        low, _, high = statistics.quantiles(pairs, n=4)
+        spread = (high - low) / 2 / statistics.median(pairs)
     return {
-        "share": share if share <= 1.0 else None,
+        "share": share if share <= 1.0 + spread else None,
         "per_round": per_round,
         "rounds_above_ceiling": sum(s > 1.0 for s in per_round),
+        "ceiling_spread": spread,
     }
 
 

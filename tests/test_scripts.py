@@ -233,7 +233,7 @@ def test_parallel_ceiling():
             assert two[kind] == statistics.median(pairs)
 
 
-def test_share_of_ceiling_is_the_median_round_and_none_above_one():
+def test_share_of_ceiling_is_the_median_round_and_none_beyond_the_ceilings_spread():
     share_of_ceiling = _load("harness").share_of_ceiling
     # speed-ups 2.0, 1.5, 1.6, 1.2, 1.9 against ceilings 1.6, 2.0, 2.0, 2.0, 2.0
     one, many = [4.0, 3.0, 3.2, 2.4, 3.8], [2.0] * 5
@@ -245,6 +245,13 @@ def test_share_of_ceiling_is_the_median_round_and_none_above_one():
     # the ceiling's kernel below the gradient's speed-up in most rounds: not measured
     failed = share_of_ceiling([3.0, 3.0, 3.0], [2.0, 2.0, 2.0], [0.9, 1.1, 1.8])
     assert failed["share"] is None and failed["rounds_above_ceiling"] == 2
+    # a speed-up at the ceiling reads above 1 within the ceiling's own spread: kept
+    pairs = [1.6, 1.7, 1.8, 1.8, 1.9, 2.0]  # quartiles 1.675 and 1.925 (median 1.8)
+    close = share_of_ceiling([1.85] * 3, [1.0] * 3, [1.8] * 3, pairs)
+    assert close["ceiling_spread"] == pytest.approx(0.125 / 1.8)
+    assert close["share"] == pytest.approx(1.85 / 1.8)
+    # ... and beyond that spread it is not
+    assert share_of_ceiling([2.0] * 3, [1.0] * 3, [1.8] * 3, pairs)["share"] is None
     with pytest.raises(ValueError):
         share_of_ceiling([1.0, 2.0], [1.0], [1.0, 1.0])
 
