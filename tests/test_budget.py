@@ -59,6 +59,18 @@ def test_thread_shares_give_each_thread_one_run_of_consecutive_blocks(n_threads)
     assert budget.thread_shares([(0, 5)], 4) == [(0, 5, [(0, 5)])]
 
 
+def test_thread_shares_keep_a_runs_inputs_within_the_budget():
+    """A helper receives a copy of its run's inputs: with 100 bytes per sample
+    and 450 bytes allowed, a run holds two blocks of two samples, not three."""
+    blocks = [(k, k + 2) for k in range(0, 12, 2)]  # six blocks of two samples
+    assert [len(b) for _, _, b in budget.thread_shares(blocks, 2)] == [3, 3]
+    capped = budget.thread_shares(blocks, 2, row_bytes=100, max_bytes=450)
+    assert [(start, stop) for start, stop, _ in capped] == [(0, 4), (4, 8), (8, 12)]
+    assert all(bounds == [(0, 2), (2, 4)] for _, _, bounds in capped)
+    # a block larger than the budget still goes out whole, one per run
+    assert len(budget.thread_shares(blocks, 2, row_bytes=100, max_bytes=50)) == 6
+
+
 def test_gradient_blocks_count_pairs_exactly_only_for_more_blocks_than_threads():
     """Four rows of one repeated value and four of distinct values: the bound
     (every non-zero input a pair) makes all eight alike. The exact count (a

@@ -176,7 +176,8 @@ def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, monkeypatch):
     (one part per helper, no round trip per block), the same bits as on
     threads, and the one-thread gradient to rounding (blocks evaluate the
     forward pass on fewer rows: each loss difference moves by ~eps * L, the
-    gradient by ~1e-10 relative, as in tests/test_structured.py)."""
+    gradient by ~1e-10 relative, as in tests/test_structured.py). A run whose
+    inputs would not fit the budget is cut into shorter runs."""
     import xpnet.structured as structured
 
     monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)
@@ -184,22 +185,31 @@ def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, monkeypatch):
     rng = np.random.default_rng(2)
     x, t = rng.random((12, 20)), rng.integers(0, 3, 12)
     blocks, parts = [], []
-    real_blocks, real_run = structured._sample_blocks, procs.run
+    real_blocks, real_run = structured.budget.gradient_blocks, procs.run
     monkeypatch.setattr(
-        structured, "_sample_blocks", lambda *a: blocks.append(real_blocks(*a)) or blocks[-1]
+        structured.budget,
+        "gradient_blocks",
+        lambda *a: blocks.append(real_blocks(*a)) or blocks[-1],
     )
     monkeypatch.setattr(procs, "run", lambda *a: parts.append(a[2]) or real_run(*a))
     assert procs.helpers(1, wait=True) == 1
-    in_helpers = net.numerical_gradient(x, t, n_threads=2, max_bytes=1)
+    # a block's share of the budget (half of it, less a host chunk): 1,000 bytes,
+    # under one sample's estimate (a block per sample) but room for six samples'
+    # inputs (160 bytes each)
+    budget = 2 * (structured.HOST_CHUNK_BYTES + 1000)
+    in_helpers = net.numerical_gradient(x, t, n_threads=2, max_bytes=budget)
     assert len(blocks[-1]) == 12 and len(parts[-1]) == 2  # a block per sample, two runs
     assert [part[-1] for part in parts[-1]] == [[(k, k + 1) for k in range(6)]] * 2
+    tight = net.numerical_gradient(x, t, n_threads=2, max_bytes=1)
+    assert len(blocks[-1]) == 12 and len(parts[-1]) == 12  # no room: a run per block
     monkeypatch.setenv(procs.PARALLEL_VARIABLE, "threads")
-    on_threads = net.numerical_gradient(x, t, n_threads=2, max_bytes=1)
+    on_threads = net.numerical_gradient(x, t, n_threads=2, max_bytes=budget)
     one = net.numerical_gradient(x, t, n_threads=1)
     for name in in_helpers:
         np.testing.assert_array_equal(in_helpers[name], on_threads[name])
         scale = np.max(np.abs(one[name]))
         assert np.max(np.abs(in_helpers[name] - one[name])) <= 1e-9 * scale
+        assert np.max(np.abs(tight[name] - one[name])) <= 1e-9 * scale
 
 
 def test_stop_ends_every_helper_and_the_next_call_starts_them_again(pool):

@@ -83,12 +83,17 @@ def gradient_blocks(
     return blocks
 
 
-def thread_shares(blocks: list[tuple[int, int]], n_threads: int) -> list[tuple[int, int, list]]:
+def thread_shares(
+    blocks: list[tuple[int, int]], n_threads: int, *, row_bytes: int = 0, max_bytes: int = 0
+) -> list[tuple[int, int, list]]:
     """The blocks grouped into runs of consecutive blocks, one run per thread
     (the runs of :func:`sample_blocks`' equal shares are equal): ``(start,
     stop, bounds)``, the run's samples and its blocks' bounds counted from
     ``start``. A thread computes its run's blocks one after another and adds
-    them in order; the runs are added in order.
+    them in order; the runs are added in order. With ``max_bytes``, a run's
+    inputs (``row_bytes`` per sample, copied for a helper process) stay within
+    it: more, shorter runs (at least one block each), handed out
+    ``n_threads`` at a time.
 
     Why: handed out a block per thread at a time, every round of blocks waited
     for its slowest block and its result's hand-off; the Keras net's gradient
@@ -96,6 +101,9 @@ def thread_shares(blocks: list[tuple[int, int]], n_threads: int) -> list[tuple[i
     images (docs/benchmarks.md).
     """
     per_run = max(1, len(blocks) // max(1, n_threads))
+    if blocks and row_bytes > 0 and max_bytes > 0:
+        widest = max(b - a for a, b in blocks)
+        per_run = max(1, min(per_run, max_bytes // (widest * row_bytes)))
     shares = []
     for lo, hi in chunks(len(blocks), per_run):
         start = blocks[lo][0]

@@ -151,7 +151,7 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
     per thread (in helper processes or threads; :func:`xpnet.budget.thread_shares`),
     added in order whatever finishes first."""
     x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
-    shares = budget.thread_shares(_sample_blocks(ctx, x_host, spans, max_bytes), ctx.n_threads)
+    shares = _thread_shares(ctx, x_host, spans, max_bytes)
     common = (replace(ctx, n_threads=1), layers, spans)
     host_rows = None if ctx.host else x_host  # on NumPy x_host is x: not sent twice
     parts = [(*_rows(x, t, host_rows, a, b), bounds) for a, b, bounds in shares]
@@ -177,9 +177,11 @@ def _rows(x, t, x_host, a, b):
     return x[a:b, ...], t[a:b, ...], None if x_host is None else x_host[a:b]
 
 
-def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
-    """The gradient's sample blocks: each within its thread's share of
-    ``max_bytes`` (every thread holds one block and one chunk at a time)."""
+def _thread_shares(ctx, x_host, spans, max_bytes):  # host
+    """The gradient's sample blocks, each within its thread's share of
+    ``max_bytes`` (every thread holds one block and one chunk at a time), in
+    runs per thread (:func:`xpnet.budget.thread_shares`) whose inputs, copied
+    for a helper, fit one block's share too."""
     limit = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
     if ctx.host:  # larger blocks ran no faster on the host (HOST_BLOCK_BYTES)
         limit = min(limit, HOST_BLOCK_BYTES)
@@ -188,7 +190,8 @@ def _sample_blocks(ctx, x_host, spans, max_bytes):  # host
     blocks = budget.gradient_blocks(*planned, ctx.n_threads, _THREAD_SHARE_BYTES)
     if len(blocks) > 1 and ctx.n_threads > 1:
         tune_host_allocator()  # else threads spend their time in page faults
-    return blocks
+    row_bytes = x_host.shape[1] * x_host.itemsize
+    return budget.thread_shares(blocks, ctx.n_threads, row_bytes=row_bytes, max_bytes=limit)
 
 
 def _spans(spec, rows):
