@@ -154,7 +154,7 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
     shares = _thread_shares(ctx, x_host, spans, max_bytes)
     common = (replace(ctx, n_threads=1), layers, spans)
     host_rows = None if ctx.host else x_host  # on NumPy x_host is x: not sent twice
-    parts = [(*_rows(x, t, host_rows, a, b), bounds) for a, b, bounds in shares]
+    parts = [(*_rows(ctx, (x, t, host_rows), a, b), bounds) for a, b, bounds in shares]
     return added_in_order(ctx.map(_share_task, common, parts))
 
 
@@ -166,15 +166,14 @@ def _share_task(ctx, layers, spans, x, t, x_host, bounds):
     if not ctx.central:  # complex activations need complex weights (torch does not promote)
         work_layers = [(xp.astype(W, ctx.work), xp.astype(b, ctx.work)) for W, b in layers]
     x_host = to_numpy(x) if x_host is None else x_host  # host
-    blocks = (_rows(x, t, x_host, a, b) for a, b in bounds)
+    blocks = (_rows(ctx, (x, t, x_host), a, b) for a, b in bounds)
     return added_in_order(_block(ctx, layers, work_layers, *block, spans) for block in blocks)
 
 
-def _rows(x, t, x_host, a, b):
-    """Samples ``a:b`` of the batch (the arrays themselves where that is all of it)."""
-    if a == 0 and b == x.shape[0]:
-        return x, t, x_host
-    return x[a:b, ...], t[a:b, ...], None if x_host is None else x_host[a:b]
+def _rows(ctx, arrays, a, b):
+    """Samples ``a:b`` of each of ``arrays`` (:meth:`xpnet.work.Context.part`:
+    the arrays themselves where that is all of them; None stays None)."""
+    return tuple(None if array is None else ctx.part(array, a, b) for array in arrays)
 
 
 def _thread_shares(ctx, x_host, spans, max_bytes):  # host
