@@ -114,3 +114,31 @@ def test_results_are_added_in_the_order_given():
     assert total[0][0] == 0.0 and total[1] is None
     assert xpnet.work.added_in_order(iter(parts[1:] + parts[:1]))[0][0] == 1.0
     assert xpnet.work.added_in_order(iter([])) is None
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_pieces_are_joined_in_order_and_a_piece_out_of_memory_in_halves(
+    backend, n_threads, fresh_pool
+):
+    """On the host the pieces are copied into one array as they come; elsewhere
+    concatenated: the same rows either way, the failing piece as its halves."""
+    xp = backend.xp
+    net = xpnet.TwoLayerNet(6, 4, 3, 0.5, seed=0, backend=backend.name, device=backend.device)
+    x = backend.asarray(make_batch(5, 6, 3, seed=0)[0])
+    ctx = make_context(xp, net.spec, x, 1e-4, "central", 2**20, n_threads)
+    table = np.arange(40.0).reshape(20, 2)
+    calls = []
+
+    def compute(lo, hi):
+        calls.append((lo, hi))
+        if (lo, hi) == (6, 13):  # a middle piece that does not fit
+            raise MemoryError
+        return backend.asarray(table[lo:hi] * 2.0)
+
+    bounds = [(0, 6), (6, 13), (13, 14), (14, 20)]
+    joined = ctx.in_pieces(bounds, compute)
+    assert tuple(joined.shape) == (20, 2)
+    np.testing.assert_array_equal(xpnet.backend.to_numpy(joined), table * 2.0)
+    assert {(6, 9), (9, 13)} <= set(calls)  # the halves of the failing piece
+    single = ctx.in_pieces([(3, 8)], compute)
+    np.testing.assert_array_equal(xpnet.backend.to_numpy(single), table[3:8] * 2.0)
