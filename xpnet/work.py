@@ -169,7 +169,8 @@ class Context:
         first = self.split_on_oom(compute, *bounds[0])  # its shape and dtype make the array
         rows = sum(hi - lo for lo, hi in bounds)
         joined = self.xp.empty((rows, *first.shape[1:]), dtype=first.dtype)
-        joined[: first.shape[0], ...] = first
+        # by the bounds: a piece of any other length fails here, not silently
+        joined[: bounds[0][1] - bounds[0][0], ...] = first
         del first
 
         def put(lo, hi, at):
