@@ -154,9 +154,10 @@ def test_bench_malloc(tmp_path, capsys):
     assert _load("bench_malloc").main(args) == 0
     data = json.loads(out.read_text())
     assert [r["malloc"] for r in data["rows"]] == [
-        "tuned (as with several cores)",
+        "tuned (xpnet's default)",
         "glibc's own (XPNET_TUNE_MALLOC=0)",
     ]
+    assert data["data"]  # the parent's batch, sent to each timing process as a file
     assert all(r["median_s"] > 0 and len(r["per_round_s"]) == 1 for r in data["rows"])
     assert data["rows"][0]["vs_tuned"] == 1.0
     assert data["command"].startswith("python scripts/bench_malloc.py")

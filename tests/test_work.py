@@ -120,8 +120,8 @@ def test_results_are_added_in_the_order_given():
 def test_pieces_are_joined_in_order_and_a_piece_out_of_memory_in_halves(
     backend, n_threads, fresh_pool
 ):
-    """On the host the pieces are copied into one array as they come; elsewhere
-    concatenated: the same rows either way, the failing piece as its halves."""
+    """The pieces' rows joined in the order of the bounds, on every backend and
+    thread count; a piece that runs out of memory is computed as its halves."""
     xp = backend.xp
     net = xpnet.TwoLayerNet(6, 4, 3, 0.5, seed=0, backend=backend.name, device=backend.device)
     x = backend.asarray(make_batch(5, 6, 3, seed=0)[0])

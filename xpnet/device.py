@@ -52,11 +52,14 @@ def tune_host_allocator() -> bool:
     once (glibc's malloc on Linux only; once per process).
 
     NumPy takes every array of more than 128 KiB from glibc's malloc, which by
-    default maps fresh pages for it and unmaps them when it is freed. In a process
-    with several threads every unmap interrupts the other threads' cores (a TLB
-    shootdown) and every fresh page faults: measured here, two threads of the
+    default maps fresh pages for it and unmaps them when it is freed (until a
+    freed mapping raises the threshold), and every fresh page faults: on one
+    thread the book net's structured gradient took 17-19 ms instead of 11-13 ms
+    (docs/benchmarks.md). In a process with several threads every unmap also
+    interrupts the other threads' cores (a TLB shootdown): two threads of the
     structured gradient ran barely faster than one (1.02x on the book's net)
-    where two processes ran 1.96x. This sets ``M_MMAP_THRESHOLD`` to 32 MiB and
+    where two processes ran 1.96x. The structured gradient calls this on the
+    host, whatever its thread count. This sets ``M_MMAP_THRESHOLD`` to 32 MiB and
     ``M_TRIM_THRESHOLD`` to 256 MiB (``mallopt``), so that arrays up to 32 MiB come
     from the heap and up to 256 MiB of freed memory stays with the process for
     the next chunk. Nothing is done where the user has set glibc's own

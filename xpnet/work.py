@@ -149,39 +149,14 @@ class Context:
         return array[(slice(None),) * axis + (slice(start, stop), ...)]
 
     def chunked(self, count, size, compute):
-        """``compute(lo, hi)`` over ``range(count)`` in chunks, joined (:meth:`in_pieces`)."""
+        """``compute(lo, hi)`` over ``range(count)`` in chunks, concatenated."""
         return self.in_pieces(planner.chunks(count, size), compute)
 
     def in_pieces(self, bounds, compute):
-        """``compute(lo, hi)`` (``hi - lo`` rows) for each ``(lo, hi)`` of
-        ``bounds``, joined along the first axis.
-
-        On the host each piece is copied into the joined array as soon as it is
-        computed, while it is still in cache: concatenated at the end, the
-        pieces (the book net's pair results are 4.9 MB) cost the deep sigmoid
-        net's gradient on one thread 10-12 ms more, the Keras net's 14-15 ms
-        (docs/benchmarks.md). Elsewhere they are concatenated (one operation; a
-        device's budget makes few pieces)."""
-        if not self.host or len(bounds) < 2:
-            tasks = [(lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi)) for lo, hi in bounds]
-            parts = self.run(tasks)
-            return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
-        first = self.split_on_oom(compute, *bounds[0])  # its shape and dtype make the array
-        rows = sum(hi - lo for lo, hi in bounds)
-        joined = self.xp.empty((rows, *first.shape[1:]), dtype=first.dtype)
-        # by the bounds: a piece of any other length fails here, not silently
-        joined[: bounds[0][1] - bounds[0][0], ...] = first
-        del first
-
-        def put(lo, hi, at):
-            joined[at : at + hi - lo, ...] = self.split_on_oom(compute, lo, hi)
-
-        starts = [0]
-        for lo, hi in bounds:
-            starts.append(starts[-1] + hi - lo)
-        rest = zip(bounds[1:], starts[1:-1], strict=True)
-        self.run([(lambda lo=lo, hi=hi, at=at: put(lo, hi, at)) for (lo, hi), at in rest])
-        return joined
+        """``compute(lo, hi)`` for each ``(lo, hi)`` of ``bounds``, concatenated."""
+        tasks = [(lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi)) for lo, hi in bounds]
+        parts = self.run(tasks)
+        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
 
 def _unpickled(fields) -> Context:
