@@ -150,6 +150,8 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
     """The gradient as the sum of its sample blocks': a run of consecutive blocks
     per thread (in helper processes or threads; :func:`xpnet.budget.thread_shares`),
     added in order whatever finishes first."""
+    if ctx.host:  # else freed chunks go back to the kernel and fault in again
+        tune_host_allocator()  # on one thread too: the book's net 1.4-1.6x faster
     x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
     shares = _thread_shares(ctx, x_host, spans, max_bytes)
     common = (replace(ctx, n_threads=1), layers, spans)
@@ -187,8 +189,6 @@ def _thread_shares(ctx, x_host, spans, max_bytes):  # host
     item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
     planned = (x_host, spans, ctx.spec.sizes, item, series.MAX_TERMS, limit)
     blocks = budget.gradient_blocks(*planned, ctx.n_threads, _THREAD_SHARE_BYTES)
-    if ctx.host:  # else freed chunks go back to the kernel and fault in again
-        tune_host_allocator()  # on one thread too: the book's net 1.4-1.6x faster
     row_bytes = x_host.shape[1] * x_host.itemsize
     return budget.thread_shares(blocks, ctx.n_threads, row_bytes=row_bytes, max_bytes=limit)
 
