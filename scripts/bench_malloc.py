@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     times = {(name, label): [] for name in names for label in SETTINGS}
     progress = not args.no_progress and sys.stderr.isatty()
     largest = max(NETS[name][2] for name in names)
-    x, t, data = load_batch(largest, 784, args.dry_run)
+    x, t, data = load_batch(largest, max(NETS[name][0][0] for name in names), args.dry_run)
     with tempfile.TemporaryDirectory() as scratch:
         args.batch_file = str(Path(scratch) / "batch.npz")
         np.savez(args.batch_file, x=x, t=t)  # host
