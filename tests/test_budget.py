@@ -26,6 +26,31 @@ def test_sample_blocks_use_no_more_threads_than_the_work_is_worth():
     assert budget.sample_blocks(per_sample, 10**9, 4, min_share=100) == [(0, 10)]
 
 
+@pytest.mark.parametrize(("n_threads", "per_run"), [(2, 1), (3, 1), (2, 3)])
+def test_the_callers_run_leads_the_others_by_the_hand_off(n_threads, per_run):
+    """The first run (the caller's) holds ``lead`` bytes more than each other,
+    to within a sample; the others, and the blocks within a run, equal; the
+    lead at most a quarter of an equal share and within the budget."""
+    per_sample = np.full(600, 1.0)
+    total, count = 600.0, n_threads * per_run
+    budget_ = int(np.ceil(total / count)) + 40  # room for the lead in every block
+    plain = budget.sample_blocks(per_sample, budget_, n_threads)
+    assert len(plain) == count and {b - a for a, b in plain} == {600 // count}
+    led = budget.sample_blocks(per_sample, budget_, n_threads, lead=30)
+    assert len(led) == count and led[0][0] == 0 and led[-1][1] == 600
+    runs = [sum(b - a for a, b in led[k : k + per_run]) for k in range(0, count, per_run)]
+    assert all(abs(runs[0] - other - 30) <= 1 for other in runs[1:])
+    assert max(runs[1:]) - min(runs[1:]) <= 1
+    assert max(b - a for a, b in led[:per_run]) - min(b - a for a, b in led[:per_run]) <= 1
+    # a quarter of an equal share at most, and never past the budget
+    huge = budget.sample_blocks(per_sample, 10**9, n_threads, lead=10**6)
+    first = huge[0][1]
+    assert abs(first - (total + (n_threads - 1) * total / n_threads / 4) / n_threads) <= 1
+    tight = budget.sample_blocks(per_sample, budget_ - 35, n_threads, lead=30)
+    assert all(b - a <= budget_ - 35 for a, b in tight) and len(tight) == count
+    assert tight[0][1] - tight[0][0] > tight[-1][1] - tight[-1][0]
+
+
 def test_per_sample_bytes_grow_with_each_samples_distinct_inputs():
     """The first layer's share counts the pairs that distinct_pairs finds for
     the sample (its distinct non-zero values, and the bias input)."""

@@ -9,7 +9,8 @@ Rules of this module:
   is any range of samples whose summed per-sample bytes fit the budget (at least
   one sample). On several threads the blocks are equal shares of the total, a
   multiple of the thread count, but no more shares than the work is worth; each
-  thread takes one run of consecutive blocks (:func:`thread_shares`).
+  thread takes one run of consecutive blocks (:func:`thread_shares`), the
+  calling thread's (the first) larger by the others' hand-off lag.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def sample_blocks(
     budget: int,
     n_threads: int = 1,
     min_share: int = 0,  # host
+    lead: int = 0,
 ) -> list[tuple[int, int]]:  # host
     """Consecutive sample ranges whose summed ``per_sample_bytes`` fit ``budget``
     (at least one sample each): the loss is a mean, so block gradients add.
@@ -36,7 +38,10 @@ def sample_blocks(
     total bytes (their count a multiple of ``n_threads``), so that every thread
     gets an equal share of the work; but no more threads are planned for than
     shares of at least ``min_share`` bytes (less work than that runs faster on
-    one thread than it takes to hand out).
+    one thread than it takes to hand out). The first run of ``count /
+    n_threads`` blocks (the calling thread's, :func:`thread_shares`) holds
+    ``lead`` bytes more than each other run: the others' hand-off lag (at most
+    a quarter of an equal share, and within ``budget``).
     """
     per_sample = np.asarray(per_sample_bytes, dtype=float)  # host
     cumulative = np.cumsum(per_sample)  # host
@@ -45,9 +50,18 @@ def sample_blocks(
         n_threads = max(1, min(n_threads, int(cumulative[-1] // min_share)))
     if n_threads > 1 and n:
         # equal shares of the total: cut where the cumulative bytes pass each share
-        count = n_threads * max(1, math.ceil(float(cumulative[-1]) / max(1, budget) / n_threads))
+        total = float(cumulative[-1])
+        count = n_threads * max(1, math.ceil(total / max(1, budget) / n_threads))
         count = min(count, n)
-        shares = float(cumulative[-1]) * np.arange(1, count) / count  # host
+        shares = total * np.arange(1, count) / count  # host
+        per_run = count // n_threads
+        if lead > 0 and count % n_threads == 0:  # the caller's run first, the rest equal
+            room = (per_run * budget * n_threads - total) / (n_threads - 1)
+            ahead = max(0.0, min(lead, total / n_threads / 4, room))
+            first = (total + (n_threads - 1) * ahead) / n_threads  # the caller's run
+            steps = np.arange(1, count)  # host
+            rest = first + (total - first) * (steps - per_run) / (count - per_run)  # host
+            shares = np.where(steps <= per_run, first * steps / per_run, rest)  # host
         cuts = np.searchsorted(cumulative, shares, side="left") + 1  # host
         bounds = [0, *sorted(set(int(c) for c in np.clip(cuts, 1, n - 1))), n]  # host
         return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
@@ -70,16 +84,17 @@ def gradient_blocks(
     budget: int,
     n_threads: int = 1,
     min_share: int = 0,
+    lead: int = 0,
 ) -> list[tuple[int, int]]:  # host
     """A structured gradient's sample blocks: :func:`sample_blocks` of
     :func:`per_sample_bytes`, first from the bound without a sort (0.7 ms of a
     100-image batch, before the threads start), exact only where the bound
     gives more blocks than threads (larger blocks run faster)."""
     bound = per_sample_bytes(x, spans, sizes, itemsize, max_terms, exact=False)
-    blocks = sample_blocks(bound, budget, n_threads, min_share)
+    blocks = sample_blocks(bound, budget, n_threads, min_share, lead)
     if len(blocks) > n_threads:
         exact = per_sample_bytes(x, spans, sizes, itemsize, max_terms)
-        blocks = sample_blocks(exact, budget, n_threads, min_share)
+        blocks = sample_blocks(exact, budget, n_threads, min_share, lead)
     return blocks
 
 
@@ -87,7 +102,7 @@ def thread_shares(
     blocks: list[tuple[int, int]], n_threads: int, *, row_bytes: int = 0, max_bytes: int = 0
 ) -> list[tuple[int, int, list]]:
     """The blocks grouped into runs of consecutive blocks, one run per thread
-    (the runs of :func:`sample_blocks`' equal shares are equal): ``(start,
+    (the runs of :func:`sample_blocks`' shares are equal but the first): ``(start,
     stop, bounds)``, the run's samples and its blocks' bounds counted from
     ``start``. A thread computes its run's blocks one after another and adds
     them in order; the runs are added in order. With ``max_bytes``, a run's

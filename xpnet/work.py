@@ -87,7 +87,7 @@ class Context:
         if self.n_threads <= 1 or len(tasks) <= 1:
             return [task() for task in tasks]
         results = [None] * len(tasks)
-        pending = iter(range(len(tasks)))
+        pending = iter(range(1, len(tasks)))  # the first is the calling thread's
         lock = threading.Lock()
 
         def work():
@@ -99,9 +99,11 @@ class Context:
                 results[index] = tasks[index]()
 
         # the calling thread works too: its core is busy, so the scheduler wakes
-        # the pool's threads on the other cores at once
+        # the pool's threads on the other cores at once; it takes the first task,
+        # which a plan may make the largest (the others start later)
         workers = min(self.n_threads, len(tasks)) - 1
         futures = _POOL.submit(work, workers)
+        results[0] = tasks[0]()
         work()
         for future in futures:
             # a helper that has not started finds nothing left to do: not waited
