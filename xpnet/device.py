@@ -226,34 +226,39 @@ class _BlasLimit:
     def __init__(self):
         self.lock = threading.Lock()
         self.depth = 0
-        self.limiter = None  # threadpoolctl's, while depth > 0
-        self.controller = None  # made on first use (after NumPy's BLAS loaded)
+        self.libraries = None  # threadpoolctl's BLAS controllers, found on first use
+        self.changed: list = []  # (library, its own count) set to 1, while depth > 0
 
     def enter(self):
         with self.lock:
             if self.depth == 0:
-                if self.controller is None:
+                if self.libraries is None:  # after NumPy's BLAS loaded
                     from threadpoolctl import ThreadpoolController
 
-                    self.controller = ThreadpoolController()
-                self.limiter = _uncontrolled(
-                    lambda: self.controller.limit(limits=1, user_api="blas")
-                )
+                    found = ThreadpoolController().lib_controllers
+                    self.libraries = [lib for lib in found if lib.user_api == "blas"]
+                # each library asked and set directly: threadpoolctl's limit()
+                # gathers every library's whole info twice a call (0.13 ms with
+                # cold caches, as a gradient after other work finds them)
+                counts = [(lib, lib.get_num_threads()) for lib in self.libraries]
+                self.changed = [(lib, n) for lib, n in counts if n is not None and n != 1]
+                if self.changed:
+                    _uncontrolled(lambda: [lib.set_num_threads(1) for lib, _ in self.changed])
             self.depth += 1
 
     def leave(self):
         with self.lock:
             self.depth -= 1
-            if self.depth == 0:
-                _uncontrolled(self.limiter.restore_original_limits)
-                self.limiter = None
+            if self.depth == 0 and self.changed:
+                changed, self.changed = self.changed, []
+                _uncontrolled(lambda: [lib.set_num_threads(n) for lib, n in changed])
 
     def forked(self):
         """In a forked child: no thread is inside any more (the BLAS count stays
         as the fork left it); the lock may have been held by one that is gone."""
         self.lock = threading.Lock()
         self.depth = 0
-        self.limiter = None
+        self.changed = []
 
 
 def _uncontrolled(change):

@@ -231,11 +231,11 @@ class MultiLayerNet:
         """``[(W1, b1), ...]`` of the current ``params``, on this backend, with
         shapes and values checked (one transfer for all of them)."""
         xp = self.xp
-        layers, finite = [], []
+        layers, finite, shapes = [], [], self.param_shapes()
         for name_w, name_b in _names(self.n_layers):
             pair = []
             for name in (name_w, name_b):
-                shape = self.param_shapes()[name]
+                shape = shapes[name]
                 if name not in self.params:
                     raise KeyError(f"params is missing {name!r}")
                 value = self.backend.asarray(self.params[name], name=f"params[{name!r}]")
