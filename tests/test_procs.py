@@ -171,6 +171,39 @@ def test_the_gradient_in_helpers_equals_the_one_on_threads(pool, monkeypatch):
     assert seen == [3, 3]  # three blocks, two of them in helpers, each time
 
 
+def test_the_callers_larger_block_changes_the_gradient_only_by_rounding(pool, monkeypatch):
+    """The caller's block leads the helper's by the hand-off (here capped at a
+    quarter of a share: 22 or 23 samples of 40 against 20 without the lead);
+    the gradient equals the one-thread gradient to rounding (blocks evaluate
+    the forward pass on fewer rows: ~1e-10 relative, as in
+    tests/test_structured.py) and the book's loop to the loop's own accuracy."""
+    import xpnet.structured as structured
+
+    monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)
+    net = xpnet.MultiLayerNet(20, [6], 3, "sigmoid", seed=0)
+    rng = np.random.default_rng(3)
+    x, t = rng.random((40, 20)), rng.integers(0, 3, 40)
+    blocks, real_blocks = [], structured.budget.gradient_blocks
+    monkeypatch.setattr(
+        structured.budget,
+        "gradient_blocks",
+        lambda *a: blocks.append(real_blocks(*a)) or blocks[-1],
+    )
+    assert procs.helpers(1, wait=True) == 1
+    led = net.numerical_gradient(x, t, n_threads=2)
+    assert blocks[-1] in ([(0, 22), (22, 40)], [(0, 23), (23, 40)])
+    monkeypatch.setattr(structured, "_HANDOFF_BYTES", 0)
+    even = net.numerical_gradient(x, t, n_threads=2)
+    assert blocks[-1] == [(0, 20), (20, 40)]
+    one = net.numerical_gradient(x, t, n_threads=1)
+    loop = net.numerical_gradient(x, t, method="loop")
+    for name in one:
+        scale = np.max(np.abs(one[name]))
+        assert np.max(np.abs(led[name] - one[name])) <= 1e-9 * scale
+        assert np.max(np.abs(even[name] - one[name])) <= 1e-9 * scale
+        assert np.linalg.norm(led[name] - loop[name]) <= 1e-8 * np.linalg.norm(loop[name])
+
+
 def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, monkeypatch):
     """Blocks that a small memory budget makes: each core takes a run of them
     (one part per helper, no round trip per block), the same bits as on
