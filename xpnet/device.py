@@ -223,10 +223,10 @@ class _BlasLimit:
     made with no thread in control before or after it (its documented
     ``OpenBLASController.clear_controlling_thread(force=True)``)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.depth = 0
-        self.libraries = None  # threadpoolctl's BLAS controllers, found on first use
+        self.libraries: list | None = None  # threadpoolctl's BLAS controllers, found on first use
         self.changed: list = []  # (library, its own count) set to 1, while depth > 0
 
     def enter(self):
