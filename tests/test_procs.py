@@ -172,8 +172,8 @@ def test_the_gradient_in_helpers_equals_the_one_on_threads(pool, monkeypatch):
 
 
 def test_the_callers_larger_block_changes_the_gradient_only_by_rounding(pool, monkeypatch):
-    """The caller's block leads the helper's by the hand-off (here capped at a
-    quarter of a share: 22 or 23 samples of 40 against 20 without the lead);
+    """On two cores the caller's block leads the helper's by the hand-off (here
+    capped at a quarter of a share: 22 or 23 samples of 40 against 20 without);
     the gradient equals the one-thread gradient to rounding (blocks evaluate
     the forward pass on fewer rows: ~1e-10 relative, as in
     tests/test_structured.py) and the book's loop to the loop's own accuracy."""
@@ -189,9 +189,12 @@ def test_the_callers_larger_block_changes_the_gradient_only_by_rounding(pool, mo
         "gradient_blocks",
         lambda *a: blocks.append(real_blocks(*a)) or blocks[-1],
     )
-    assert procs.helpers(1, wait=True) == 1
+    assert procs.helpers(2, wait=True) == 2
     led = net.numerical_gradient(x, t, n_threads=2)
     assert blocks[-1] in ([(0, 22), (22, 40)], [(0, 23), (23, 40)])
+    # with two helpers the caller hands out both runs before its own: no lead
+    net.numerical_gradient(x, t, n_threads=3)
+    assert len(blocks[-1]) == 3 and {b - a for a, b in blocks[-1]} <= {13, 14}
     monkeypatch.setattr(structured, "_HANDOFF_BYTES", 0)
     even = net.numerical_gradient(x, t, n_threads=2)
     assert blocks[-1] == [(0, 20), (20, 40)]

@@ -43,7 +43,7 @@ Rules of this module:
   on the host, large on a GPU), a chunk that runs out of memory retried as two
   halves; on NumPy each of ``n_threads`` takes a run of consecutive sample
   blocks, in helper processes or on threads (:mod:`xpnet.work`, :mod:`xpnet.procs`);
-  the caller's run is the larger by the others' hand-off lag (``_HANDOFF_BYTES``).
+  with one helper the caller's run is the larger by its hand-off lag.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ _TEMPORARIES = 6
 _LIVE = 5
 # the least work (in the per-sample byte estimate; ~4 ms here) worth a thread
 _THREAD_SHARE_BYTES = 4 * 2**20
-# how much more of that estimate the caller's run takes than a helper's (its
-# hand-off lag; the best cuts measured here: ~5 MiB, docs/numerical-gradient.md)
+# the caller's run's lead over one helper's (its hand-off lag; with more helpers
+# none: the caller hands out every run first; docs/numerical-gradient.md)
 _HANDOFF_BYTES = 5 * 2**20
 
 
@@ -192,7 +192,7 @@ def _thread_shares(ctx, x_host, spans, max_bytes):  # host
         limit = min(limit, HOST_BLOCK_BYTES)
     item = ctx.itemsize if ctx.central else ctx.itemsize // 2  # the real dtype's
     planned = (x_host, spans, ctx.spec.sizes, item, series.MAX_TERMS, limit)
-    lead = _HANDOFF_BYTES if ctx.host else 0
+    lead = _HANDOFF_BYTES if ctx.host and ctx.n_threads == 2 else 0
     blocks = budget.gradient_blocks(*planned, ctx.n_threads, _THREAD_SHARE_BYTES, lead)
     row_bytes = x_host.shape[1] * x_host.itemsize
     return budget.thread_shares(blocks, ctx.n_threads, row_bytes=row_bytes, max_bytes=limit)
