@@ -20,9 +20,8 @@ import os
 import threading
 
 import array_api_compat
-import numpy as np  # host: the namespace of plain host code
 
-from .backend import is_numpy
+from .backend import host_namespace, is_numpy
 from .checks import positive_int
 
 __all__ = [
@@ -171,7 +170,7 @@ def track_peak_memory(xp, device, fn):
     (NumPy reports its buffers to it). Other backends: None.
     """
     if xp is None:  # plain host code
-        xp = array_api_compat.array_namespace(np.empty(0))  # host
+        xp = host_namespace()
     if array_api_compat.is_cupy_namespace(xp):
         peak = _CupyPeak().hook
         with peak:
