@@ -121,7 +121,7 @@ class Context:
         plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in ("xp", "spec", "steps", "real", "work", "oom"):
             del plain[name]
-        spec_fields = (spec.sizes, spec.activation, spec.output, spec.weight_decay)
+        spec_fields = tuple(getattr(spec, f.name) for f in dataclasses.fields(spec))
         return (_unpickled, (spec_fields, self.steps.tolist(), info.name, info.complex_name, plain))
 
     def map(self, function, common, parts):
