@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xpnet"
 
 TIERS = {
     1: ["dtypes", "io", "idx", "functions", "series", "plan", "budget", "book"],
-    2: ["backend", "checks", "device", "procs", "timing", "datasets", "rundir", "plots",
+    2: ["backend", "checks", "device", "shm", "procs", "timing", "datasets", "rundir", "plots",
         "progress"],
     3: ["heads", "model", "optimizers", "metrics", "netfile", "checkpoint", "history"],
     4: ["gradient", "work", "hidden", "structured", "numerical", "cluster", "distributed",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet import checks, functions, procs
+from xpnet import checks, functions, procs, shm
 
 pytestmark = pytest.mark.skipif(
     not (hasattr(os, "memfd_create") and os.sys.platform == "linux"),
@@ -45,14 +45,24 @@ def test_results_come_back_in_order_from_another_process(pool):
 
 def test_arrays_larger_than_the_first_memory_grow_it(pool):
     assert procs.helpers(1, wait=True) == 1
-    rows = 3 * procs._FIRST_BYTES // (8 * 4)  # 3 MiB of float64 (rows, 4)
+    rows = 3 * shm.FIRST_BYTES // (8 * 4)  # 3 MiB of float64 (rows, 4)
     rng = np.random.default_rng(0)
     y = functions.softmax(rng.standard_normal((rows, 4)))
     labels = [(rng.integers(0, 4, rows),) for _ in range(2)]
     got = list(procs.run(functions.cross_entropy_error, (y,), labels, 1))
     for (t,), loss in zip(labels, got, strict=True):
         assert float(loss) == float(functions.cross_entropy_error(y, t))
-    assert pool.shared.size >= y.nbytes > procs._FIRST_BYTES
+    assert pool.shared.size >= y.nbytes > shm.FIRST_BYTES
+
+
+def test_a_helper_keeps_the_common_arguments_but_takes_their_new_values(pool):
+    assert procs.helpers(1, wait=True) == 1
+    rng = np.random.default_rng(1)
+    labels = [(rng.integers(0, 4, 50),) for _ in range(2)]
+    for _ in range(3):  # the same shapes each call: the helper keeps what it unpickled
+        y = functions.softmax(rng.standard_normal((50, 4)))
+        got = list(procs.run(functions.cross_entropy_error, (y,), labels, 1))
+        assert float(got[1]) == float(functions.cross_entropy_error(y, labels[1][0]))
 
 
 def _add_first(array, value):  # not of xpnet: refused

@@ -17,11 +17,12 @@ Rules of this module:
   first time helpers are asked for and used once it has imported xpnet; until
   then callers use threads. Helpers are kept for the process's life and told to
   stop at exit or by :func:`stop` (they also stop when their pipe closes).
-* Arrays travel through shared memory (one ``memfd`` per helper and one shared
-  by all, mapped by both sides), never through the pipe: objects are pickled
-  with their arrays' buffers out of band (protocol 5), the buffers copied into
-  the shared memory, and the pipe carries only the small pickle. What a helper
-  returns is copied out before the next call reuses the memory.
+* Arrays travel through shared memory (:mod:`xpnet.shm`: one ``memfd`` per
+  helper and one shared by all, mapped by both sides), never through the
+  pipe. What a helper returns is copied out before the next call reuses the
+  memory. A helper keeps the arguments common to a call's parts while the same
+  pickle comes again (their arrays view the shared memory, which holds the new
+  values): a function run in helpers never changes its arguments.
 * A helper runs only functions of xpnet named ``"module:function"``, with BLAS at
   one thread and ``$XPNET_NUM_THREADS=1`` (no helpers of its own), SIGINT
   ignored (a Ctrl-C is the caller's). A helper that fails or dies is dropped and
@@ -35,89 +36,28 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
-import mmap
 import os
-import pickle
 import select
 import signal
 import subprocess
 import sys
 import threading
 
+from .shm import FIRST_BYTES, Memory, copied, read_message, write_message
+
 __all__ = ["PARALLEL_VARIABLE", "helpers", "run", "stop"]
 
 #: Environment variable: ``threads`` keeps host work on threads (no helper processes).
 PARALLEL_VARIABLE = "XPNET_PARALLEL"
 
-_ALIGN = 64  # bytes: every buffer starts on a cache line
-_FIRST_BYTES = 1 << 20
 _MAX_FAILURES = 3
-
-
-class _Memory:
-    """A shared memory file (``memfd``) and this side's mapping of it, grown on
-    demand (the other side remaps when told the new size)."""
-
-    def __init__(self, fd: int, size: int):
-        self.fd = fd
-        self.size = size
-        self.map = mmap.mmap(fd, size)
-
-    @classmethod
-    def create(cls, name: str) -> _Memory:
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        os.ftruncate(fd, _FIRST_BYTES)
-        return cls(fd, _FIRST_BYTES)
-
-    def remap(self, size: int):
-        """Map ``size`` bytes (the file is at least that large)."""
-        if size != self.size:
-            # the old mapping stays open while arrays view it (it goes with them)
-            self.map = mmap.mmap(self.fd, size)
-            self.size = size
-
-    def grow(self, size: int):
-        if size > self.size:
-            size = max(size, 2 * self.size)
-            os.ftruncate(self.fd, size)
-            self.remap(size)
-
-    def put(self, obj, start: int = 0):
-        """Pickle ``obj`` with its buffers placed from ``start``: ``(pickle,
-        [(offset, length)], end)``."""
-        buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-        raws = [buffer.raw() for buffer in buffers]
-        places, end = [], start
-        for raw in raws:
-            end = -(-end // _ALIGN) * _ALIGN
-            places.append((end, raw.nbytes))
-            end += raw.nbytes
-        self.grow(end)
-        view = memoryview(self.map)
-        for raw, (offset, length) in zip(raws, places, strict=True):
-            view[offset : offset + length] = raw
-        return data, places, end
-
-    def get(self, data: bytes, places):
-        """The object of :meth:`put`, its arrays viewing this memory."""
-        view = memoryview(self.map)
-        return pickle.loads(data, buffers=[view[o : o + n] for o, n in places])
-
-
-def _copied(obj):
-    """``obj`` with every NumPy array in it copied (out of the shared memory)."""
-    if isinstance(obj, list | tuple):
-        return type(obj)(_copied(item) for item in obj)
-    copy = getattr(obj, "copy", None)
-    return copy() if callable(copy) and hasattr(obj, "__array_interface__") else obj
 
 
 class _Helper:
     """One helper process, its pipes and its shared memory."""
 
-    def __init__(self, shared: _Memory):
-        self.memory = _Memory.create("xpnet-helper")
+    def __init__(self, shared: Memory):
+        self.memory = Memory.create("xpnet-helper")
         to_read, self.to_write = os.pipe()
         self.from_read, from_write = os.pipe()
         env = dict(os.environ)
@@ -188,31 +128,12 @@ class _Helper:
                 os.close(fd)
 
 
-def _write_message(stream, message):
-    data = pickle.dumps(message, protocol=5)
-    view = memoryview(len(data).to_bytes(8, "little") + data)
-    while view:  # an unbuffered stream may take part of it
-        view = view[stream.write(view) :]
-    stream.flush()
-
-
-def _read_message(stream):
-    header = stream.read(8)
-    if len(header) < 8:
-        raise EOFError("the helper process ended")
-    size = int.from_bytes(header, "little")
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("the helper process ended")
-    return pickle.loads(data)
-
-
 class _Pool:
     """The kept helpers (started on demand), and the memory they all share."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.shared: _Memory | None = None
+        self.shared: Memory | None = None
         self.helpers: list[_Helper] = []
         self.failures = 0  # helpers that ended before they were ready
 
@@ -225,7 +146,7 @@ class _Pool:
             return
         try:
             if self.shared is None:
-                self.shared = _Memory.create("xpnet-shared")
+                self.shared = Memory.create("xpnet-shared")
             while len(self.helpers) < count:
                 self.helpers.append(_Helper(self.shared))
         except (OSError, ValueError, subprocess.SubprocessError):
@@ -328,7 +249,7 @@ def run(function, common, parts, count):
         A module-level function of xpnet (found by name in the helpers).
     common : tuple
         Arguments shared by every part (sent once per call); picklable, arrays
-        NumPy.
+        NumPy; ``function`` must not change them (a helper keeps them).
     parts : list of tuple
         Each part's own arguments.
     count : int
@@ -391,7 +312,7 @@ def _send(helper, common_message, part) -> bool:
     """Whether ``part`` went to ``helper`` (a helper that cannot take it is dropped)."""
     data, places, end = helper.memory.put(part)
     try:
-        _write_message(helper.writer, (*common_message, helper.memory.size, data, places, end))
+        write_message(helper.writer, (*common_message, helper.memory.size, data, places, end))
         return True
     except OSError:
         helper.stop(kill=True)
@@ -401,7 +322,7 @@ def _send(helper, common_message, part) -> bool:
 def _receive(helper):
     """The helper's result (copied out of its memory), or _FAILED (it is dropped)."""
     try:
-        status, *reply = _read_message(helper.reader)
+        status, *reply = read_message(helper.reader)
     except (OSError, EOFError):
         status = "ended"
     if status != "ok":  # computed again here (which raises the error, if it is one)
@@ -409,7 +330,7 @@ def _receive(helper):
         return _FAILED
     size, data, places = reply
     helper.memory.remap(size)
-    return _copied(helper.memory.get(data, places))
+    return copied(helper.memory.get(data, places))
 
 
 def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragma: no cover
@@ -421,16 +342,16 @@ def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragm
     from xpnet.device import tune_host_allocator
 
     tune_host_allocator()  # as in the caller: freed blocks kept for reuse
-    shared, own = _Memory(shared_fd, _FIRST_BYTES), _Memory(own_fd, _FIRST_BYTES)
+    shared, own = Memory(shared_fd, FIRST_BYTES), Memory(own_fd, FIRST_BYTES)
     try:
         writer.write(b"R")
         while True:
-            _serve_one(_read_message(reader), shared, own, writer)
+            _serve_one(read_message(reader), shared, own, writer)
     except (BrokenPipeError, EOFError):  # the caller closed the pipe or is gone
         return
 
 
-def _serve_one(message, shared: _Memory, own: _Memory, writer):  # pragma: no cover
+def _serve_one(message, shared: Memory, own: Memory, writer):  # pragma: no cover
     """Run one message's function in a helper and write the reply."""
     _kind, name, shared_size, common_data, common_places, *own_message = message
     own_size, data, places, end = own_message
@@ -441,10 +362,10 @@ def _serve_one(message, shared: _Memory, own: _Memory, writer):  # pragma: no co
         function = getattr(importlib.import_module(module), qualname)
         shared.remap(shared_size)
         own.remap(own_size)
-        result = function(*shared.get(common_data, common_places), *own.get(data, places))
+        result = function(*shared.get_kept(common_data, common_places), *own.get(data, places))
         data, places, _ = own.put(result, start=end)
         reply = ("ok", own.size, data, places)
     except Exception as exc:  # the caller computes it again and reports
         reply = ("error", f"{type(exc).__name__}: {exc}")
     del result
-    _write_message(writer, reply)
+    write_message(writer, reply)
