@@ -50,20 +50,25 @@ def sample_blocks(
         n_threads = max(1, min(n_threads, int(cumulative[-1] // min_share)))
     if n_threads > 1 and n:
         # equal shares of the total: cut where the cumulative bytes pass each share
+        # (the few shares in Python: NumPy calls on tiny arrays cost ~10 us each
+        # with cold caches, here before any helper can start)
         total = float(cumulative[-1])
         count = n_threads * max(1, math.ceil(total / max(1, budget) / n_threads))
         count = min(count, n)
-        shares = total * np.arange(1, count) / count  # host
+        shares = [total * k / count for k in range(1, count)]
         per_run = count // n_threads
         if lead > 0 and count % n_threads == 0:  # the caller's run first, the rest equal
             room = (per_run * budget * n_threads - total) / (n_threads - 1)
             ahead = max(0.0, min(lead, total / n_threads / 4, room))
             first = (total + (n_threads - 1) * ahead) / n_threads  # the caller's run
-            steps = np.arange(1, count)  # host
-            rest = first + (total - first) * (steps - per_run) / (count - per_run)  # host
-            shares = np.where(steps <= per_run, first * steps / per_run, rest)  # host
-        cuts = np.searchsorted(cumulative, shares, side="left") + 1  # host
-        bounds = [0, *sorted(set(int(c) for c in np.clip(cuts, 1, n - 1))), n]  # host
+            shares = [
+                first * k / per_run
+                if k <= per_run
+                else first + (total - first) * (k - per_run) / (count - per_run)
+                for k in range(1, count)
+            ]
+        cuts = np.searchsorted(cumulative, shares, side="left").tolist()  # host
+        bounds = [0, *sorted({min(max(c + 1, 1), n - 1) for c in cuts}), n]
         return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     blocks, start, n = [], 0, per_sample.shape[0]
     while start < n:
