@@ -126,7 +126,7 @@ def _summed(sums, values):
     parts = []
     for lo, hi, width, offset in sums.chunks:
         index = sums.index[offset : offset + (hi - lo) * width]
-        parts.append(values[index].reshape(hi - lo, width, -1).sum(axis=1))
+        parts.append(values[index].reshape(width, hi - lo, -1).sum(axis=0))
     rows = np.concatenate(parts)
     return rows if sums.inverse is None else rows[sums.inverse]
 
@@ -163,7 +163,7 @@ def test_input_sums_keep_the_inputs_order_of_the_samples():
     for lo, hi, width, offset in sums.chunks:
         for f in range(hi - lo):
             feature = int(np.nonzero(sums.inverse == lo + f)[0][0])
-            got = sums.index[offset + f * width : offset + (f + 1) * width]
+            got = sums.index[offset + f : offset + (hi - lo) * width : hi - lo]
             nonzero = [int(pairs.index[n, feature]) for n in range(4) if z[n, feature] != 0]
             assert list(got[: len(nonzero)]) == nonzero
             assert all(k == pairs.count - 1 for k in got[len(nonzero) :])

@@ -240,6 +240,32 @@ def test_out_of_memory_retries_only_the_failing_chunk(backend, monkeypatch, hidd
         xp_assert_close(got[name], expected[name], rtol=1e-13, backend=backend, err_msg=name)
 
 
+@pytest.mark.parametrize("hidden", [[7], [6, 5]], ids=["2-layer", "3-layer"])
+def test_input_sums_out_of_memory_sum_half_a_chunk_of_features(backend, monkeypatch, hidden):
+    net = make_multi(backend, (30, *hidden, 4), activation="sigmoid")
+    x, t = make_batch(9, 30, 4, seed=6)
+    expected = net.numerical_gradient(x, t, max_bytes=2**22, n_threads=1)
+    real_in_pieces, halves = xpnet.work.Context.in_pieces, []
+
+    def flaky_in_pieces(self, bounds, compute):
+        if compute.__name__ != "chunk_sums":  # the input sums' chunks of features
+            return real_in_pieces(self, bounds, compute)
+
+        def flaky(lo, hi):
+            if hi - lo > 1:
+                raise MemoryError("simulated: chunk does not fit")
+            halves.append((lo, hi))
+            return compute(lo, hi)
+
+        return real_in_pieces(self, bounds, flaky)
+
+    monkeypatch.setattr(xpnet.work.Context, "in_pieces", flaky_in_pieces)
+    got = net.numerical_gradient(x, t, max_bytes=2**22, n_threads=1)
+    assert len(halves) >= 30 + len(hidden) - 1  # one feature at a time
+    for name in expected:
+        xp_assert_close(got[name], expected[name], rtol=1e-13, backend=backend, err_msg=name)
+
+
 def test_out_of_memory_with_nothing_left_to_halve_propagates(monkeypatch):
 
     def broken(*args):

@@ -125,22 +125,25 @@ def _input_sums(ctx, sums, values, n_units):
     dev = device_of(values)
     index = xp.asarray(sums.index, device=dev)  # planned on the host
     starts = [lo for lo, _, _, _ in sums.chunks]
-    # NumPy sums over a middle axis one (feature, unit) at a time, strided; a
-    # product with a row of ones adds whole rows (1.4 against 0.3 ms per book's
-    # gradient); other backends sum as fast, in one operation
+    # NumPy adds rows fastest as a product with a row of ones (its sum over an
+    # axis goes one row at a time, or strided); other backends sum as fast
     ones = None
     if ctx.host and sums.chunks:
         widest = max(width for _, _, width, _ in sums.chunks)
         ones = xp.ones((1, widest), dtype=values.dtype, device=dev)
 
     def chunk_sums(lo, hi):  # features lo:hi of one chunk (or of a half of one)
-        lo_c, _, width, offset = sums.chunks[bisect.bisect_right(starts, lo) - 1]
-        start = offset + (lo - lo_c) * width
-        gathered = xp.take(values, ctx.part(index, start, start + (hi - lo) * width), axis=0)
-        gathered = xp.reshape(gathered, (hi - lo, width, n_units))
+        lo_c, hi_c, width, offset = sums.chunks[bisect.bisect_right(starts, lo) - 1]
+        where = ctx.part(index, offset, offset + (hi_c - lo_c) * width)  # (width, hi_c - lo_c)
+        if (lo, hi) != (lo_c, hi_c):  # a half of a chunk: its features' inputs
+            where = xp.reshape(
+                xp.reshape(where, (width, hi_c - lo_c))[:, lo - lo_c : hi - lo_c], (-1,)
+            )
+        gathered = xp.take(values, where, axis=0)  # the k-th inputs of each feature side by side
         if ones is None:
-            return xp.sum(gathered, axis=1)
-        return xp.reshape(xp.matmul(ones[:, :width], gathered), (hi - lo, n_units))
+            return xp.sum(xp.reshape(gathered, (width, hi - lo, n_units)), axis=0)
+        rows = xp.matmul(ones[:, :width], xp.reshape(gathered, (width, (hi - lo) * n_units)))
+        return xp.reshape(rows, (hi - lo, n_units))
 
     rows = ctx.in_pieces([(lo, hi) for lo, hi, _, _ in sums.chunks], chunk_sums)
     if sums.inverse is None:

@@ -171,11 +171,15 @@ class InputSums:
     is the same), the features fewest non-zero inputs first, and a chunk sums
     as many per feature as its last feature has (at least 1).
 
+    A chunk's pairs lie input-major, ``(w, hi - lo)``: the sum over inputs adds
+    whole rows of ``(hi - lo) * J`` results (NumPy: one matrix-vector product
+    per chunk; one per feature cost 0.15 ms more per book's block).
+
     Attributes
     ----------
     index : ndarray (K,) int64
         The pairs to sum, chunk after chunk: in a chunk ``(lo, hi, w, offset)``
-        its ``f``-th feature's ``w`` from ``offset + f * w`` on.
+        the ``k``-th input of its ``f``-th feature at ``offset + k * (hi - lo) + f``.
     chunks : list of (lo, hi, width, offset)
     inverse : ndarray (F,) int64 or None
         Where each feature's row lies among the chunks' rows; None: in order.
@@ -191,11 +195,14 @@ def input_sums(pairs: Pairs, row_bytes: int, chunk_bytes: int) -> InputSums:  # 
     gathered rows, ``row_bytes`` each, within ``chunk_bytes``."""
     n_samples, n_features = pairs.index.shape
     rows = max(1, chunk_bytes // max(1, row_bytes))  # gathered rows per chunk
-    by_feature = np.ascontiguousarray(pairs.index.T)  # host (F, N)
     if n_features * n_samples <= rows or n_samples <= 1:  # one chunk, or nothing to skip
         plain = chunks(n_features, max(1, rows // max(1, n_samples)))
         laid_out = [(lo, hi, n_samples, lo * n_samples) for lo, hi in plain]
-        return InputSums(by_feature.reshape(-1), laid_out, None)
+        if len(plain) == 1:  # (N, F) is input-major as it is
+            return InputSums(pairs.index.reshape(-1), laid_out, None)
+        parts = [pairs.index[:, lo:hi].reshape(-1) for lo, hi in plain]
+        return InputSums(np.concatenate(parts), laid_out, None)  # host
+    by_feature = np.ascontiguousarray(pairs.index.T)  # host (F, N)
     zero_pair = pairs.count - 1  # the pair of value 0
     nonzero = by_feature != zero_pair  # host
     counts = np.count_nonzero(nonzero, axis=1)  # host: non-zero inputs per feature
@@ -215,7 +222,7 @@ def input_sums(pairs: Pairs, row_bytes: int, chunk_bytes: int) -> InputSums:  # 
         hi = lo + max(1, int(np.searchsorted(cost, rows, side="right")))  # host
         offset = sum((b - a) * w for a, b, w, _ in laid_out)
         laid_out.append((lo, hi, int(widths[hi - 1]), offset))
-        parts.append(laid[lo:hi, : int(widths[hi - 1])].reshape(-1))
+        parts.append(laid[lo:hi, : int(widths[hi - 1])].T.reshape(-1))  # input-major
         lo = hi
     inverse = np.empty_like(order)  # host
     inverse[order] = np.arange(n_features)  # host
