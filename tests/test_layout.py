@@ -10,7 +10,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xpnet"
 
 TIERS = {
-    1: ["dtypes", "io", "idx", "functions", "series", "plan", "budget", "book"],
+    1: ["dtypes", "io", "idx", "functions", "series", "pairs", "plan", "budget", "book"],
     2: ["backend", "checks", "device", "shm", "procs", "timing", "datasets", "rundir", "plots",
         "progress"],
     3: ["heads", "model", "optimizers", "metrics", "netfile", "checkpoint", "history"],

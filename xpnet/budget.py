@@ -153,7 +153,7 @@ def per_sample_bytes(
     above the first), items, stored results and ``max_terms`` series
     coefficients; ``spans`` as the structured gradient's (None: a layer skipped).
 
-    ``exact``: the first layer's pairs counted as :func:`xpnet.plan.distinct_pairs`
+    ``exact``: the first layer's pairs counted as :func:`xpnet.pairs.distinct_pairs`
     will find them (a sort of ``x``); else bounded by the non-zero inputs (no
     sort; never below the exact bytes, 1.6x them on Fashion-MNIST's first layer).
     """
