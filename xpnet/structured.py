@@ -65,11 +65,7 @@ from .heads import HeadCache
 from .hidden import hidden_rows
 from .work import added_in_order, make_context
 
-__all__ = [
-    "structured_gradient",
-    "HOST_TOTAL_BYTES",
-    "HOST_CHUNK_BYTES",
-]
+__all__ = ["structured_gradient", "HOST_TOTAL_BYTES", "HOST_CHUNK_BYTES"]
 
 #: Default bound on the extra memory of one structured gradient on the host.
 HOST_TOTAL_BYTES = 256 * 2**20
@@ -151,9 +147,9 @@ def structured_gradient(
 
 
 def _run_blocks(ctx, layers, x, t, spans, max_bytes):
-    """The gradient as the sum of its sample blocks': a run of consecutive blocks
-    per thread (in helper processes or threads; :func:`xpnet.budget.thread_shares`),
-    added in order whatever finishes first."""
+    """The gradient as the sum of its sample blocks' (a run of consecutive blocks
+    per thread, in helper processes or threads; :func:`xpnet.budget.thread_shares`),
+    added in order whatever finishes first, and scaled once."""
     if ctx.host:  # else freed chunks go back to the kernel and fault in again
         tune_host_allocator()  # on one thread too: the book's net 1.4-1.6x faster
     x_host = to_numpy(x)  # host: the plan reads the inputs (one transfer from a device)
@@ -161,7 +157,8 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
     common = (replace(ctx, n_threads=1), layers, spans)
     host_rows = None if ctx.host else x_host  # on NumPy x_host is x: not sent twice
     parts = [(*_rows(ctx, (x, t, host_rows), a, b), bounds) for a, b, bounds in shares]
-    return added_in_order(ctx.map(_share_task, common, parts))
+    total = added_in_order(ctx.map(_share_task, common, parts))
+    return [None if rows is None else rows * ctx.scale for rows in total]
 
 
 def _share_task(ctx, layers, spans, x, t, x_host, bounds):

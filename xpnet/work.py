@@ -17,8 +17,9 @@ Rules of this module:
   within a byte budget (:meth:`Context.chunked`) or in planned pieces
   (:meth:`Context.in_pieces`); a chunk that runs out of memory computed as its
   two halves instead (:meth:`Context.split_on_oom`).
-* The two perturbed losses of an item are combined here, once: their scaled
-  difference, or a ratio under one log for losses ``-log(q)``.
+* The two perturbed losses of an item are combined here, once: their
+  difference, or a ratio under one log for losses ``-log(q)``, unscaled (the
+  gradient's rows are multiplied by ``scale`` once, when the blocks are added).
 * Blocks' results are added in the blocks' order (:func:`added_in_order`),
   whichever thread or process computed them: the bits depend on the blocks only.
 """
@@ -67,19 +68,21 @@ class Context:
         return 2 if self.central else 1
 
     def loss(self, moved):
-        """Perturbed losses (S, ...) -> their contribution to the gradient."""
+        """Perturbed losses (S, ...) -> their contribution to the gradient,
+        unscaled: ``L+ - L-``, or ``Im L`` (the sums of whole blocks are
+        multiplied by :attr:`scale` once, not every item)."""
         if self.central:
             plus, minus = self.xp.unstack(moved)
-            return (plus - minus) * self.scale
-        return self.xp.imag(moved[0, ...]) * self.scale
+            return plus - minus
+        return self.xp.imag(moved[0, ...])
 
     def negative_log(self, q):
         """The same for losses ``-log(q)``: ``log(q-) - log(q+)`` as one log."""
         xp = self.xp
         if self.central:
             q_plus, q_minus = xp.unstack(q)
-            return xp.log(q_minus / q_plus) * self.scale
-        return -xp.imag(xp.log(q[0, ...])) * self.scale
+            return xp.log(q_minus / q_plus)
+        return -xp.imag(xp.log(q[0, ...]))
 
     def run(self, tasks):
         """Results of ``tasks`` in order, on ``n_threads`` threads (NumPy only)."""
