@@ -119,7 +119,7 @@ def _grid_pairs(z: np.ndarray) -> Pairs | None:  # host
     table of them, counted up (the pairs' numbers) and read back per input.
 
     Why: distinct_pairs of 100 Fashion-MNIST rows took 2.0 ms, half of it the
-    rows' argsort; this took 0.9 ms (docs/benchmarks.md).
+    rows' argsort; this took 1.1 ms (docs/benchmarks.md).
     """
     n_samples = z.shape[0]
     width = _LEVELS + 1
