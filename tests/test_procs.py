@@ -28,6 +28,22 @@ def pool(monkeypatch):
     fresh.stop()
 
 
+@pytest.fixture
+def planned_blocks(monkeypatch):
+    """The sample blocks of every structured gradient from here on (the list
+    grows per gradient), planned even for a tiny net."""
+    import xpnet.structured as structured
+
+    monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)
+    blocks, real_blocks = [], structured.budget.gradient_blocks
+    monkeypatch.setattr(
+        structured.budget,
+        "gradient_blocks",
+        lambda *a: blocks.append(real_blocks(*a)) or blocks[-1],
+    )
+    return blocks
+
+
 def test_results_come_back_in_order_from_another_process(pool):
     assert procs.helpers(2, wait=True) == 2
     pids = {h.process.pid for h in pool.helpers}
@@ -181,7 +197,9 @@ def test_the_gradient_in_helpers_equals_the_one_on_threads(pool, monkeypatch):
     assert seen == [3, 3]  # three blocks, two of them in helpers, each time
 
 
-def test_the_callers_larger_block_changes_the_gradient_only_by_rounding(pool, monkeypatch):
+def test_the_callers_larger_block_changes_the_gradient_only_by_rounding(
+    pool, planned_blocks, monkeypatch
+):
     """On two cores the caller's block leads the helper's by the hand-off (here
     capped at a quarter of a share: 22 or 23 samples of 40 against 20 without);
     the gradient equals the one-thread gradient to rounding (blocks evaluate
@@ -189,16 +207,10 @@ def test_the_callers_larger_block_changes_the_gradient_only_by_rounding(pool, mo
     tests/test_structured.py) and the book's loop to the loop's own accuracy."""
     import xpnet.structured as structured
 
-    monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)
     net = xpnet.MultiLayerNet(20, [6], 3, "sigmoid", seed=0)
     rng = np.random.default_rng(3)
     x, t = rng.random((40, 20)), rng.integers(0, 3, 40)
-    blocks, real_blocks = [], structured.budget.gradient_blocks
-    monkeypatch.setattr(
-        structured.budget,
-        "gradient_blocks",
-        lambda *a: blocks.append(real_blocks(*a)) or blocks[-1],
-    )
+    blocks = planned_blocks
     assert procs.helpers(2, wait=True) == 2
     led = net.numerical_gradient(x, t, n_threads=2)
     assert blocks[-1] in ([(0, 22), (22, 40)], [(0, 23), (23, 40)])
@@ -217,7 +229,7 @@ def test_the_callers_larger_block_changes_the_gradient_only_by_rounding(pool, mo
         assert np.linalg.norm(led[name] - loop[name]) <= 1e-8 * np.linalg.norm(loop[name])
 
 
-def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, monkeypatch):
+def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, planned_blocks, monkeypatch):
     """Blocks that a small memory budget makes: each core takes a run of them
     (one part per helper, no round trip per block), the same bits as on
     threads, and the one-thread gradient to rounding (blocks evaluate the
@@ -226,17 +238,10 @@ def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, monkeypatch):
     inputs would not fit the budget is cut into shorter runs."""
     import xpnet.structured as structured
 
-    monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)
     net = xpnet.MultiLayerNet(20, [6], 3, "sigmoid", seed=0)
     rng = np.random.default_rng(2)
     x, t = rng.random((12, 20)), rng.integers(0, 3, 12)
-    blocks, parts = [], []
-    real_blocks, real_run = structured.budget.gradient_blocks, procs.run
-    monkeypatch.setattr(
-        structured.budget,
-        "gradient_blocks",
-        lambda *a: blocks.append(real_blocks(*a)) or blocks[-1],
-    )
+    blocks, parts, real_run = planned_blocks, [], procs.run
     monkeypatch.setattr(procs, "run", lambda *a: parts.append(a[2]) or real_run(*a))
     assert procs.helpers(1, wait=True) == 1
     # a block's share of the budget (half of it, less a host chunk): 1,000 bytes,
