@@ -124,7 +124,7 @@ def _grid_pairs(z: np.ndarray) -> Pairs | None:  # host
     n_samples = z.shape[0]
     width = _LEVELS + 1
     scaled = z * float(_LEVELS)  # host
-    np.rint(scaled, out=scaled)
+    np.rint(scaled, out=scaled)  # host
     if not (scaled.min() >= 0.0 and scaled.max() <= _LEVELS):  # NaN fails too
         return None
     codes = scaled.astype(np.int64)  # host

@@ -29,7 +29,7 @@ from .pairs import Pairs, distinct_pairs
 
 # the input sums' gathered rows take a quarter of a chunk's budget: written and
 # read back at once, they stay in a core's L2 cache (1 MiB chunks of the book's,
-# the deep and the Keras nets' sums ran 17-29% faster than 4 MiB ones)
+# the deep and the Keras nets' sums ran 14-24% faster than 4 MiB ones)
 _SUMS_SHARE = 4
 
 __all__ = [
