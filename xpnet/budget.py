@@ -55,7 +55,6 @@ def sample_blocks(
         total = float(cumulative[-1])
         count = n_threads * max(1, math.ceil(total / max(1, budget) / n_threads))
         count = min(count, n)
-        shares = [total * k / count for k in range(1, count)]
         per_run = count // n_threads
         if lead > 0 and count % n_threads == 0:  # the caller's run first, the rest equal
             room = (per_run * budget * n_threads - total) / (n_threads - 1)
@@ -67,6 +66,8 @@ def sample_blocks(
                 else first + (total - first) * (k - per_run) / (count - per_run)
                 for k in range(1, count)
             ]
+        else:
+            shares = [total * k / count for k in range(1, count)]
         cuts = np.searchsorted(cumulative, shares, side="left").tolist()  # host
         bounds = [0, *sorted({min(max(c + 1, 1), n - 1) for c in cuts}), n]
         return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
