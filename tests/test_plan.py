@@ -72,8 +72,9 @@ def test_every_unit_of_every_pair_has_one_place():
     z = np.array([[0.5, 1.0, 0.0], [0.25, 0.25, 0.75]])
     still = np.array([[False, True, False, False], [False, False, False, True]])
     unsafe = np.array([[False, False, True, False], [True, True, False, False]])
+    kink = np.where(unsafe, 0.0, np.inf)  # every input of an unsafe unit reaches its kink
     p = plan.layer_plan(
-        0, (0, 3), z, 4, still=still, unsafe=unsafe, terms=3,
+        0, (0, 3), z, 4, still=still, kink=kink, terms=3,
         series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
     )  # fmt: skip
     # 2 pairs of sample 0 (1 direct unit), 2 of sample 1 and the pair of value 0
@@ -99,6 +100,41 @@ def test_every_unit_of_every_pair_has_one_place():
     items = p.direct_slots[p.direct_slots < p.direct_count]
     assert sorted(items) == list(range(p.direct_count))
     assert np.all(p.direct_slots[p.direct_slots >= p.direct_count] == p.direct_count)
+
+
+def test_inputs_below_a_units_kink_take_its_series_result():
+    """A unit that the sample's larger inputs may move to a kink above is
+    evaluated directly for those pairs only; its smaller inputs' direct slots
+    take the series result of the same pair and unit (both are the loss at the
+    same step, the series exact where no kink is reached)."""
+    z = np.array([[0.5, 1.0, 0.25], [0.75, 0.0, 0.5]])
+    kink = np.array([[np.inf, 0.6, np.inf], [0.0, 0.6, np.inf]])
+    p = plan.layer_plan(
+        0, (0, 3), z, 3, kink=kink, terms=3,
+        series_item_bytes=8, direct_item_bytes=8, chunk_bytes=1024,
+    )  # fmt: skip
+    width, slots = p.series_width, p.direct_width
+    # unit 0 of sample 1 reaches at every input (kink 0): direct only, no series slot
+    assert not (p.series[1] == 0).any() and (p.series[0] == 0).any()
+    reached = {(int(u), int(j)) for u, j in zip(p.direct_pair, p.direct_unit, strict=True)}
+    for u in range(p.pairs.count):
+        n, value = p.pairs.sample[u], p.pairs.value[u]
+        for j in range(3):
+            column = p.layout[n, j]
+            if column < width:  # a series slot holding unit j
+                assert p.series[n, column] == j and abs(value) < kink[n, j]
+                continue
+            where = p.direct_slots[u * slots + column - width]
+            if abs(value) >= kink[n, j]:  # a direct item of this very pair and unit
+                assert (u, j) in reached
+                assert (p.direct_pair[where], p.direct_unit[where]) == (u, j)
+            else:  # the series result of this pair in unit j's slot
+                assert (u, j) not in reached
+                place = p.safe[where - p.direct_count]
+                assert place // width == u and p.series[n, place % width] == j
+    # pairs by value in a sample: 1.0 (pair 2) and 0.75 (pair 4) reach unit 1's
+    # kink; every pair of sample 1 reaches unit 0's, its 0 pair (5) too
+    assert reached == {(2, 1), (4, 1), (3, 0), (4, 0), (5, 0)}
 
 
 def test_without_a_series_every_moving_unit_is_a_direct_item():

@@ -479,24 +479,31 @@ def test_tiny_inputs_take_the_sigmoid_series_without_faults(backend, monkeypatch
         assert rel_error(by_series[name], by_direct[name]) <= bound, name
 
 
-def test_a_layer_with_series_and_direct_units_equals_the_loop(backend, monkeypatch):
+@pytest.mark.parametrize(
+    "sizes, h, seed",
+    [((8, 12, 8, 3), 1e-2, 0), ((8, 12, 10, 8, 3), 3e-3, 1)],  # one and two ReLU layers above
+)
+def test_a_layer_with_series_and_direct_units_equals_the_loop(backend, monkeypatch, sizes, h, seed):
     """A step large enough that some ReLU units may cross a kink above (direct
     items) while the others take the series, in one layer: each pair's series
     slots, direct slots and the 0 of its still units are put in place per unit,
-    and the gradient is the loop's at the same step."""
+    the smaller inputs of a unit that larger ones move to a kink take their
+    series results, and the gradient is the loop's at the same step."""
     import xpnet.structured as structured
 
-    net = make_multi(backend, (8, 12, 8, 3), activation="relu", seed=0)
+    net = make_multi(backend, sizes, activation="relu", seed=seed)
     x, t = make_batch(12, 8, 3, seed=3, sparsity=0.3)
     plans = []
     real = structured.hidden_rows
     monkeypatch.setattr(
         structured, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
     )
-    fast = net.numerical_gradient(x, t, h=1e-2)
-    assert any(p.series_width and p.direct_width >= 2 for p in plans)  # both, several direct
-    loop = net.numerical_gradient(x, t, h=1e-2, method="loop")
-    for name in loop:  # central differences at h = 1e-2: rounding about eps * L / h
+    fast = net.numerical_gradient(x, t, h=h)
+    assert any(p.series_width and p.direct_width for p in plans)  # both paths in one layer
+    assert max(p.direct_width for p in plans) >= 2  # several direct slots of a pair
+    assert any(p.direct_count and p.safe is not None for p in plans)  # a unit on both paths
+    loop = net.numerical_gradient(x, t, h=h, method="loop")
+    for name in loop:  # central differences at h of 1e-2: rounding about eps * L / h
         assert rel_error(fast[name], loop[name]) <= 1e-10, name
 
 

@@ -89,9 +89,13 @@ def _in_place(ctx, plan, results, pair_sample, dev):
     xp = ctx.xp
     n_pairs, n_units = plan.pairs.count, plan.n_units
     rows = [results[0]] if plan.series_width else []
-    if plan.direct_count:  # (D,) -> each pair's direct slots (U, T)
-        direct = xp.concat([results[-1], xp.zeros((1,), dtype=ctx.real, device=dev)])
-        slots = xp.take(direct, xp.asarray(plan.direct_slots, device=dev))
+    if plan.direct_width:  # [direct (D,) | safe series (E,) | 0] -> each pair's (U, T)
+        direct = [results[-1]] if plan.direct_count else []
+        if plan.safe is not None:  # items no kink reaches: their series results
+            flat = xp.reshape(results[0], (-1,))
+            direct.append(xp.take(flat, xp.asarray(plan.safe, device=dev)))
+        direct.append(xp.zeros((1,), dtype=ctx.real, device=dev))
+        slots = xp.take(xp.concat(direct), xp.asarray(plan.direct_slots, device=dev))
         rows.append(xp.reshape(slots, (n_pairs, plan.direct_width)))
     rows.append(xp.zeros((n_pairs, 1), dtype=ctx.real, device=dev))
     table = xp.concat(rows, axis=1)  # (U, S + T + 1)

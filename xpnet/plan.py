@@ -122,8 +122,10 @@ class LayerPlan:
     sample's **series slots** (``series[n, s]``, padded to the largest count over
     the samples by repeating a unit; a padded slot's result is never read), and
     the **direct items** ``(direct_pair[i], direct_unit[i])`` are evaluated one by
-    one (units whose move may cross a ReLU kink above, or every moving unit where
-    no series is exact). Units that no step moves are in neither.
+    one (a pair and unit whose move may cross a ReLU kink above, or every moving
+    unit where no series is exact). Units that no step moves are in neither. A
+    sample's units that some of its pairs move to a kink take **direct slots**;
+    its other pairs' results in them are their series results (``safe``).
 
     Attributes
     ----------
@@ -137,6 +139,10 @@ class LayerPlan:
         path, where ``terms`` is None).
     direct_pair, direct_unit : ndarray (D,) int64
         The direct items.
+    safe : ndarray (E,) int64 or None
+        The series results that direct slots take (pairs that no kink reaches
+        in a unit that others do), as places ``u * S + s`` in the series
+        results (U, S); None: none.
     layout : ndarray (N, J) int64 or None
         Where the result of unit ``j`` lies in each pair of sample ``n``'s row of
         results ``[series slots (S) | direct slots (T) | 0]``: its series slot,
@@ -145,8 +151,8 @@ class LayerPlan:
         as they are.
     direct_slots : ndarray (U * T,) int64 or None
         Each pair's direct slots (``T`` the most direct units of a sample): its
-        items in the direct results ``[direct results (D,) | 0]``, padded with
-        ``D`` (the 0). None: no direct items.
+        results in ``[direct results (D,) | safe series results (E,) | 0]``,
+        padded with ``D + E`` (the 0). None: no direct slots.
     terms : int or None
         Series terms (:mod:`xpnet.series`); None: no series path.
     series_chunk, direct_chunk : int
@@ -162,6 +168,7 @@ class LayerPlan:
     series: np.ndarray | None  # host
     direct_pair: np.ndarray  # host
     direct_unit: np.ndarray  # host
+    safe: np.ndarray | None  # host
     layout: np.ndarray | None  # host
     direct_slots: np.ndarray | None  # host
     terms: int | None
@@ -210,7 +217,7 @@ def layer_plan(
     n_units: int,
     *,
     still: np.ndarray | None = None,  # host
-    unsafe: np.ndarray | None = None,  # host
+    kink: np.ndarray | None = None,  # host
     terms: int | None,
     series_item_bytes: int,
     direct_item_bytes: int,
@@ -220,27 +227,32 @@ def layer_plan(
     """The plan of one layer below the last for one sample block.
 
     ``still`` (N, J): units that no step can move (a ReLU off by more than the
-    step reaches): skipped. ``unsafe`` (N, J): units whose move may carry a ReLU
-    above across its kink: evaluated directly. ``terms`` None: every moving unit
-    is evaluated directly. ``*_item_bytes``: what one (pair, unit) item of a
-    chunk holds on each path; ``result_itemsize``: the bytes of one result.
+    step reaches): skipped. ``kink`` (N, J): the least input magnitude whose
+    move of unit ``j`` of sample ``n`` may carry a ReLU above across its kink:
+    the pairs of at least that magnitude are evaluated directly in that unit,
+    the others take the series. ``terms`` None: every moving unit is evaluated
+    directly. ``*_item_bytes``: what one (pair, unit) item of a chunk holds on
+    each path; ``result_itemsize``: the bytes of one result.
     """
     pairs = distinct_pairs(z)
-    n_samples = z.shape[0]
-    moving = np.ones((n_samples, n_units), dtype=bool) if still is None else ~still  # host
-    if terms is None:
-        direct = moving
-    else:
-        direct = np.zeros_like(moving) if unsafe is None else unsafe & moving  # host
-    series = moving & ~direct
+    moving = np.ones((z.shape[0], n_units), dtype=bool) if still is None else ~still  # host
+    direct, series = _paths(z, moving, kink, terms)
     slots, position = None, None
-    if terms is None or not series.all():
+    if terms is None or not series.all() or direct.any():
         slots, position = series_slots(series)
     if terms is None:
         slots = None
     width = 0 if terms is None else (n_units if slots is None else int(slots.shape[1]))
     direct_pair, direct_unit = _direct_items(pairs, direct)
     layout, direct_slots = _layout(pairs, direct, position, width, len(direct_pair))
+    safe = None
+    if kink is not None and terms is not None and position is not None and len(direct_pair):
+        reaching = np.abs(pairs.value[direct_pair]) >= kink[pairs.sample[direct_pair], direct_unit]
+        if not reaching.all():  # the others take their series results
+            places = direct_pair * width + position[pairs.sample[direct_pair], direct_unit]
+            safe = places[~reaching].astype(np.int64)  # host
+            direct_slots = _renumbered(reaching)[direct_slots]
+            direct_pair, direct_unit = direct_pair[reaching], direct_unit[reaching]
     series_pair = max(1, series_item_bytes * max(1, width))
     return LayerPlan(
         layer,
@@ -250,6 +262,7 @@ def layer_plan(
         slots,
         direct_pair.astype(np.int64),  # host
         direct_unit.astype(np.int64),  # host
+        safe,
         layout,
         direct_slots,
         terms,
@@ -257,6 +270,31 @@ def layer_plan(
         max(1, chunk_bytes // max(1, direct_item_bytes)),
         input_sums(pairs, n_units * result_itemsize, chunk_bytes // _SUMS_SHARE),
     )
+
+
+def _paths(z: np.ndarray, moving: np.ndarray, kink: np.ndarray | None, terms):  # host
+    """``(direct, series)`` (N, J): the units that take direct slots and those that
+    take series slots. With ``kink``, a unit takes direct slots where the
+    sample's largest input reaches its kink, and keeps its series slot for the
+    sample's smaller inputs, unless every input reaches it (``kink <= 0``)."""
+    if terms is None:
+        return moving, np.zeros_like(moving)
+    if kink is None:
+        return np.zeros_like(moving), moving
+    largest = np.max(np.abs(z), axis=1, initial=0.0)  # host
+    direct = moving & (largest[:, None] >= kink)
+    return direct, moving & ~(direct & (kink <= 0))
+
+
+def _renumbered(reaching: np.ndarray) -> np.ndarray:  # host
+    """Where each of the items (and the 0 after them) goes once those that
+    ``reaching`` leaves out follow the others: ``[kept | left out | 0]``."""
+    order = np.empty(reaching.shape[0] + 1, dtype=np.int64)  # host
+    kept = int(np.count_nonzero(reaching))
+    order[:-1][reaching] = np.arange(kept)
+    order[:-1][~reaching] = np.arange(kept, reaching.shape[0])
+    order[-1] = reaching.shape[0]
+    return order
 
 
 def _direct_items(pairs: Pairs, direct: np.ndarray):  # host

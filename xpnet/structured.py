@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np  # host: unpacking the plan's one transfer
 from array_api_compat import array_namespace
@@ -81,6 +80,9 @@ _TEMPORARIES = 6
 # live arrays per item of a chunk of a layer below the last (measured: larger
 # chunks than this budget allows fall out of L2 and run slower)
 _LIVE = 5
+# an item whose move reaches this share of the gap to a kink above is evaluated
+# directly: the margin covers the rounding of the gap and of the move (~1e-16)
+_KINK_SHARE = 0.99
 # the least work (in the per-sample byte estimate; ~4 ms here) worth a thread
 _THREAD_SHARE_BYTES = 4 * 2**20
 # the caller's run's lead over one helper's (its hand-off lag; with more helpers
@@ -213,19 +215,9 @@ class _Facts:
     span: tuple
     inputs: object  # (N, F) the layer's inputs in the span, bias left out; None: on the host
     pre: object  # (N, J) or None: ReLU's pre-activations (the host finds those no step moves)
-    unsafe: object  # (N, J) bool or None: units whose move may cross a ReLU kink above
+    gap: object  # (N, J) or None: the least |dz| of a unit that may reach a ReLU kink above
     moves: list | None  # series of the score change (ReLU above: exact, linear)
     bound: object  # 0-d: what |dz| multiplies to bound the score change; (J, C): see below
-
-
-def _device_reach(ctx, inputs, *, with_bias: bool):
-    """``h * max |input|`` per sample of ``inputs`` (N, F) and, ``with_bias``, of
-    the bias's input 1."""
-    xp = ctx.xp
-    if not inputs.shape[1]:  # the bias's row alone
-        return xp.full((inputs.shape[0],), ctx.h, dtype=ctx.real, device=device_of(inputs))
-    reach = ctx.h * xp.max(xp.abs(inputs), axis=1)
-    return xp.maximum(reach, ctx.h) if with_bias else reach
 
 
 def _columns(z, span):
@@ -281,22 +273,15 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
     relu = spec.activation == "relu"
     above = len(layers) - 2 - layer  # hidden layers above this one
     # the inputs' reach per sample is taken on the host (from x, or the inputs sent
-    # for the plan); the device needs it only to test the ReLU layers above
+    # for the plan), which also compares it with the gaps to the kinks above
     inputs = None if layer == 0 else _columns(z[layer], span)
-    reach: Any = None
-    if relu and above > 0:
-        if layer == 0:
-            reach = planner.input_reach(x_host, span, ctx.h)  # host
-            reach = xp.asarray(reach, dtype=ctx.real, device=device_of(a[0]))
-        else:
-            reach = _device_reach(ctx, inputs, with_bias=span[1] > z[layer].shape[1])
     pre = a[layer] if relu else None  # the host finds the ReLUs no step moves
-    unsafe, moves = None, None
+    gap, moves = None, None
     if above == 0 or relu:  # the score row moves by exactly dz * V[j, :]
         if above == 0:  # the head right above: V = W, (J, C), shared by every sample
             moves = [None, layers[-1][0]]
         else:
-            moves, unsafe = _relu_moves(ctx, layers, a, layer, reach)
+            moves, gap = _relu_moves(ctx, layers, a, layer)
         # |dz (V_c - V_c')| <= |dz| * the largest spread of a row; the head's
         # weights (J, C) go to the host, which takes it (no reductions here)
         V = moves[1]
@@ -310,33 +295,40 @@ def _layer_facts(ctx, layers, a, z, layer, span, x_host) -> _Facts:
         for W, _ in layers[layer + 2 :]:
             beta = beta @ xp.abs(W)
             bound = xp.maximum(bound, xp.max(beta))
-    return _Facts(layer, span, inputs, pre, unsafe, moves, bound)
+    return _Facts(layer, span, inputs, pre, gap, moves, bound)
 
 
-def _relu_moves(ctx, layers, a, layer, reach):
+def _relu_moves(ctx, layers, a, layer):
     """ReLU layers above unit ``j`` of ``layer``: while no ReLU above crosses its
     kink, the scores move by exactly ``dz * V[n, j, :]``, ``V`` the product of
-    ``W`` rows masked by the active units. A unit is unsafe where the move of a
-    ReLU above may reach its kink: ``reach_n |V_l'[n, j, k]| >= |a_l'[n, k]|``."""
+    ``W`` rows masked by the active units. Also each unit's **gap**: the least
+    ``|dz|`` whose move may reach a kink above, ``min |a_l'[n, k]| / |V_l'[n, j,
+    k]|`` over the units ``k`` of every ReLU layer ``l'`` above (a move of
+    ``|dz|`` below it crosses none), as a product with ``1 / |V|`` (per layer,
+    not per sample, right above). ``|V|`` is taken at least ``eps^2`` and ``|a|``
+    at most ``eps^-2``: the quotient, never above its value, neither divides by
+    0 nor overflows (a smaller gap only sends more items to the direct path; a
+    unit at its kink, ``a = 0``, gives a gap of 0 even where ``V`` is 0)."""
     xp = ctx.xp
     n_samples, n_units = a[layer].shape
     widest = max(W.shape[1] for W, _ in layers[layer + 1 :])
     per_sample = max(1, n_units * widest * ctx.itemsize * _TEMPORARIES)
+    floor = ctx.eps**2
 
     def chunk(n0, n1):
         v = layers[layer + 1][0]  # (J, H): the move of a_{l+1} per unit dz
-        r = reach[n0:n1, None, None]
-        unsafe = None
+        gap = None
         for k in range(layer + 1, len(layers) - 1):
             pre = a[k][n0:n1, None, :]  # (n, 1, H)
-            crossing = xp.any((r * xp.abs(v) >= xp.abs(pre)) & (v != 0), axis=-1)
-            unsafe = crossing if unsafe is None else unsafe | crossing
+            inverse = 1.0 / xp.clip(xp.abs(v), min=floor)
+            least = xp.min(xp.clip(xp.abs(pre), max=1.0 / floor) * inverse, axis=-1)  # (n, J)
+            gap = least if gap is None else xp.minimum(gap, least)
             v = xp.where(pre > 0, v, xp.zeros_like(v)) @ layers[k + 1][0]
         v = xp.broadcast_to(v, (n1 - n0, *v.shape[-2:]))
-        return xp.concat([v, xp.astype(unsafe, v.dtype)[..., None]], axis=-1)
+        return xp.concat([v, gap[..., None]], axis=-1)
 
     both = ctx.chunked(n_samples, ctx.chunk_bytes // per_sample, chunk)
-    return [None, both[..., :-1]], both[..., -1] != 0
+    return [None, both[..., :-1]], both[..., -1]
 
 
 def _facts_on_host(ctx, facts, x_host) -> dict:
@@ -348,7 +340,7 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
     for layer, fact in facts.items():
         if fact.inputs is not None:  # the first layer's inputs are x, already on the host
             arrays.append((layer, "inputs", fact.inputs))
-        for name in ("pre", "unsafe"):
+        for name in ("pre", "gap"):
             if getattr(fact, name) is not None:
                 arrays.append((layer, name, getattr(fact, name)))
     host: dict = {}
@@ -379,6 +371,8 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
         host[(layer, "reach")] = _lip(ctx) * float(np.max(reach, initial=0.0))  # host
         if (layer, "pre") in host:  # a ReLU that no step reaches from its off side
             host[(layer, "still")] = host.pop((layer, "pre")) <= -reach[:, None]  # host
+        if (layer, "gap") in host:  # the least input whose move may reach a kink above
+            host[(layer, "kink")] = host.pop((layer, "gap")) * (_KINK_SHARE / ctx.h)  # host
     return host
 
 
@@ -397,14 +391,13 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
         # a direct item carries a row of every layer above
         direct_width = _LIVE + 3 * sum(spec.sizes[layer + 1 :])
         still = host.get((layer, "still"))
-        unsafe = host.get((layer, "unsafe"))
         plans[layer] = planner.layer_plan(
             layer,
             fact.span,
             host[(layer, "inputs")],
             spec.sizes[layer + 1],
             still=still,
-            unsafe=None if unsafe is None else unsafe != 0,
+            kink=host.get((layer, "kink")),
             terms=terms,
             series_item_bytes=step * series_width,
             direct_item_bytes=step * direct_width,
