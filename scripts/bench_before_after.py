@@ -8,6 +8,13 @@ net; synthetic MNIST-like without them). Both sides run with their own defaults
 
     git worktree add /tmp/xpnet-before 49c1adf
     OPENBLAS_NUM_THREADS=1 python scripts/bench_before_after.py --baseline-src /tmp/xpnet-before
+
+With ``--paired N`` the two sides instead run in two kept children, one
+gradient at a time in turn (which side goes first alternates), ``N`` times per
+net: on a machine whose speed drifts by the minute, each gradient's neighbour
+on the other side ran under the same load, so the median of the pairs'
+differences (now - before) and the share of pairs where now is faster are
+what to read; the sides' own medians and min-max are printed too.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ NETS = {
     "784-512-10 relu (Keras)": ([512], "relu", 128),
 }
 
+# a child: argv repeats (0: paired), seed, batch, nets (JSON), its xpnet's source
 _CHILD = """
 import json, sys, time
 import numpy as np, xpnet
@@ -50,18 +58,25 @@ try:  # the default's helper processes, ready before timing (older code has none
     procs.helpers(host_threads() - 1, wait=True)
 except ImportError:
     pass
-out = {}
+made = {}
 for name, (hidden, activation, n) in nets.items():
     x, t = batch["x"][:n], batch["t"][:n]
     net = xpnet.MultiLayerNet(784, hidden, 10, activation, 0.01, seed=seed)
     net.numerical_gradient(x, t)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        net.numerical_gradient(x, t)
-        times.append(time.perf_counter() - start)
-    out[name] = times
-print(json.dumps(out))
+    made[name] = (net, x, t)
+
+def timed(name):
+    net, x, t = made[name]
+    start = time.perf_counter()
+    net.numerical_gradient(x, t)
+    return time.perf_counter() - start
+
+if repeats:
+    print(json.dumps({name: [timed(name) for _ in range(repeats)] for name in made}))
+else:  # paired: one gradient of the net named on each line of stdin
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(timed(line.strip()), flush=True)
 """
 
 
@@ -72,6 +87,13 @@ def parse_args(argv=None):
     p.add_argument("--baseline-src", required=True, help="older xpnet checkout (a directory)")
     p.add_argument("--rounds", type=int, default=4, help="alternations of the two sides")
     p.add_argument("--repeats", type=int, default=7, help="timed gradients per child")
+    p.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        help="instead: this many gradients per side and net, one at a time in turn, "
+        "in two kept children (0: rounds of children)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights")
     p.add_argument("--nets", default=",".join(NETS), help="networks to time (comma-separated)")
     p.add_argument("--out", default="bench-out/before-after.json", help="JSON output")
@@ -90,28 +112,75 @@ def _batch(path: Path) -> Path:
     return path
 
 
+def _command(source: str, repeats: int, seed: int, batch: Path, nets: dict) -> dict:
+    """The child's command line and where it runs: from the batch's scratch
+    directory (``python -c`` puts the working directory first on sys.path, and
+    from a checkout that is its own xpnet)."""
+    argv = [sys.executable, "-c", _CHILD, str(repeats), str(seed), str(batch), json.dumps(nets)]
+    return {
+        "args": [*argv, source],
+        "cwd": batch.parent,
+        "env": dict(os.environ, PYTHONPATH=source),
+    }
+
+
 def _child(source: str, repeats: int, seed: int, batch: Path, nets: dict) -> dict:
-    env = dict(os.environ, PYTHONPATH=source)
-    # run from the batch's scratch directory: `python -c` puts the working
-    # directory first on sys.path, and from a checkout that is its own xpnet
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _CHILD,
-            str(repeats),
-            str(seed),
-            str(batch),
-            json.dumps(nets),
-            source,
-        ],
-        cwd=batch.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    command = _command(source, repeats, seed, batch, nets)
+    result = subprocess.run(**command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
+
+
+def _paired(sides: dict, count: int, seed: int, batch: Path, nets: dict) -> dict:
+    """``count`` gradients per side and net, one at a time in turn (the side that
+    goes first alternates), in one kept child per side."""
+    times: dict = {(side, net): [] for side in sides for net in nets}
+    children = {
+        side: subprocess.Popen(
+            **_command(source, 0, seed, batch, nets),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for side, source in sides.items()
+    }
+    try:
+        for side, child in children.items():
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {side} side's child did not start")
+        order = list(sides)
+        for k in range(count):
+            for net in nets:
+                for side in order if k % 2 == 0 else order[::-1]:
+                    children[side].stdin.write(net + "\n")
+                    children[side].stdin.flush()
+                    times[(side, net)].append(float(children[side].stdout.readline()))
+    finally:
+        for child in children.values():
+            child.stdin.close()  # a child ends at the end of its input
+            child.wait()
+            child.stdout.close()
+    return times
+
+
+def _pair_rows(times: dict, nets: dict) -> list[dict]:
+    """Per net, the median of the pairs' differences (now - before) and the share
+    of pairs where now was faster; printed."""
+    rows = []
+    for net in nets:
+        diffs = [a - b for a, b in zip(times[("now", net)], times[("before", net)], strict=True)]
+        row = {
+            "net": net,
+            "side": "now - before (paired)",
+            "median_diff_s": statistics.median(diffs),
+            "now_faster": sum(d < 0 for d in diffs) / len(diffs),
+            "n": len(diffs),
+        }
+        rows.append(row)
+        print(
+            f"{net:<26} paired: now - before median {row['median_diff_s'] * 1e3:+.2f} ms, "
+            f"now faster in {sum(d < 0 for d in diffs)} of {len(diffs)} pairs"
+        )
+    return rows
 
 
 def main(argv=None) -> int:
@@ -124,7 +193,9 @@ def main(argv=None) -> int:
     times = {(side, net): [] for side in sides for net in nets}
     with tempfile.TemporaryDirectory() as scratch:
         batch = _batch(Path(scratch) / "batch.npz")
-        for _ in range(args.rounds):
+        if args.paired > 0:
+            times = _paired(sides, args.paired, args.seed, batch, nets)
+        for _ in range(args.rounds if args.paired <= 0 else 0):
             for side, source in sides.items():
                 for net, values in _child(source, args.repeats, args.seed, batch, nets).items():
                     times[(side, net)] += values
@@ -143,6 +214,8 @@ def main(argv=None) -> int:
             f"{net:<26} {side:<7} median {row['median_s'] * 1e3:8.1f} ms, "
             f"min-max {row['min_s'] * 1e3:.1f}-{row['max_s'] * 1e3:.1f} ms (n={row['n']})"
         )
+    if args.paired > 0:
+        rows += _pair_rows(times, nets)
     info = machine_info([("numpy", None)])
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     out = {
