@@ -59,6 +59,24 @@ def test_results_come_back_in_order_from_another_process(pool):
     np.testing.assert_array_equal(again[3], functions.sigmoid(-parts[3][0]))
 
 
+def test_views_are_the_helpers_memory_until_the_next_result(pool):
+    """``views=True``: a helper's result is read where it lies (no copy), right
+    for a caller that reads each before asking for the next; the next round's
+    hand-off writes over it (what the copies of the default are for)."""
+    assert procs.helpers(1, wait=True) == 1
+    parts = [(np.linspace(-k, k, 500).reshape(-1, 1),) for k in range(1, 5)]
+    read, held = [], []
+    for k, result in enumerate(procs.run(functions.sigmoid, (), parts, 1, views=True)):
+        read.append(np.array(result))  # read at once
+        held.append(result)
+        np.testing.assert_array_equal(result, functions.sigmoid(parts[k][0]))
+    assert held[0].flags.owndata  # the first of a round is this process's own
+    assert not held[1].flags.owndata  # a view of the memory
+    # parts 1 and 3 went to the helper in rounds 1 and 2, through the same memory
+    np.testing.assert_array_equal(held[1], held[3])
+    assert not np.array_equal(read[1], read[3])
+
+
 def test_arrays_larger_than_the_first_memory_grow_it(pool):
     assert procs.helpers(1, wait=True) == 1
     rows = 3 * shm.FIRST_BYTES // (8 * 4)  # 3 MiB of float64 (rows, 4)
@@ -186,7 +204,7 @@ def test_the_gradient_in_helpers_equals_the_one_on_threads(pool, monkeypatch):
     assert procs.helpers(2, wait=True) == 2
     seen = []
     real_run = procs.run
-    monkeypatch.setattr(procs, "run", lambda *a: seen.append(len(a[2])) or real_run(*a))
+    monkeypatch.setattr(procs, "run", lambda *a, **k: seen.append(len(a[2])) or real_run(*a, **k))
     for method, h in (("structured", 1e-4), ("complex", 1e-20)):
         in_helpers = net.numerical_gradient(x, t, method=method, h=h, n_threads=3)
         monkeypatch.setenv(procs.PARALLEL_VARIABLE, "threads")
@@ -242,7 +260,7 @@ def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, planned_blocks,
     rng = np.random.default_rng(2)
     x, t = rng.random((12, 20)), rng.integers(0, 3, 12)
     blocks, parts, real_run = planned_blocks, [], procs.run
-    monkeypatch.setattr(procs, "run", lambda *a: parts.append(a[2]) or real_run(*a))
+    monkeypatch.setattr(procs, "run", lambda *a, **k: parts.append(a[2]) or real_run(*a, **k))
     assert procs.helpers(1, wait=True) == 1
     # a block's share of the budget (half of it, less a host chunk): 1,000 bytes,
     # under one sample's estimate (a block per sample) but room for six samples'

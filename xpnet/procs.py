@@ -238,7 +238,7 @@ def stop() -> None:
         _POOL.stop()
 
 
-def run(function, common, parts, count):
+def run(function, common, parts, count, *, views=False):
     """``function(*common, *part)`` for each of ``parts``, yielded in order, round
     by round: in each round the first part in this process, the next ones in up
     to ``count`` ready helpers at the same time (one part each).
@@ -254,6 +254,11 @@ def run(function, common, parts, count):
         Each part's own arguments.
     count : int
         The most helpers to use.
+    views : bool
+        A helper's result as it lies in its shared memory (no copy): valid only
+        until the next result is asked for, for a caller that reads each at
+        once (the next round's hand-off writes over it). The first result of
+        every round is this process's own either way.
 
     Yields
     ------
@@ -267,7 +272,7 @@ def run(function, common, parts, count):
         raise ValueError(f"function must be a module-level function of xpnet, got {name}")
     if len(parts) > 1 and count > 0 and enabled() and _POOL.lock.acquire(blocking=False):
         try:
-            yield from _remote(name, function, common, parts, min(count, len(parts) - 1))
+            yield from _remote(name, function, common, parts, min(count, len(parts) - 1), views)
         finally:
             _POOL.lock.release()
     else:
@@ -278,7 +283,7 @@ def run(function, common, parts, count):
 _FAILED = object()  # a part whose helper failed: computed again here
 
 
-def _remote(name, function, common, parts, count):
+def _remote(name, function, common, parts, count, views):
     ready = _POOL.ready(count)
     shared, common_message = _POOL.shared, None
     if ready and shared is not None:
@@ -300,7 +305,7 @@ def _remote(name, function, common, parts, count):
             for helper, _ in sent:
                 helper.stop(kill=True)
             raise
-        replies = [_receive(helper) if ok else _FAILED for helper, ok in sent]
+        replies = [_receive(helper, views) if ok else _FAILED for helper, ok in sent]
         yield local
         for k, reply in enumerate(replies, start=index + 1):
             yield function(*common, *parts[k]) if reply is _FAILED else reply
@@ -319,8 +324,9 @@ def _send(helper, common_message, part) -> bool:
         return False
 
 
-def _receive(helper):
-    """The helper's result (copied out of its memory), or _FAILED (it is dropped)."""
+def _receive(helper, views=False):
+    """The helper's result (copied out of its memory unless ``views``), or
+    _FAILED (it is dropped)."""
     try:
         status, *reply = read_message(helper.reader)
     except (OSError, EOFError):
@@ -330,7 +336,8 @@ def _receive(helper):
         return _FAILED
     size, data, places = reply
     helper.memory.remap(size)
-    return copied(helper.memory.get(data, places))
+    result = helper.memory.get(data, places)
+    return result if views else copied(result)
 
 
 def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragma: no cover

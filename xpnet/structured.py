@@ -160,8 +160,13 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
     common = (replace(ctx, n_threads=1), layers, spans)
     host_rows = None if ctx.host else x_host  # on NumPy x_host is x: not sent twice
     parts = [(*_rows(ctx, (x, t, host_rows), a, b), bounds) for a, b, bounds in shares]
-    total = added_in_order(ctx.map(_share_task, common, parts))
-    return [None if rows is None else rows * ctx.scale for rows in total]
+    # a helper's rows are added as they lie in its shared memory (each before the
+    # next is asked for; 0.1 ms less than a copy first), to the caller's own
+    total = added_in_order(ctx.map(_share_task, common, parts, views=True))
+    for rows in total:  # new arrays: the sums, or the caller's own rows
+        if rows is not None:
+            rows *= ctx.scale
+    return total
 
 
 def _share_task(ctx, layers, spans, x, t, x_host, bounds):

@@ -127,14 +127,16 @@ class Context:
         spec_fields = tuple(getattr(spec, f.name) for f in dataclasses.fields(spec))
         return (_unpickled, (spec_fields, self.steps.tolist(), info.name, info.complex_name, plain))
 
-    def map(self, function, common, parts):
+    def map(self, function, common, parts, *, views=False):
         """``function(*common, *part)`` for each of ``parts``, yielded in order,
         ``n_threads`` at a time (a round's results are held until it ends): in
         helper processes where they are ready (:mod:`xpnet.procs`), else on
         threads. ``function`` is a module-level function of xpnet; ``common`` and
-        ``parts`` hold NumPy arrays and plain picklable values."""
+        ``parts`` hold NumPy arrays and plain picklable values. ``views``: a
+        helper's result is valid only until the next one is asked for
+        (:func:`xpnet.procs.run`)."""
         if self.n_threads > 1 and len(parts) > 1 and procs.helpers(self.n_threads - 1):
-            yield from procs.run(function, common, parts, self.n_threads - 1)
+            yield from procs.run(function, common, parts, self.n_threads - 1, views=views)
             return
         for lo, hi in planner.chunks(len(parts), self.n_threads):
             yield from self.run([lambda p=p: function(*common, *p) for p in parts[lo:hi]])
