@@ -9,12 +9,15 @@ net; synthetic MNIST-like without them). Both sides run with their own defaults
     git worktree add /tmp/xpnet-before 49c1adf
     OPENBLAS_NUM_THREADS=1 python scripts/bench_before_after.py --baseline-src /tmp/xpnet-before
 
-With ``--paired N`` the two sides instead run in two kept children, one
-gradient at a time in turn (which side goes first alternates), ``N`` times per
-net: on a machine whose speed drifts by the minute, each gradient's neighbour
-on the other side ran under the same load, so the median of the pairs'
-differences (now - before) and the share of pairs where now is faster are
-what to read; the sides' own medians and min-max are printed too.
+With ``--paired N`` the two sides instead run in two children kept for a
+round, one gradient at a time in turn (which side goes first alternates), ``N``
+times per net and round: on a machine whose speed drifts by the minute, each
+gradient's neighbour on the other side ran under the same load, so the median
+of the pairs' differences (now - before) and the share of pairs where now is
+faster are what to read; the sides' own medians and min-max are printed too.
+Each round starts new children: one process can run a few percent faster than
+another of the same code for its whole life (seen here with both sides the
+same checkout: 41 and 46 of 60 pairs one way), so take several rounds.
 """
 
 from __future__ import annotations
@@ -91,8 +94,8 @@ def parse_args(argv=None):
         "--paired",
         type=int,
         default=0,
-        help="instead: this many gradients per side and net, one at a time in turn, "
-        "in two kept children (0: rounds of children)",
+        help="instead: this many gradients per side, net and round, one at a time in "
+        "turn, in two children kept for the round (0: children timing --repeats each)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights")
     p.add_argument("--nets", default=",".join(NETS), help="networks to time (comma-separated)")
@@ -193,9 +196,11 @@ def main(argv=None) -> int:
     times = {(side, net): [] for side in sides for net in nets}
     with tempfile.TemporaryDirectory() as scratch:
         batch = _batch(Path(scratch) / "batch.npz")
-        if args.paired > 0:
-            times = _paired(sides, args.paired, args.seed, batch, nets)
-        for _ in range(args.rounds if args.paired <= 0 else 0):
+        for _ in range(args.rounds):
+            if args.paired > 0:
+                for key, values in _paired(sides, args.paired, args.seed, batch, nets).items():
+                    times[key] += values
+                continue
             for side, source in sides.items():
                 for net, values in _child(source, args.repeats, args.seed, batch, nets).items():
                     times[(side, net)] += values

@@ -215,22 +215,24 @@ def test_bench_before_after_against_this_checkout(tmp_path, capsys):
 
 @pytest.mark.slow  # two kept child processes importing xpnet
 def test_bench_before_after_paired_takes_turns(tmp_path):
-    """``--paired``: each side times the asked count of gradients, one at a time,
-    and the pairs' differences are reported per net."""
+    """``--paired``: each side times the asked count of gradients per round, one
+    at a time, in new children each round; the pairs' differences are reported
+    per net."""
     out = tmp_path / "pairs.json"
-    args = ["--baseline-src", str(SCRIPTS.parent), "--paired", "3", "--out", str(out)]
+    args = ["--baseline-src", str(SCRIPTS.parent), "--paired", "2", "--rounds", "2"]
+    args += ["--out", str(out)]
     args += ["--nets", "784-50-10 sigmoid (book),784-100-100-10 relu"]
     assert _load("bench_before_after").main(args) == 0
     rows = json.loads(out.read_text())["rows"]
     sides = [r for r in rows if r["side"] in ("before", "now")]
-    assert len(sides) == 4 and all(r["n"] == 3 and r["min_s"] > 0 for r in sides)
+    assert len(sides) == 4 and all(r["n"] == 4 and r["min_s"] > 0 for r in sides)
     pairs = {r["net"]: r for r in rows if r["side"] == "now - before (paired)"}
     assert set(pairs) == {"784-50-10 sigmoid (book)", "784-100-100-10 relu"}
     for net, row in pairs.items():
         now, before = (
             next(r for r in sides if r["net"] == net and r["side"] == s) for s in ("now", "before")
         )
-        assert row["n"] == 3 and 0 <= row["now_faster"] <= 1
+        assert row["n"] == 4 and 0 <= row["now_faster"] <= 1
         assert (
             now["min_s"] - before["max_s"] <= row["median_diff_s"] <= now["max_s"] - before["min_s"]
         )
