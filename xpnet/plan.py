@@ -247,12 +247,8 @@ def layer_plan(
     layout, direct_slots = _layout(pairs, direct, position, width, len(direct_pair))
     safe = None
     if kink is not None and terms is not None and position is not None and len(direct_pair):
-        reaching = np.abs(pairs.value[direct_pair]) >= kink[pairs.sample[direct_pair], direct_unit]
-        if not reaching.all():  # the others take their series results
-            places = direct_pair * width + position[pairs.sample[direct_pair], direct_unit]
-            safe = places[~reaching].astype(np.int64)  # host
-            direct_slots = _renumbered(reaching)[direct_slots]
-            direct_pair, direct_unit = direct_pair[reaching], direct_unit[reaching]
+        items = (direct_pair, direct_unit, direct_slots, kink, position, width)
+        direct_pair, direct_unit, direct_slots, safe = _safe_items(pairs, *items)
     series_pair = max(1, series_item_bytes * max(1, width))
     return LayerPlan(
         layer,
@@ -278,21 +274,36 @@ def _paths(z: np.ndarray, moving: np.ndarray, kink: np.ndarray | None, terms):  
     sample's largest input reaches its kink, and keeps its series slot for the
     sample's smaller inputs, unless every input reaches it (``kink <= 0``)."""
     if terms is None:
-        return moving, np.zeros_like(moving)
+        return moving, np.zeros_like(moving)  # host
     if kink is None:
-        return np.zeros_like(moving), moving
+        return np.zeros_like(moving), moving  # host
     largest = np.max(np.abs(z), axis=1, initial=0.0)  # host
     direct = moving & (largest[:, None] >= kink)
     return direct, moving & ~(direct & (kink <= 0))
+
+
+def _safe_items(pairs: Pairs, pair, unit, direct_slots, kink, position, width: int):  # host
+    """The direct slots' items whose input stays below its unit's ``kink`` take
+    their series results: ``(direct_pair, direct_unit, direct_slots, safe)``,
+    the other items, the slots renumbered ``[direct | safe | 0]``, and the safe
+    items' places ``u * S + s`` in the series results (None: none), ``S`` =
+    ``width`` and ``s`` the unit's slot in its sample (``position``)."""
+    sample = pairs.sample[pair]
+    reaching = np.abs(pairs.value[pair]) >= kink[sample, unit]  # host
+    if reaching.all():
+        return pair, unit, direct_slots, None
+    places = pair * width + position[sample, unit]
+    safe = places[~reaching].astype(np.int64)  # host
+    return pair[reaching], unit[reaching], _renumbered(reaching)[direct_slots], safe
 
 
 def _renumbered(reaching: np.ndarray) -> np.ndarray:  # host
     """Where each of the items (and the 0 after them) goes once those that
     ``reaching`` leaves out follow the others: ``[kept | left out | 0]``."""
     order = np.empty(reaching.shape[0] + 1, dtype=np.int64)  # host
-    kept = int(np.count_nonzero(reaching))
-    order[:-1][reaching] = np.arange(kept)
-    order[:-1][~reaching] = np.arange(kept, reaching.shape[0])
+    kept = int(np.count_nonzero(reaching))  # host
+    order[:-1][reaching] = np.arange(kept)  # host
+    order[:-1][~reaching] = np.arange(kept, reaching.shape[0])  # host
     order[-1] = reaching.shape[0]
     return order
 
