@@ -171,17 +171,18 @@ def _pair_rows(times: dict, nets: dict) -> list[dict]:
     rows = []
     for net in nets:
         diffs = [a - b for a, b in zip(times[("now", net)], times[("before", net)], strict=True)]
+        faster = sum(d < 0 for d in diffs)
         row = {
             "net": net,
             "side": "now - before (paired)",
             "median_diff_s": statistics.median(diffs),
-            "now_faster": sum(d < 0 for d in diffs) / len(diffs),
+            "now_faster": faster / len(diffs),
             "n": len(diffs),
         }
         rows.append(row)
         print(
             f"{net:<26} paired: now - before median {row['median_diff_s'] * 1e3:+.2f} ms, "
-            f"now faster in {sum(d < 0 for d in diffs)} of {len(diffs)} pairs"
+            f"now faster in {faster} of {len(diffs)} pairs"
         )
     return rows
 
