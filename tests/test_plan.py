@@ -178,3 +178,32 @@ def test_sample_starts_bound_each_samples_pairs():
     assert list(starts) == [0, 2, 2, 4, 5]  # the pair of value 0 is the last sample's
     for n in range(4):
         assert np.all(pairs.sample[starts[n] : starts[n + 1]] == n)
+
+
+def test_relu_kinks_take_the_nearer_of_the_own_and_the_kinks_above():
+    """``kink`` is the least input magnitude whose step may reach the unit's own
+    kink (``|a| / h``) or one above (``gap / h``), with the 1% margin; ``still``
+    the units off by more than the sample's reach."""
+    pre = np.array([[0.5, -0.5, 0.0], [-2.0, 1e-3, 3.0]])
+    gap = np.array([[0.1, 10.0, 1.0], [1.0, 1.0, 1e-3]])
+    reach = np.array([0.6, 1.0])
+    h = 0.1
+    still, kink = plan.relu_kinks(pre, None, reach, h)
+    assert still.tolist() == [[False, False, False], [True, False, False]]
+    np.testing.assert_allclose(kink, np.abs(pre) * plan.KINK_SHARE / h)
+    assert kink[0, 2] == 0.0  # exactly at its kink: every input reaches it
+    _, both = plan.relu_kinks(pre, gap, reach, h)
+    np.testing.assert_allclose(both, np.minimum(np.abs(pre), gap) * plan.KINK_SHARE / h)
+    assert both[0, 0] < kink[0, 0] and both[1, 2] < kink[1, 2]  # a kink above is nearer
+    # without the units' own kinks (a device): the kinks above, or none
+    _, above = plan.relu_kinks(pre, gap, reach, h, own=False)
+    np.testing.assert_allclose(above, gap * plan.KINK_SHARE / h)
+    assert plan.relu_kinks(pre, None, reach, h, own=False)[1] is None
+
+
+def test_relu_kinks_out_of_reach_are_inf_without_a_warning():
+    """A complex step's tiny ``h`` makes ``|a| / h`` overflow: no input reaches
+    that kink (inf), and no overflow warning is raised (warnings are errors)."""
+    pre = np.array([[1e300, -1e300]])
+    _, kink = plan.relu_kinks(pre, None, np.array([1e-20]), 1e-20)
+    assert np.isinf(kink).all()

@@ -211,15 +211,16 @@ def test_out_of_memory_retries_only_the_failing_chunk(backend, monkeypatch, hidd
     net = make_multi(backend, (30, *hidden, 4), activation="relu")
     x, t = make_batch(9, 30, 4, seed=5)
     expected = net.numerical_gradient(x, t, max_bytes=2**22, n_threads=1)
-    real_moves, real_columns = xpnet.hidden.moves, xpnet.heads.Softmax.column_differences
+    real_series = xpnet.heads.Softmax.series_differences
+    real_columns = xpnet.heads.Softmax.column_differences
     real_cache = xpnet.heads.Softmax.cache
     sizes, caches = [], []
 
-    def flaky_moves(ctx, first, second, value):
-        sizes.append(value.shape[0])
-        if value.shape[0] > 2:
+    def flaky_series(self, cache, coefficients, dz, take, combine):
+        sizes.append(dz.shape[1])  # (S, pairs, 1): the chunk's pairs
+        if dz.shape[1] > 2:
             raise MemoryError("simulated: chunk does not fit")
-        return real_moves(ctx, first, second, value)
+        return real_series(self, cache, coefficients, dz, take, combine)
 
     def flaky_columns(self, cache, delta, combine):
         if delta.shape[1] > 1:  # more than one input of the last layer at once
@@ -230,7 +231,7 @@ def test_out_of_memory_retries_only_the_failing_chunk(backend, monkeypatch, hidd
         caches.append(1)
         return real_cache(self, a, t)
 
-    monkeypatch.setattr(xpnet.hidden, "moves", flaky_moves)
+    monkeypatch.setattr(xpnet.heads.Softmax, "series_differences", flaky_series)
     monkeypatch.setattr(xpnet.heads.Softmax, "column_differences", flaky_columns)
     monkeypatch.setattr(xpnet.heads.Softmax, "cache", counted_cache)
     got = net.numerical_gradient(x, t, max_bytes=2**22, n_threads=1)
@@ -504,6 +505,45 @@ def test_a_layer_with_series_and_direct_units_equals_the_loop(backend, monkeypat
     assert any(p.direct_count and p.safe is not None for p in plans)  # a unit on both paths
     loop = net.numerical_gradient(x, t, h=h, method="loop")
     for name in loop:  # central differences at h of 1e-2: rounding about eps * L / h
+        assert rel_error(fast[name], loop[name]) <= 1e-10, name
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_relu_units_whose_own_kink_a_step_reaches_equal_the_loop(backend, monkeypatch, output):
+    """One ReLU layer with the head right above (no kink above it) and a step so
+    large that some inputs move a unit across its own kink, from either side.
+    On NumPy those items are evaluated directly and the unit's smaller inputs
+    take the series in the step itself (0 where the unit is off); elsewhere
+    (a device's launches) every item's move is taken as it is, and no item is
+    direct. Either way the gradient is the loop's at the same step."""
+    import xpnet.structured as structured
+
+    net = make_multi(backend, (8, 12, 3), activation="relu", output=output, std=0.3)
+    x, t = make_batch(10, 8, 3, seed=4, sparsity=0.3)
+    if output != "softmax":
+        t = np.eye(3)[t]
+    h = 0.02  # the softmax's series still exact (8 terms)
+    plans = []
+    real = structured.hidden_rows
+    monkeypatch.setattr(
+        structured, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
+    )
+    fast = net.numerical_gradient(x, t, h=h)
+    (plan,) = plans
+    pre = x @ to_numpy(net.params["W1"]) + to_numpy(net.params["b1"])
+    on_items, off_items = 0, 0  # direct items that cross their unit's own kink
+    for pair, unit in zip(plan.direct_pair, plan.direct_unit, strict=True):
+        a = pre[plan.pairs.sample[pair], unit]
+        crossing = h * abs(plan.pairs.value[pair]) >= abs(a)
+        on_items += crossing and a > 0
+        off_items += crossing and a < 0
+    if backend.name == "numpy":
+        assert on_items and off_items  # from both sides of the kink
+        assert plan.safe is not None  # a unit on both paths
+    else:
+        assert plan.direct_count == 0
+    loop = net.numerical_gradient(x, t, h=h, method="loop")
+    for name in loop:  # central differences at h of 0.02: rounding about eps * L / h
         assert rel_error(fast[name], loop[name]) <= 1e-10, name
 
 

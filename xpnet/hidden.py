@@ -10,7 +10,8 @@ Rules of this module:
 * Every perturbed loss is the network's at the perturbed parameters to within
   rounding (docs/numerical-gradient.md): the moved unit by an exact identity
   (:func:`moves`; a sigmoid unit under a series as ``s (1 - s) r``, the
-  series taken in ``r``, see :func:`_series`); the layers above either as a
+  series taken in ``r``; a ReLU under a series by exactly the step, or not at
+  all where it is off, see :func:`_series`); the layers above either as a
   power series whose left-out remainder is provably below rounding (its terms
   from the plan) or, for the
   plan's direct items, as the network evaluates them
@@ -50,31 +51,40 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
     xp, spec = ctx.xp, ctx.spec
     layer = plan.layer
     dev = device_of(a[layer])
-    # (R, N, J): what moves takes of each unit (ReLU: a and relu(a); sigmoid: s
-    # (1 - s) and s, the series path s alone, see _series)
-    unit, slope = None, None
-    if spec.activation == "sigmoid":
+    relu = spec.activation == "relu"
+    slope = None
+    if not relu:
         s = z[layer + 1]
         slope = s * (1.0 - s)
-    else:
-        unit = xp.stack([a[layer], z[layer + 1]])
     pair_sample = xp.asarray(plan.pairs.sample, device=dev)
-    inverse = slope is not None and ctx.central  # the series takes 1 / q (see _series)
+    inverse = not relu and ctx.central  # the sigmoid's series takes 1 / q (see _series)
     pair_value = None
     if plan.direct_count or not inverse:
         pair_value = xp.asarray(plan.pairs.value[:, None], dtype=ctx.real, device=dev)  # (U, 1)
     results = []
     if plan.series_width:
         slots = None if plan.series is None else xp.asarray(plan.series, device=dev)
-        coefficients = _coefficients(ctx, fact, plan.terms, layers, z, cache, slope)
-        rows = unit if slope is None else z[layer + 1][None, ...]
-        pair_move = pair_value
-        if inverse:  # the pairs' 1 / q, (S, U, 1), from the host
-            pair_move = _inverse_moves(ctx.h, plan.pairs.value, ctx.itemsize)  # host
-            pair_move = xp.asarray(pair_move, dtype=ctx.real, device=dev)
+        if relu and ctx.host:
+            # below every kink (on the host the plan sends the items that may reach
+            # their unit's own kink to the direct path too) a unit that is on moves
+            # by exactly the step, one that is off not at all: the series in dz =
+            # step * value, its terms 0 where off (no move per item: on a device,
+            # whose cost is launches, each item's move is taken as it is instead)
+            on = xp.astype(a[layer] > 0, ctx.real)
+            coefficients = _coefficients(ctx, fact, plan.terms, layers, z, cache, on)
+            rows, pair_move = None, ctx.steps * pair_value  # (S, U, 1)
+        else:
+            coefficients = _coefficients(ctx, fact, plan.terms, layers, z, cache, slope)
+            rows = xp.stack([a[layer], z[layer + 1]]) if relu else z[layer + 1][None, ...]
+            pair_move = pair_value
+            if inverse:  # the pairs' 1 / q, (S, U, 1), from the host
+                pair_move = _inverse_moves(ctx.h, plan.pairs.value, ctx.itemsize)  # host
+                pair_move = xp.asarray(pair_move, dtype=ctx.real, device=dev)
         results.append(_series(ctx, plan, slots, rows, coefficients, pair_sample, pair_move, cache))
     if plan.direct_count:
-        unit = unit if slope is None else xp.stack([slope, z[layer + 1]])
+        # (R, N, J): what moves takes of each unit (ReLU: a and relu(a); sigmoid:
+        # s (1 - s) and s)
+        unit = xp.stack([a[layer], z[layer + 1]] if relu else [slope, z[layer + 1]])
         results.append(_direct(ctx, plan, unit, work_layers, a, cache, pair_value))
     if plan.layout is None:
         values = results[0]
@@ -209,8 +219,11 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_move, cache)
     series in ``dz``, (U, S). The per-(sample, unit) arrays ride in one table
     where they have one shape: one gather per chunk.
 
-    ``unit`` (R, N, J): ReLU ``a`` and ``relu(a)`` (``pair_move``: the pairs'
-    values (U, 1)); sigmoid ``s`` alone: a sigmoid unit moves by ``dz = A r``,
+    ``unit`` None (ReLU on the host): every slot's unit moves by exactly
+    ``pair_move`` (S, U, 1), the step times the pair's value (its coefficients
+    are 0 where the unit is off). ``unit`` (2, N, J), ReLU ``a`` and
+    ``relu(a)``: each item's move as it is (``pair_move``: the pairs' values (U,
+    1)). ``unit`` (1, N, J), sigmoid ``s``: a sigmoid unit moves by ``dz = A r``,
     ``A = s (1 - s)`` per (sample, unit) and ``r = q / (1 + s q) = 1 / (s + 1 /
     q)`` per item, and the coefficients are the series' in ``r``
     (:func:`_coefficients`), rather than ``A`` multiplied into every item's
@@ -221,25 +234,28 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_move, cache)
     (1 + s q)`` from the values."""
     xp = ctx.xp
     head = ctx.spec.head
-    sigmoid = ctx.spec.activation == "sigmoid"
-    inverse = sigmoid and pair_move.ndim == 3
+    linear = unit is None
+    inverse = not linear and pair_move.ndim == 3
     table, apart = unit, coefficients
-    if coefficients.ndim == unit.ndim:
-        table, apart = xp.concat([unit, coefficients]), None
+    if linear or coefficients.ndim == unit.ndim:
+        table, apart = coefficients if linear else xp.concat([unit, coefficients]), None
     table = _slotted(xp, table, slots, 2)
     apart = None if apart is None else _slotted(xp, apart, slots, 2)
 
     def compute(u0, u1):
         n = ctx.part(pair_sample, u0, u1)
-        gathered = list(xp.unstack(xp.take(table, n, axis=1)))
-        first = None if sigmoid else gathered.pop(0)
-        second, *rows = gathered
-        if apart is not None:
-            rows = list(xp.unstack(xp.take(apart, n, axis=1)))
-        if inverse:
-            dz = 1.0 / (second + ctx.part(pair_move, u0, u1, axis=1))
+        rows = list(xp.unstack(xp.take(table, n, axis=1)))
+        if linear:
+            dz = ctx.part(pair_move, u0, u1, axis=1)
         else:
-            dz = moves(ctx, first, second, ctx.part(pair_move, u0, u1))
+            first = rows.pop(0) if unit.shape[0] == 2 else None  # ReLU's a
+            second = rows.pop(0)
+            if apart is not None:
+                rows = list(xp.unstack(xp.take(apart, n, axis=1)))
+            if inverse:
+                dz = 1.0 / (second + ctx.part(pair_move, u0, u1, axis=1))
+            else:
+                dz = moves(ctx, first, second, ctx.part(pair_move, u0, u1))
 
         def per_sample(array):
             return xp.take(array, n, axis=0)[:, None, ...]

@@ -27,6 +27,10 @@ import numpy as np  # host: plans are host index arrays
 
 from .pairs import Pairs, distinct_pairs
 
+#: An item whose move reaches this share of the way to a ReLU kink (its unit's
+#: own, or one above) is evaluated directly: the margin covers the rounding of
+#: the gap and of the move (~1e-16).
+KINK_SHARE = 0.99
 # the input sums' gathered rows take a quarter of a chunk's budget: written and
 # read back at once, they stay in a core's L2 cache (1 MiB chunks of the book's,
 # the deep and the Keras nets' sums ran 14-24% faster than 4 MiB ones)
@@ -43,6 +47,8 @@ __all__ = [
     "chunks",
     "input_columns",
     "input_reach",
+    "relu_kinks",
+    "KINK_SHARE",
 ]
 
 
@@ -380,3 +386,23 @@ def input_reach(x: np.ndarray, span: tuple, h: float) -> np.ndarray:  # host
     if span[1] > x.shape[1]:  # the bias's input, 1
         largest = np.maximum(largest, 1.0)  # host
     return h * largest
+
+
+def relu_kinks(pre, gap, reach, h: float, *, own: bool = True):  # host
+    """A ReLU layer's ``(still, kink)``, both (N, J), from its pre-activations
+    ``pre`` (N, J), the gaps to the kinks above (:mod:`xpnet.structured`; None:
+    the head right above) and each sample's ``reach`` (N,) (:func:`input_reach`).
+
+    ``still``: units off by more than any step of the sample reaches (skipped).
+    ``kink``: the least input magnitude whose move may carry the unit to its own
+    kink (``|a| / h``; only with ``own``) or a ReLU above to its (``gap / h``),
+    with the margin :data:`KINK_SHARE`; None: none. Below it a unit that is on
+    moves by exactly the step, one that is off not at all, and the layers above
+    linearly.
+    """
+    with np.errstate(over="ignore"):  # host: an unreachable kink's inf is the answer
+        above = None if gap is None else gap * (KINK_SHARE / h)  # host
+        kink = np.abs(pre) * (KINK_SHARE / h) if own else above  # host
+        if own and above is not None:
+            kink = np.minimum(kink, above)  # host
+    return pre <= -reach[:, None], kink

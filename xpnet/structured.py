@@ -17,8 +17,11 @@ Rules of this module:
     bit-identical to the unmoved ones (its results are exactly 0).
   - The moved unit's own activation is evaluated for each pair: with ``s =
     sigmoid(a)`` and ``q = e^u - 1``, ``sigmoid(a + u) - s = s (1 - s) q / (1 +
-    s q)`` (no cancellation, no exp per unit), ``relu(a + u) - relu(a)`` as it
-    is. A ReLU that no step can reach from its off side stays still: skipped.
+    s q)`` (no cancellation, no exp per unit); a ReLU is linear between its
+    kinks: ``relu(a + u) - relu(a)`` is exactly ``u`` (on) or 0 (off) for every
+    pair whose step cannot reach its kink (``h |x| < |a|``; the others are
+    evaluated directly). A ReLU that no step can reach from its off side stays
+    still: skipped.
   - Above it, the change ``dz`` of that one activation moves the score row along
     a function of ``dz`` alone. With a head right above it is exactly linear
     (``dz * W[j, :]``); through ReLU layers it is too, as long as no ReLU above
@@ -80,9 +83,6 @@ _TEMPORARIES = 6
 # live arrays per item of a chunk of a layer below the last (measured: larger
 # chunks than this budget allows fall out of L2 and run slower)
 _LIVE = 5
-# an item whose move reaches this share of the gap to a kink above is evaluated
-# directly: the margin covers the rounding of the gap and of the move (~1e-16)
-_KINK_SHARE = 0.99
 # the least work (in the per-sample byte estimate; ~4 ms here) worth a thread
 _THREAD_SHARE_BYTES = 4 * 2**20
 # the caller's run's lead over one helper's (its hand-off lag; with more helpers
@@ -375,10 +375,11 @@ def _facts_on_host(ctx, facts, x_host) -> dict:
         host[(layer, "inputs")] = planner.input_columns(columns, span)
         reach = planner.input_reach(columns, span, ctx.h)  # host: per sample
         host[(layer, "reach")] = _lip(ctx) * float(np.max(reach, initial=0.0))  # host
-        if (layer, "pre") in host:  # a ReLU that no step reaches from its off side
-            host[(layer, "still")] = host.pop((layer, "pre")) <= -reach[:, None]  # host
-        if (layer, "gap") in host:  # the least input whose move may reach a kink above
-            host[(layer, "kink")] = host.pop((layer, "gap")) * (_KINK_SHARE / ctx.h)  # host
+        if (layer, "pre") in host:  # ReLU: the units no step moves, the kinks (the
+            # units' own on the host, whose series takes no move per item: hidden)
+            pre, gap = host.pop((layer, "pre")), host.pop((layer, "gap"), None)
+            still, kink = planner.relu_kinks(pre, gap, reach, ctx.h, own=ctx.host)
+            host[(layer, "still")], host[(layer, "kink")] = still, kink
     return host
 
 
