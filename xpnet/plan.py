@@ -106,14 +106,14 @@ def input_sums(pairs: Pairs, row_bytes: int, chunk_bytes: int) -> InputSums:  # 
     slots = np.arange(n_samples)[None, :] < widths[:, None]  # host
     laid[slots] = by_feature[order][nonzero[order]]
     widths = np.maximum(widths, 1)  # host
-    laid_out, parts, lo = [], [], 0
+    laid_out, parts, lo, offset = [], [], 0, 0
     while lo < n_features:  # (hi - lo) features by the width of the last (widest) one
         cost = np.arange(1, n_features - lo + 1) * widths[lo:]  # host
         hi = lo + max(1, int(np.searchsorted(cost, rows, side="right")))  # host
-        offset = sum((b - a) * w for a, b, w, _ in laid_out)
-        laid_out.append((lo, hi, int(widths[hi - 1]), offset))
-        parts.append(laid[lo:hi, : int(widths[hi - 1])].T.reshape(-1))  # input-major
-        lo = hi
+        width = int(widths[hi - 1])
+        laid_out.append((lo, hi, width, offset))
+        parts.append(laid[lo:hi, :width].T.reshape(-1))  # input-major
+        lo, offset = hi, offset + (hi - lo) * width
     inverse = np.empty_like(order)  # host
     inverse[order] = np.arange(n_features)  # host
     return InputSums(np.concatenate(parts), laid_out, inverse.astype(np.int64))  # host
