@@ -25,10 +25,11 @@ class _Combine:
         self.xp = xp
 
     def loss(self, moved):
-        return moved[0, ...] - moved[1, ...]
+        return moved[0, ...] - moved[1, ...] if hasattr(moved, "shape") else moved[0] - moved[1]
 
-    def negative_log(self, q):
-        return self.xp.log(q[1, ...] / q[0, ...])
+    def negative_log(self, q):  # stacked, or a list of the two steps'
+        q_plus, q_minus = (q[0, ...], q[1, ...]) if hasattr(q, "shape") else q
+        return self.xp.log(q_minus / q_plus)
 
 
 def _case(backend, name, n=5, c=4, seed=0):
@@ -97,6 +98,29 @@ def test_series_in_a_units_change_equals_the_losses(backend, name):
             assert math.isclose(
                 float(got[n, j]), losses[0] - losses[1], rel_tol=1e-9, abs_tol=1e-15
             ), (n, j)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_series_at_both_signs_equals_the_two_steps(backend, name):
+    """``both_signs``: the first step's change alone, the second's its negative,
+    gives the differences of the two steps given apart (to rounding)."""
+    xp = backend.xp
+    head = get_head(name)
+    a, t = _case(backend, name, n=3, c=4)
+    V = backend.from_host(np.random.default_rng(5).standard_normal((2, 4)))  # (J, C)
+    dz = np.random.default_rng(6).uniform(-3e-4, 3e-4, (1, 3, 2))  # (1, N, J)
+    cache = head.cache(a, t)
+    rows = list(xp.unstack(head.series_coefficients(cache, None, [None, V], 4)))
+    per_sample = lambda array: array[:, None, ...]  # noqa: E731 (items: all (n, j))
+    combine = _Combine(xp)
+    apart = head.series_differences(
+        cache, rows, backend.from_host(np.concatenate([dz, -dz])), per_sample, combine
+    )
+    both = head.series_differences(
+        cache, rows, backend.from_host(dz[0]), per_sample, combine, both_signs=True
+    )
+    # the differences are ~1e-4 of losses ~1: rounding ~eps relative to the losses
+    np.testing.assert_allclose(to_numpy(both), to_numpy(apart), rtol=1e-9, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

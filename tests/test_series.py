@@ -90,3 +90,25 @@ def test_no_term_count_where_the_series_cannot_be_proven_exact():
     assert series.terms_for_cauchy(0.0, eps, order=1) == 2
     k = series.terms_for_cauchy(1e-3, eps, growth=2.0)
     assert k is not None and math.exp(2 * 1.001) * 1e-3**k / (1 - 1e-3) <= eps / 16
+
+
+@pytest.mark.parametrize(
+    "present",
+    [(0, 1, 2, 3), (0, 1, 2, 3, 4), (1, 2, 3), (0, 2), (1, 3), (1,), (0,)],
+    ids=["cubic", "quartic", "no-constant", "even", "odd", "linear", "constant"],
+)
+def test_horner_at_both_signs_is_the_polynomial_at_t_and_minus_t(present):
+    """``both_signs``: ``E(t^2) +- t O(t^2)`` stacked, equal to Horner's rule at
+    ``t`` and at ``-t`` to rounding, whichever coefficients are None."""
+    rng = np.random.default_rng(7)
+    coefficients = [None] * (max(present) + 1)
+    for m in present:
+        coefficients[m] = rng.standard_normal((3, 4))  # per item
+    t = rng.uniform(-0.5, 0.5, (1, 3, 1))  # per pair, broadcast over the units
+    both = series.horner(coefficients, t, both_signs=True)
+    assert [value.shape for value in both] == [(1, 3, 4)] * 2
+    for k, sign in enumerate((1.0, -1.0)):
+        want = sum(c * (sign * t[0]) ** m for m, c in enumerate(coefficients) if c is not None)
+        np.testing.assert_allclose(
+            both[k][0], np.broadcast_to(want, (3, 4)), rtol=1e-14, atol=1e-15
+        )

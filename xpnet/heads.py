@@ -125,13 +125,18 @@ class Head:
         """
         raise NotImplementedError
 
-    def series_differences(self, cache: HeadCache, coefficients, dz, take, combine):
+    def series_differences(
+        self, cache: HeadCache, coefficients, dz, take, combine, both_signs: bool = False
+    ):
         """``combine`` of the losses at the moved scores, per item.
 
         ``coefficients``: the ``R`` rows of :meth:`series_coefficients`, each
         gathered for the items; ``dz`` (S, *items): each item's unit change per
         step (or ``r``, for coefficients with a ``scale``); ``take(array)``
-        gathers a per-sample array (N, ...) for the items.
+        gathers a per-sample array (N, ...) for the items. ``both_signs``:
+        ``dz`` (*items) is the first step's change, the second's is ``-dz``
+        (:func:`xpnet.series.horner`); ``combine`` then gets the two steps'
+        losses as a list.
         """
         raise NotImplementedError
 
@@ -218,8 +223,13 @@ class Softmax(Head):
         per_unit = xp.vecdot(_rows(cache.weights, rows)[:, None, :], grown)  # (terms - 1, n, J)
         return xp.concat([front, per_unit])
 
-    def series_differences(self, cache, coefficients, dz, take, combine):
+    def series_differences(self, cache, coefficients, dz, take, combine, both_signs=False):
         weight_t, *total = coefficients
+        if both_signs:
+            p = [weight_t / y for y in series.horner(total, dz, both_signs=True)]
+            for p_step in p:
+                p_step += F.LOG_EPS
+            return combine.negative_log(p)
         p = weight_t / series.horner(total, dz)
         p += F.LOG_EPS
         return combine.negative_log(p)
@@ -258,10 +268,13 @@ class _Separable(Head):
             out.append(None if x is None else xp.broadcast_to(x, (n, *x.shape[-2:])))
         return xp.stack(_filled(xp, out))
 
-    def series_differences(self, cache, coefficients, dz, take, combine):
+    def series_differences(self, cache, coefficients, dz, take, combine, both_signs=False):
         xp = array_namespace(dz)
-        change = series.horner([None, *coefficients], dz[..., None])  # (S, *items, C)
-        moved = self.term(take(cache.scores) + change, take(cache.target))
+        scores, target = take(cache.scores), take(cache.target)
+        change = series.horner([None, *coefficients], dz[..., None], both_signs=both_signs)
+        if both_signs:  # the two steps' changes (*items, C)
+            return combine.loss([xp.sum(self.term(scores + c, target), axis=-1) for c in change])
+        moved = self.term(scores + change, target)  # (S, *items, C)
         return combine.loss(xp.sum(moved, axis=-1))
 
     def delta(self, y, t):

@@ -401,8 +401,8 @@ def relu_kinks(pre, gap, reach, h: float, *, own: bool = True):  # host
     linearly.
     """
     with np.errstate(over="ignore"):  # host: an unreachable kink's inf is the answer
-        above = None if gap is None else gap * (KINK_SHARE / h)  # host
-        kink = np.abs(pre) * (KINK_SHARE / h) if own else above  # host
-        if own and above is not None:
-            kink = np.minimum(kink, above)  # host
+        kinks = [] if gap is None else [gap * (KINK_SHARE / h)]
+        if own:
+            kinks.append(np.abs(pre) * (KINK_SHARE / h))  # host
+        kink = np.minimum(*kinks) if len(kinks) == 2 else (kinks[0] if kinks else None)  # host
     return pre <= -reach[:, None], kink

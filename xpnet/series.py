@@ -40,13 +40,30 @@ MAX_TERMS = 8
 _SHARE = 1.0 / 16.0
 
 
-def horner(coefficients, t):
+def horner(coefficients, t, *, both_signs: bool = False):
     """``sum_m c_m t^m`` by Horner's rule: one new array, the rest in place.
 
     ``None`` coefficients are zeros. ``t`` broadcasts against every coefficient;
     the result has their broadcast shape and the promoted dtype (complex ``t``:
     complex result).
+
+    ``both_signs``: the list of the values at ``t`` and at ``-t``, as ``E(t^2)
+    +- t O(t^2)`` (the even and odd parts, each by Horner's rule in ``t^2``):
+    the same polynomial, in about half the operations on the broadcast shape
+    (no array stacks them: a copy of both).
     """
+    if both_signs:
+        square = t * t
+        even, odd = (
+            horner(part, square) if any(c is not None for c in part) else None
+            for part in (coefficients[0::2], coefficients[1::2])
+        )
+        if odd is None:
+            return [even, even + 0 * t]
+        odd = t * odd
+        if even is None:
+            return [odd, -odd]
+        return [even + odd, even - odd]
     top = max(m for m, c in enumerate(coefficients) if c is not None)
     if top == 0:
         return coefficients[0] + 0 * t

@@ -68,11 +68,11 @@ class Context:
         return 2 if self.central else 1
 
     def loss(self, moved):
-        """Perturbed losses (S, ...) -> their contribution to the gradient,
-        unscaled: ``L+ - L-``, or ``Im L`` (the sums of whole blocks are
-        multiplied by :attr:`scale` once, not every item)."""
+        """Perturbed losses (S, ...) (or a list of the S steps') -> their
+        contribution to the gradient, unscaled: ``L+ - L-``, or ``Im L`` (the
+        sums of whole blocks are multiplied by :attr:`scale` once, not every item)."""
         if self.central:
-            plus, minus = self.xp.unstack(moved)
+            plus, minus = moved if isinstance(moved, list) else self.xp.unstack(moved)
             return plus - minus
         return self.xp.imag(moved[0, ...])
 
@@ -80,7 +80,7 @@ class Context:
         """The same for losses ``-log(q)``: ``log(q-) - log(q+)`` as one log."""
         xp = self.xp
         if self.central:
-            q_plus, q_minus = xp.unstack(q)
+            q_plus, q_minus = q if isinstance(q, list) else xp.unstack(q)
             return xp.log(q_minus / q_plus)
         return -xp.imag(xp.log(q[0, ...]))
 
