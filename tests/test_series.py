@@ -112,3 +112,25 @@ def test_horner_at_both_signs_is_the_polynomial_at_t_and_minus_t(present):
         np.testing.assert_allclose(
             both[k][0], np.broadcast_to(want, (3, 4)), rtol=1e-14, atol=1e-15
         )
+
+
+def test_atanh_terms_leave_out_less_than_rounding():
+    """``terms_for_atanh``: the least ``M`` whose left-out terms are below ``eps
+    / 16`` of ``atanh(y)`` for every ``|y| <= bound`` (checked at the bound, the
+    worst case, in extended precision), ``M - 1`` not enough; None where no
+    ``M <= MAX_TERMS`` is."""
+    eps = float(np.finfo(np.float64).eps)
+    for bound in (1e-9, 1.2e-6, 3.3e-5, 2.4e-4, 4.8e-4, 1e-2, 0.1):
+        m = series.terms_for_atanh(bound, eps)
+        y = np.longdouble(bound)
+        exact = np.arctanh(y)
+
+        def partial(terms, y=y):
+            return sum(y ** (2 * k + 1) / (2 * k + 1) for k in range(terms))
+
+        assert abs(exact - partial(m)) / exact <= eps / 16, bound
+        if m > 1:
+            assert abs(exact - partial(m - 1)) / exact > eps / 16 / 3, bound  # not much smaller
+    assert series.terms_for_atanh(0.5, eps) is None
+    assert series.terms_for_atanh(float("nan"), eps) is None
+    assert series.terms_for_atanh(0.3, eps) is None  # would need more than MAX_TERMS

@@ -452,8 +452,8 @@ def test_series_and_direct_paths_agree(backend, monkeypatch, mode, activation):
     real = structured._terms
     monkeypatch.setattr(structured, "_terms", lambda *a: used.append(real(*a)) or used[-1])
     by_series = net.numerical_gradient(x, t, method=mode)
-    assert any(k is not None for k in used), "the series was not used"
-    monkeypatch.setattr(structured, "_terms", lambda *a: None)
+    assert any(k is not None for k, _ in used), "the series was not used"
+    monkeypatch.setattr(structured, "_terms", lambda *a: (None, None))
     by_direct = net.numerical_gradient(x, t, method=mode)
     bound = 1e-9 if mode == "structured" else 1e-13  # central: eps * L / h; complex: eps
     for name in by_direct:
@@ -472,7 +472,7 @@ def test_tiny_inputs_take_the_sigmoid_series_without_faults(backend, monkeypatch
     x, t = make_batch(4, 6, 3, seed=3)
     x[:, :2] = tiny * np.array([1.0, -3.0])
     by_series = net.numerical_gradient(x.astype(dtype), t)
-    monkeypatch.setattr(structured, "_terms", lambda *a: None)
+    monkeypatch.setattr(structured, "_terms", lambda *a: (None, None))
     by_direct = net.numerical_gradient(x.astype(dtype), t)
     # float64: central differences agree to ~eps L / h; float32 to its own rounding
     bound = 1e-9 if dtype == "float64" else 1e-3
@@ -547,6 +547,34 @@ def test_relu_units_whose_own_kink_a_step_reaches_equal_the_loop(backend, monkey
         assert rel_error(fast[name], loop[name]) <= 1e-10, name
 
 
+@pytest.mark.parametrize(
+    "activation, hidden", [("sigmoid", [6]), ("relu", [6, 5]), ("sigmoid", [6, 5])]
+)
+def test_the_log_ratio_takes_its_series_on_the_host_where_the_move_is_linear(
+    backend, monkeypatch, activation, hidden
+):
+    """On NumPy, a softmax head right above the layer or ReLU layers between (the
+    scores move linearly) bound the losses' log ratio: the plan gives the terms
+    of its series (``2 atanh``); a sigmoid layer between, or a device's
+    backend, keeps the log. Either way the gradient is the loop's."""
+    import xpnet.structured as structured
+
+    net = make_multi(backend, (8, *hidden, 3), activation=activation, seed=1)
+    x, t = make_batch(6, 8, 3, seed=2)
+    plans = []
+    real = structured.hidden_rows
+    monkeypatch.setattr(
+        structured, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
+    )
+    fast = net.numerical_gradient(x, t)
+    linear = [p.layer == len(hidden) - 1 or activation == "relu" for p in plans]
+    for plan, straight in zip(plans, linear, strict=True):
+        assert (plan.log_terms is not None) == (straight and backend.name == "numpy"), plan.layer
+    loop = net.numerical_gradient(x, t, method="loop")
+    for name in loop:
+        assert rel_error(fast[name], loop[name]) <= 1e-8, name
+
+
 def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
     """A step and weights so large that no series of at most MAX_TERMS terms is
     provably exact: every unit is evaluated directly, and the gradient is the
@@ -560,7 +588,7 @@ def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
     monkeypatch.setattr(structured, "_terms", lambda *a: used.append(real(*a)) or used[-1])
     loop = net.numerical_gradient(x, t, method="loop", h=1e-1)
     fast = net.numerical_gradient(x, t, h=1e-1)
-    assert None in used
+    assert (None, None) in used
     for name in loop:
         xp_assert_close(fast[name], loop[name], rtol=1e-7, backend=backend, err_msg=name)
 

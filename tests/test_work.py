@@ -132,6 +132,43 @@ def test_a_context_sent_to_a_helper_comes_back_equal(dtype, mode):
             assert theirs == mine and type(theirs) is type(mine), field.name
 
 
+@pytest.mark.parametrize("log_terms", [2, 3])
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "listed"])
+def test_negative_log_by_its_series_is_the_log_of_the_ratio(log_terms, stacked):
+    """With ``log_terms`` a central difference's ``log(q- / q+)`` is ``2
+    atanh(y)`` by its series: equal to the log of the ratio wherever ``|y|``
+    lies within the bound its terms were chosen for (here the largest of
+    :func:`xpnet.series.terms_for_atanh`'s for that count), as the two steps
+    stacked or as a list."""
+    from xpnet import series
+
+    eps = float(np.finfo(np.float64).eps)
+    bound = max(
+        b for b in np.geomspace(1e-9, 0.4, 400) if series.terms_for_atanh(b, eps) == log_terms
+    )
+    net = xpnet.TwoLayerNet(6, 4, 3, seed=0)
+    x, _ = make_batch(5, 6, 3, seed=0)
+    ctx = dataclasses.replace(
+        make_context(array_namespace(x), net.spec, x, 1e-4, "central", 2**20, 1),
+        log_terms=log_terms,
+    )
+    rng = np.random.default_rng(3)
+    q_plus = rng.uniform(1e-7, 1.0, 2000)
+    y = rng.uniform(-bound, bound, 2000)
+    q_minus = q_plus * (1 + y) / (1 - y)  # (q- - q+) / (q- + q+) = y
+    q = np.stack([q_plus, q_minus]) if stacked else [q_plus, q_minus]
+    got = ctx.negative_log(q)
+    # log(q- / q+) of these very q, in extended precision (x86: 64-bit mantissa)
+    wide = [np.asarray(v, dtype=np.longdouble) for v in (q_plus, q_minus)]
+    want = 2 * np.arctanh((wide[1] - wide[0]) / (wide[1] + wide[0]))
+    # relative to the result: the series leaves out less than eps / 16; y and
+    # Horner's rule round a few times (q- - q+ is exact)
+    np.testing.assert_allclose(got, want.astype(np.float64), rtol=8 * eps, atol=0)
+    # the log of the rounded ratio, the path without log_terms, is no closer
+    plain = np.log(q_minus / q_plus)
+    assert np.max(np.abs(got - want) / np.abs(want)) <= np.max(np.abs(plain - want) / np.abs(want))
+
+
 def test_results_are_added_in_the_order_given():
     """Floating-point addition is not associative: 1 + 1e16 rounds to 1e16, so
     left to right gives 0 where any other order gives 1."""

@@ -27,6 +27,7 @@ Rules of this module:
 from __future__ import annotations
 
 import bisect
+from dataclasses import replace
 
 import numpy as np  # host: the direct items' indices, from the plan
 from array_api_compat import device as device_of
@@ -249,6 +250,8 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_move, cache)
         table, apart = coefficients if linear else xp.concat([unit, coefficients]), None
     table = _slotted(xp, table, slots, 2)
     apart = None if apart is None else _slotted(xp, apart, slots, 2)
+    # the losses' log ratio by a series where the plan bounds it (Context.negative_log)
+    combine = ctx if plan.log_terms is None else replace(ctx, log_terms=plan.log_terms)
 
     def compute(u0, u1):
         n = ctx.part(pair_sample, u0, u1)
@@ -269,7 +272,7 @@ def _series(ctx, plan, slots, unit, coefficients, pair_sample, pair_move, cache)
             return xp.take(array, n, axis=0)[:, None, ...]
 
         both_signs = linear and ctx.central  # dz for +h; -dz for -h (the same bits)
-        return head.series_differences(cache, rows, dz, per_sample, ctx, both_signs)
+        return head.series_differences(cache, rows, dz, per_sample, combine, both_signs)
 
     return ctx.chunked(plan.pairs.count, plan.series_chunk, compute)
 

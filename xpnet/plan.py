@@ -165,6 +165,9 @@ class LayerPlan:
         Pairs per chunk of the series path, items per chunk of the direct path.
     sums : InputSums
         How each input adds its pair's row of results.
+    log_terms : int or None
+        Terms of the series that takes the place of the log of the losses'
+        ratio (:meth:`xpnet.work.Context.negative_log`); None: the log.
     """
 
     layer: int
@@ -181,6 +184,7 @@ class LayerPlan:
     series_chunk: int
     direct_chunk: int
     sums: InputSums
+    log_terms: int | None = None
 
     @property
     def series_width(self) -> int:
@@ -229,6 +233,7 @@ def layer_plan(
     direct_item_bytes: int,
     chunk_bytes: int,
     result_itemsize: int = 8,
+    log_terms: int | None = None,
 ) -> LayerPlan:  # host
     """The plan of one layer below the last for one sample block.
 
@@ -238,7 +243,8 @@ def layer_plan(
     the pairs of at least that magnitude are evaluated directly in that unit,
     the others take the series. ``terms`` None: every moving unit is evaluated
     directly. ``*_item_bytes``: what one (pair, unit) item of a chunk holds on
-    each path; ``result_itemsize``: the bytes of one result.
+    each path; ``result_itemsize``: the bytes of one result; ``log_terms``: as
+    :class:`LayerPlan`'s.
     """
     pairs = distinct_pairs(z)
     moving = np.ones((z.shape[0], n_units), dtype=bool) if still is None else ~still  # host
@@ -271,6 +277,7 @@ def layer_plan(
         max(1, chunk_bytes // series_pair),
         max(1, chunk_bytes // max(1, direct_item_bytes)),
         input_sums(pairs, n_units * result_itemsize, chunk_bytes // _SUMS_SHARE),
+        log_terms,
     )
 
 

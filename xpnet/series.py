@@ -31,6 +31,7 @@ __all__ = [
     "sigmoid_taylor",
     "terms_for_linear",
     "terms_for_cauchy",
+    "terms_for_atanh",
 ]
 
 #: Most terms a series may keep; a quantity that needs more is evaluated directly.
@@ -192,4 +193,18 @@ def terms_for_cauchy(rho: float, eps: float, *, growth: float = 2.0, order: int 
         remainder = math.exp(growth * (1 + rho)) * rho ** (k - order) / (1 - rho)
         if remainder <= _SHARE * eps:
             return k
+    return None
+
+
+def terms_for_atanh(bound: float, eps: float) -> int | None:
+    """Terms ``M`` of ``atanh(y) = sum_{k < M} y^(2k+1) / (2k+1)`` for ``|y| <=
+    bound``: the left-out remainder is at most ``|y|^(2M+1) / ((2M+1)(1 - y^2))``
+    and ``|atanh(y)| >= |y|``, so ``bound^(2M) / ((2M+1)(1 - bound^2)) <= eps /
+    16`` leaves out less than rounding of the value. None: no ``M <=
+    MAX_TERMS`` is enough."""
+    if not math.isfinite(bound) or bound < 0 or bound >= 0.5:
+        return None
+    for m in range(1, MAX_TERMS + 1):
+        if bound ** (2 * m) / ((2 * m + 1) * (1 - bound**2)) <= _SHARE * eps:
+            return m
     return None

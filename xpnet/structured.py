@@ -18,10 +18,9 @@ Rules of this module:
   - The moved unit's own activation is evaluated for each pair: with ``s =
     sigmoid(a)`` and ``q = e^u - 1``, ``sigmoid(a + u) - s = s (1 - s) q / (1 +
     s q)`` (no cancellation, no exp per unit); a ReLU is linear between its
-    kinks: ``relu(a + u) - relu(a)`` is exactly ``u`` (on) or 0 (off) for every
-    pair whose step cannot reach its kink (``h |x| < |a|``; the others are
-    evaluated directly). A ReLU that no step can reach from its off side stays
-    still: skipped.
+    kinks: its move is exactly ``u`` (on) or 0 (off) for every pair whose step
+    cannot reach its kink (the others are evaluated directly; on the host), and
+    one that no step reaches from its off side is skipped.
   - Above it, the change ``dz`` of that one activation moves the score row along
     a function of ``dz`` alone. With a head right above it is exactly linear
     (``dz * W[j, :]``); through ReLU layers it is too, as long as no ReLU above
@@ -34,7 +33,8 @@ Rules of this module:
     ``K <= 8`` is enough, every item is evaluated directly (the forward pass of
     the layers above, :func:`xpnet.model.forward`).
   - The central difference of each item is formed as the difference of its two
-    perturbed losses (softmax: ``log(q-) - log(q+)`` as ``log(q- / q+)``).
+    perturbed losses (softmax: ``log(q-) - log(q+)`` as ``log(q- / q+)``, or as
+    ``2 atanh(y)`` by its series where the plan bounds ``y``).
 * Weight decay is not seen here: its central difference is exact per coordinate
   (``lambda * W``) and is added by :mod:`xpnet.numerical`.
 * Planning is apart from computing: sample blocks are planned once
@@ -71,23 +71,19 @@ __all__ = ["structured_gradient", "HOST_TOTAL_BYTES", "HOST_CHUNK_BYTES"]
 
 #: Default bound on the extra memory of one structured gradient on the host.
 HOST_TOTAL_BYTES = 256 * 2**20
-#: Largest sample block on the host (per-sample byte estimate): the Keras net's
-#: gradient took 128 / 101 / 112 ms on one thread and 100 / 82 / 84 ms on two in
-#: blocks of at most 32 / 128 / 256 MiB (interleaved; docs/benchmarks.md).
+#: Largest sample block on the host (per-sample byte estimate): the Keras net took
+#: 128 / 101 / 112 ms in blocks of at most 32 / 128 / 256 MiB (docs/benchmarks.md).
 HOST_BLOCK_BYTES = 128 * 2**20
 #: Default chunk budget on the host: temporaries that stay in a core's L2 cache.
 HOST_CHUNK_BYTES = 4 * 2**20
 
-# live temporaries per element of a chunk, with slack
-_TEMPORARIES = 6
+_TEMPORARIES = 6  # live temporaries per element of a chunk, with slack
 # live arrays per item of a chunk of a layer below the last (measured: larger
 # chunks than this budget allows fall out of L2 and run slower)
 _LIVE = 5
-# the least work (in the per-sample byte estimate; ~4 ms here) worth a thread
-_THREAD_SHARE_BYTES = 4 * 2**20
-# the caller's run's lead over one helper's (its hand-off lag; with more helpers
-# none: the caller hands out every run first; docs/numerical-gradient.md): 2.5 MiB
-# ran faster than 5 and than none on the book's and the deep nets (paired gradients)
+_THREAD_SHARE_BYTES = 4 * 2**20  # the least work (per-sample estimate) worth a thread
+# the caller's run's lead over one helper's (its hand-off lag; none with more
+# helpers): 2.5 MiB ran faster than 5 and than none (docs/numerical-gradient.md)
 _HANDOFF_BYTES = 5 * 2**19
 
 
@@ -235,11 +231,10 @@ def _columns(z, span):
 
 def _augmented(xp, z, span):
     """``[z, 1]`` restricted to the columns ``span`` (the last column is the bias's)."""
-    columns = _columns(z, span)
-    if span[1] > z.shape[1]:
-        ones = xp.ones((z.shape[0], 1), dtype=z.dtype, device=device_of(z))
-        columns = xp.concat([columns, ones], axis=1)
-    return columns
+    if span[1] <= z.shape[1]:
+        return _columns(z, span)
+    ones = xp.ones((z.shape[0], 1), dtype=z.dtype, device=device_of(z))
+    return xp.concat([_columns(z, span), ones], axis=1)
 
 
 def _block(ctx, layers, work_layers, x, t, x_host, spans):
@@ -310,11 +305,10 @@ def _relu_moves(ctx, layers, a, layer):
     ``W`` rows masked by the active units. Also each unit's **gap**: the least
     ``|dz|`` whose move may reach a kink above, ``min |a_l'[n, k]| / |V_l'[n, j,
     k]|`` over the units ``k`` of every ReLU layer ``l'`` above (a move of
-    ``|dz|`` below it crosses none), as a product with ``1 / |V|`` (per layer,
-    not per sample, right above). ``|V|`` is taken at least ``eps^2`` and ``|a|``
-    at most ``eps^-2``: the quotient, never above its value, neither divides by
-    0 nor overflows (a smaller gap only sends more items to the direct path; a
-    unit at its kink, ``a = 0``, gives a gap of 0 even where ``V`` is 0)."""
+    ``|dz|`` below it crosses none), as a product with ``1 / |V|``, ``|V|``
+    taken at least ``eps^2`` and ``|a|`` at most ``eps^-2``: never above the
+    quotient, no division by 0, no overflow (a smaller gap only sends more
+    items to the direct path; ``a = 0`` gives 0 even where ``V`` is 0)."""
     xp = ctx.xp
     n_samples, n_units = a[layer].shape
     widest = max(W.shape[1] for W, _ in layers[layer + 1 :])
@@ -391,25 +385,25 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
     step = ctx.itemsize * ctx.n_steps  # one working element per step
     for layer, fact in facts.items():
         reach, bound = float(host[(layer, "reach")]), float(host[(layer, "bound")])
-        terms = _terms(ctx, spec, layer, reach * bound)
+        terms, log_terms = _terms(ctx, spec, layer, reach * bound)
         # live arrays per item: the unit's move, the series' value and a few more
         # (a score row where the head is separable)
         series_width = _LIVE if spec.output == "softmax" else _LIVE + 3 * n_classes
         # a direct item carries a row of every layer above
         direct_width = _LIVE + 3 * sum(spec.sizes[layer + 1 :])
-        still = host.get((layer, "still"))
         plans[layer] = planner.layer_plan(
             layer,
             fact.span,
             host[(layer, "inputs")],
             spec.sizes[layer + 1],
-            still=still,
+            still=host.get((layer, "still")),
             kink=host.get((layer, "kink")),
             terms=terms,
             series_item_bytes=step * series_width,
             direct_item_bytes=step * direct_width,
             chunk_bytes=ctx.chunk_bytes,
             result_itemsize=ctx.itemsize,
+            log_terms=log_terms,
         )
     last = len(spans) - 1
     if spans[last] is not None:
@@ -420,18 +414,26 @@ def _plan_layers(ctx, spec, facts, x_host, spans):
     return plans
 
 
-def _terms(ctx, spec, layer, rho) -> int | None:
+def _terms(ctx, spec, layer, rho) -> tuple:
     """Series terms for a layer (None: evaluate directly), from the largest
-    ``|dz| * bound`` over the block (:mod:`xpnet.series`)."""
+    ``|dz| * bound`` over the block (:mod:`xpnet.series`); and the terms of ``2
+    atanh(y)`` in place of the softmax's ``log(q- / q+)`` on the host (None: the
+    log; on a device it is one launch, its series several). Where the scores
+    move linearly in ``dz``, every score gap moves by at most ``rho`` per step:
+    ``|log(q-/q+)| <= 2 rho`` (``log q_t`` and ``log(q_t + 1e-7)`` are
+    1-Lipschitz in the gaps), ``|y| = tanh(|log| / 2) <= rho``, taken as ``2
+    rho`` for the rounding of ``q`` (docs/numerical-gradient.md)."""
     complex_step = not ctx.central
     softmax = spec.output == "softmax"
-    above = len(spec.sizes) - 3 - layer
-    if above == 0 or spec.activation == "relu":  # exactly linear in dz
+    if len(spec.sizes) - 3 - layer == 0 or spec.activation == "relu":  # linear in dz
         if not softmax:
-            return 2  # the scores themselves: dz * V, nothing left out
-        return series.terms_for_linear(rho, ctx.eps, complex_step=complex_step)
+            return 2, None  # the scores themselves: dz * V, nothing left out
+        terms = series.terms_for_linear(rho, ctx.eps, complex_step=complex_step)
+        host_log = ctx.host and ctx.central and terms is not None
+        return terms, series.terms_for_atanh(2.0 * rho, ctx.eps) if host_log else None
     order = 1 if (complex_step or not softmax) else 0
-    return series.terms_for_cauchy(rho, ctx.eps, growth=2.0 if softmax else 0.0, order=order)
+    growth = 2.0 if softmax else 0.0
+    return series.terms_for_cauchy(rho, ctx.eps, growth=growth, order=order), None
 
 
 # -- the last layer ------------------------------------------------------------------
