@@ -31,10 +31,12 @@ from .pairs import Pairs, distinct_pairs
 #: own, or one above) is evaluated directly: the margin covers the rounding of
 #: the gap and of the move (~1e-16).
 KINK_SHARE = 0.99
-# the input sums' gathered rows take a quarter of a chunk's budget: written and
-# read back at once, they stay in a core's L2 cache (1 MiB chunks of the book's,
-# the deep and the Keras nets' sums ran 14-24% faster than 4 MiB ones)
-_SUMS_SHARE = 4
+# the input sums' gathered rows take half a chunk's budget: written and read
+# back at once, they stay near the core (1 MiB chunks of the book's, the deep
+# and the Keras nets' sums ran 14-24% faster than 4 MiB ones on the first host;
+# on the second, 2 MiB ones than 1 MiB: per gradient, paired calls, the book's
+# net 0.11-0.54 ms, the deep ReLU 0.44, the deep sigmoid 1.86, the Keras 3.2 less)
+_SUMS_SHARE = 2
 
 __all__ = [
     "InputSums",
