@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from array_api_compat import device as device_of
 
-from . import model, procs
+from . import model, procs, series
 from . import plan as planner
 from .backend import host_namespace, is_numpy
 from .device import host_threads, out_of_memory_errors
@@ -96,16 +96,11 @@ class Context:
             y = q_minus - q_plus
             y /= q_minus + q_plus
             # 2 atanh(y) = y (2 + 2/3 y^2 + 2/5 y^4 + ...), by Horner's rule in y^2
-            coefficients = [2.0 / (2 * k + 1) for k in range(self.log_terms)]
-            if len(coefficients) == 1:
+            if self.log_terms == 1:
                 y *= 2.0
                 return y
-            square = y * y
-            value = square * coefficients[-1]
-            for c in coefficients[-2:0:-1]:
-                value += c
-                value *= square
-            value += coefficients[0]
+            coefficients = [2.0 / (2 * k + 1) for k in range(self.log_terms)]
+            value = series.horner(coefficients, y * y)
             value *= y
             return value
         return -xp.imag(xp.log(q[0, ...]))
