@@ -254,18 +254,16 @@ def test_more_blocks_than_cores_go_out_as_one_run_per_core(pool, planned_blocks,
     forward pass on fewer rows: each loss difference moves by ~eps * L, the
     gradient by ~1e-10 relative, as in tests/test_structured.py). A run whose
     inputs would not fit the budget is cut into shorter runs."""
-    import xpnet.structured as structured
-
     net = xpnet.MultiLayerNet(20, [6], 3, "sigmoid", seed=0)
     rng = np.random.default_rng(2)
     x, t = rng.random((12, 20)), rng.integers(0, 3, 12)
     blocks, parts, real_run = planned_blocks, [], procs.run
     monkeypatch.setattr(procs, "run", lambda *a, **k: parts.append(a[2]) or real_run(*a, **k))
     assert procs.helpers(1, wait=True) == 1
-    # a block's share of the budget (half of it, less a host chunk): 1,000 bytes,
-    # under one sample's estimate (a block per sample) but room for six samples'
-    # inputs (160 bytes each)
-    budget = 2 * (structured.HOST_CHUNK_BYTES + 1000)
+    # a block's share of the budget (a core's half of it, less a chunk, which takes
+    # at most half of that): 1,000 bytes, under one sample's estimate (a block per
+    # sample) but room for six samples' inputs (160 bytes each)
+    budget = 2 * (1000 + 1000)
     in_helpers = net.numerical_gradient(x, t, n_threads=2, max_bytes=budget)
     assert len(blocks[-1]) == 12 and len(parts[-1]) == 2  # a block per sample, two runs
     assert [part[-1] for part in parts[-1]] == [[(k, k + 1) for k in range(6)]] * 2

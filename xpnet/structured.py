@@ -116,7 +116,7 @@ def structured_gradient(
     max_bytes : int
         Bound on the extra memory of the whole gradient (sample blocks fit in it).
     chunk_bytes : int, optional
-        One chunk's intermediates; default ``max_bytes // 8``, at most half.
+        One chunk's intermediates; default ``max_bytes // 8``, at most half a thread's share.
     n_threads : int, optional
         Threads on NumPy (default :func:`xpnet.device.host_threads`); ignored
         by other backends, which queue their work on one device.
@@ -142,6 +142,9 @@ def structured_gradient(
     spans = _spans(spec, rows)
     chunk = max_bytes // 8 if chunk_bytes is None else min(chunk_bytes, max_bytes // 2)
     ctx = make_context(xp, spec, x, h, mode, max(1, chunk), n_threads)
+    share = max_bytes // ctx.n_threads  # a thread holds one block and one chunk
+    if ctx.chunk_bytes > share // 2:  # a larger chunk left blocks of one sample (16 cores)
+        ctx = replace(ctx, chunk_bytes=max(1, share // 2))
     return _run_blocks(ctx, layers, x, t, spans, max_bytes)
 
 
@@ -168,10 +171,9 @@ def _run_blocks(ctx, layers, x, t, spans, max_bytes):
 def _share_task(ctx, layers, spans, x, t, x_host, bounds):
     """One run of sample blocks' gradient rows (its blocks' ``bounds`` in order),
     from what a helper process receives."""
-    xp = ctx.xp
     work_layers = layers
     if not ctx.central:  # complex activations need complex weights (torch does not promote)
-        work_layers = [(xp.astype(W, ctx.work), xp.astype(b, ctx.work)) for W, b in layers]
+        work_layers = [(ctx.xp.astype(W, ctx.work), ctx.xp.astype(b, ctx.work)) for W, b in layers]
     x_host = to_numpy(x) if x_host is None else x_host  # host
     blocks = (_rows(ctx, (x, t, x_host), a, b) for a, b in bounds)
     return added_in_order(_block(ctx, layers, work_layers, *block, spans) for block in blocks)
@@ -184,10 +186,9 @@ def _rows(ctx, arrays, a, b):
 
 
 def _thread_shares(ctx, x_host, spans, max_bytes):  # host
-    """The gradient's sample blocks, each within its thread's share of
-    ``max_bytes`` (every thread holds one block and one chunk at a time), in
-    runs per thread (:func:`xpnet.budget.thread_shares`) whose inputs, copied
-    for a helper, fit one block's share too."""
+    """The gradient's sample blocks, each within its thread's share of ``max_bytes`` (every
+    thread holds one block and one chunk at a time), in runs per thread
+    (:func:`xpnet.budget.thread_shares`) whose inputs, copied for a helper, fit one too."""
     limit = max(1, max_bytes // ctx.n_threads - ctx.chunk_bytes)
     if ctx.host:  # larger blocks ran no faster on the host (HOST_BLOCK_BYTES)
         limit = min(limit, HOST_BLOCK_BYTES)
