@@ -469,14 +469,16 @@ def test_a_bad_flag_is_one_line_pointing_at_help(capsys):
     ]
 
 
+# every size needs over 10 TiB: beyond any one machine (a gradcheck of 10^8 hidden
+# units, 112 GiB, was allocated on a 128 GiB GPU host and its worker killed)
 @pytest.mark.parametrize(
     "args, words",
     [
         (["train", "--hidden", "1000000000"], "--hidden, --batch-size and --eval-batch"),
-        (["train", "--batch-size", "100000000"], "--hidden, --batch-size and --eval-batch"),
-        (["gradcheck", "--hidden", "100000000"], "the layer sizes"),
+        (["train", "--batch-size", "10000000000"], "--hidden, --batch-size and --eval-batch"),
+        (["gradcheck", "--hidden", "10000000000"], "the layer sizes"),
         (["gradcheck", "--directions", "1000000000"], "directions"),
-        (["bench", "--input", "1000000000"], "the layer sizes"),
+        (["bench", "--input", "100000000000"], "the layer sizes"),
         (["sweep", "--hidden", "1000000000", "--workers", "1"], "--hidden, --batch-size"),
     ],
 )
