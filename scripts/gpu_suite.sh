@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: the test suite (CuPy tests included), the
-# gradient benchmark, the full backend sweep and the book's full training run,
-# every output in one folder.
+# One command for a GPU machine: the fast test tier (CuPy tests included), the
+# gradient benchmark, a CuPy sweep over sizes and the book's full training run on
+# CuPy, every output in one folder. Each step has a time limit (9.5 minutes in
+# all), so that the whole fits one 10-minute command of a 15-minute lease (on one
+# H200 with 16 cores, 2026-12-04, the steps took about 3.1 / 1.3 / 1.6 / 1.1 minutes;
+# the slow tier did not fit, and the batched method on NumPy alone takes 27 s a
+# gradient there).
 #
 #   bash scripts/gpu_suite.sh [OUT_DIR] [--install]
 #
 # --install first runs: pip install -e ".[test,cupy]" (needs PyPI). Without it the
-# environment must already have xpnet's dependencies, CuPy and (optionally) torch.
+# environment must already have xpnet's dependencies, CuPy, pytest-xdist and
+# (optionally) torch. Fashion-MNIST is read from $XPNET_DATA_DIR/fashion-mnist or
+# Debian's /usr/share/datasets/fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="gpu-results/$(date -u +%Y%m%d-%H%M)"
@@ -27,8 +33,19 @@ fi
 python -c "import cupy; print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')" \
   | tee "$out/cupy.txt"
 
+# a step's output and exit status, within its time limit (seconds); the suite goes on
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local rc=0
+  timeout "$limit" "$@" > "$out/$name.txt" 2>&1 || rc=$?
+  echo "rc=$rc at $(date -u +%T) (limit ${limit} s)" >> "$out/$name.txt"
+  tail -n 3 "$out/$name.txt"
+}
+
 # tests: on a GPU machine the cupy parameter of every backend test runs
-python -m pytest -q -p no:cacheprovider 2>&1 | tee "$out/pytest.txt"
+# (pytest-benchmark, where installed, warns under xdist: off, as warnings are errors)
+step pytest 210 python -m pytest -q -p no:cacheprovider -p no:benchmark -m "not slow" -n auto
 
 # a second GPU: a network on device 1 while device 0 is current must keep every
 # array on device 1 (array-api-compat ignores device= for CuPy; xpnet enters the
@@ -53,7 +70,9 @@ else
   echo "one GPU: the device=1 check needs two" | tee "$out/device1.txt"
 fi
 
-python scripts/bench_gradient.py --out "$out/gradient.json" 2>&1 | tee "$out/gradient.txt"
-python scripts/bench_backends.py --out "$out/backends" 2>&1 | tee "$out/backends.txt"
-python scripts/bench_train.py --out "$out/train" --no-progress 2>&1 | tee "$out/train.txt"
+step gradient 130 python scripts/bench_gradient.py --backends cupy,numpy --loop-sample 100 \
+  --batched-repeats 1 --out "$out/gradient.json"
+step train 130 python scripts/bench_train.py --backends cupy --out "$out/train" --no-progress
+step backends 90 python scripts/bench_backends.py --backends cupy --max-seconds 5 \
+  --methods forward,backprop,structured,complex,batched --out "$out/backends"
 echo "gpu_suite: all outputs in $out"
