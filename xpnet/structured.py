@@ -140,7 +140,7 @@ def structured_gradient(
     if n_threads is not None:
         checks.positive_int("n_threads", n_threads)
     spans = _spans(spec, rows)
-    chunk = max_bytes // 8 if chunk_bytes is None else min(chunk_bytes, max_bytes // 2)
+    chunk = max_bytes // 8 if chunk_bytes is None else chunk_bytes
     ctx = make_context(xp, spec, x, h, mode, max(1, chunk), n_threads)
     share = max_bytes // ctx.n_threads  # a thread holds one block and one chunk
     if ctx.chunk_bytes > share // 2:  # a larger chunk left blocks of one sample (16 cores)
