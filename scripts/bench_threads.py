@@ -13,7 +13,11 @@ calling process's own: the helpers' is not counted). Last, the granularity: N th
 and N processes running a fixed NumPy kernel whose operations take from a few
 to a few hundred microseconds (threads gain only where an operation is long
 enough to cover handing the GIL over to another thread), and the hand-off
-itself: the round trip of two threads waking each other.
+itself: the round trip of two threads waking each other. And the kinds: the
+ceiling of N processes for the ceiling's own kernel (an exp and a multiply on 4
+MiB) beside that of a kernel that mostly moves memory (a multiply and an add)
+on 4 MiB and on 512 KiB (what one core's L2 cache holds on Zen 3), interleaved:
+how much of the machine two processes of streaming work can have.
 
     python scripts/bench_threads.py --net "784-50-10 sigmoid (book)" --out bench-out/threads.json
 
@@ -172,6 +176,34 @@ def _granularity(n, dry_run):
     return rows
 
 
+#: (label, kernel kind, elements, repeats): about 0.1-0.3 s alone each
+KINDS = (
+    ("exp and multiply, 4 MiB (the ceiling's)", "exp", 2**19, 40),
+    ("multiply and add, 4 MiB", "stream", 2**19, 80),
+    ("multiply and add, 512 KiB", "stream", 2**16, 640),
+)
+
+
+def _kinds(n, dry_run):
+    """Per kind of kernel (:data:`KINDS`): the median ceiling of N processes
+    over 3 interleaved runs of 5 pairs each."""
+    runs: dict = {label: [] for label, *_ in KINDS}
+    for _ in range(1 if dry_run else 3):
+        for label, kind, elements, repeats in KINDS:
+            if dry_run:
+                elements, repeats = 10_000, 3
+            ceiling = parallel_ceiling(n, repeats, elements, pairs=3 if dry_run else 5, kind=kind)
+            runs[label].append(ceiling["processes"])
+    rows = []
+    for label, kind, elements, _ in KINDS:
+        rows.append(
+            {"kernel": label, "kind": kind, "bytes": 8 * elements, "runs": runs[label]}
+            | {"processes": statistics.median(runs[label])}
+        )
+        print(f"kinds: {label:40s} {n} processes {rows[-1]['processes']:.2f}x one")
+    return rows
+
+
 def _hand_off(exchanges: int = 5_000) -> float:
     """Microseconds for one thread to wake another and be woken back (two locks
     passed to and fro): what a thread pays when it wants the GIL while another
@@ -234,6 +266,7 @@ def main(argv=None) -> int:
     print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")
     _print(rows, speedups, n)
     granularity = _granularity(n, args.dry_run)
+    kinds = _kinds(n, args.dry_run)
     hand_off = statistics.median(_hand_off(200 if args.dry_run else 5_000) for _ in range(3))
     print(f"hand-off: one thread wakes another and is woken back in {hand_off:.1f} us")
     info = machine_info([("numpy", None)])
@@ -248,6 +281,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "speedups": speedups,
         "granularity": granularity,
+        "kinds": kinds,
         "hand_off_us": hand_off,
     }
     save_json(Path(args.out), out)

@@ -23,7 +23,7 @@ from xpnet.device import device_name
 from xpnet.procs import PARALLEL_VARIABLE
 from xpnet.timing import blas_threads
 
-__all__ = ["machine_info", "available_backends", "parse_backends", "parallel_ceiling"]
+__all__ = ["KERNELS", "machine_info", "available_backends", "parse_backends", "parallel_ceiling"]
 
 
 def _cpu_model() -> str:
@@ -88,34 +88,47 @@ def parse_backends(spec: str) -> list[tuple[str, object]]:
     return pairs
 
 
-def _timed_kernel(start: float, repeats: int, elements: int) -> tuple[float, float]:
-    """A fixed NumPy kernel (exp and a multiply on ``elements`` doubles, 4 MiB by
-    default, in place, ``repeats`` times), begun at ``start``
+#: Kinds of the fixed kernel: ``exp`` (the ceiling's: an exp and a multiply,
+#: arithmetic-heavy) and ``stream`` (a multiply and an add: little arithmetic
+#: per byte moved, like most of a structured gradient's passes).
+KERNELS = ("exp", "stream")
+
+
+def _timed_kernel(
+    start: float, repeats: int, elements: int, kind: str = "exp"
+) -> tuple[float, float]:
+    """A fixed NumPy kernel of ``kind`` (:data:`KERNELS`) on ``elements``
+    doubles (4 MiB by default), in place, ``repeats`` times, begun at ``start``
     (``time.perf_counter``'s clock, which every process of the machine shares):
     its ``(begin, end)``. What one core does when nothing else runs on it."""
     import numpy as np
 
     a = np.linspace(0.0, 1.0, elements)
+    b = a[::-1].copy()
     out = np.empty_like(a)
     np.exp(a, out=out)  # the pages touched before the clock starts
     while time.perf_counter() < start:
         pass
     begin = time.perf_counter()
     for _ in range(repeats):
-        np.exp(a, out=out)
-        out *= a
+        if kind == "exp":
+            np.exp(a, out=out)
+            out *= a
+        else:
+            np.multiply(a, b, out=out)
+            out += a
     return begin, time.perf_counter()
 
 
-_POOLS: dict = {}  # (kind, n): a kept executor, warm
+_POOLS: dict = {}  # (workers, n): a kept executor, warm
 
 
-def _pool(kind: str, n: int):
-    pool = _POOLS.get((kind, n))
+def _pool(workers: str, n: int):
+    pool = _POOLS.get((workers, n))
     if pool is None:
-        pool = (ProcessPoolExecutor if kind == "processes" else ThreadPoolExecutor)(n)
+        pool = (ProcessPoolExecutor if workers == "processes" else ThreadPoolExecutor)(n)
         list(pool.map(time.sleep, [0.2] * n))  # every worker started before any timing
-        _POOLS[(kind, n)] = pool
+        _POOLS[(workers, n)] = pool
     return pool
 
 
@@ -126,27 +139,32 @@ def _shut_pools():
     _POOLS.clear()
 
 
-def _ratio(pool, n: int, repeats: int, elements: int) -> tuple[float, float]:
+def _ratio(pool, n: int, repeats: int, elements: int, kind: str) -> tuple[float, float]:
     """One alone, then ``n`` at once, in the same kind of worker, each begun at
     an agreed moment (no dispatch in the timing): the throughput of ``n`` over
     one's, and the one's seconds."""
     lead = 0.02  # s: enough for every worker to receive its task first
-    begin, end = pool.submit(_timed_kernel, time.perf_counter() + lead, repeats, elements).result()
+    task = (repeats, elements, kind)
+    begin, end = pool.submit(_timed_kernel, time.perf_counter() + lead, *task).result()
     alone = end - begin
     spans = list(
-        pool.map(_timed_kernel, [time.perf_counter() + lead] * n, [repeats] * n, [elements] * n)
+        pool.map(_timed_kernel, [time.perf_counter() + lead] * n, *([v] * n for v in task))
     )
     together = max(e for _, e in spans) - min(b for b, _ in spans)
     return n * alone / together, alone
 
 
-def parallel_ceiling(n: int, repeats: int = 200, elements: int = 2**19, pairs: int = 5) -> dict:
+def parallel_ceiling(
+    n: int, repeats: int = 200, elements: int = 2**19, pairs: int = 5, kind: str = "exp"
+) -> dict:
     """The machine's parallel ceiling for ``n`` workers, measured now: the
     throughput of ``n`` processes (and of ``n`` threads) running the same fixed
     NumPy kernel at once, as a multiple of one alone. Virtual CPUs that share a
     physical core, or a loaded host, give less than ``n``. ``op_us``: one
     operation of the kernel alone, in microseconds (threads gain only where
-    operations are long enough to cover handing the GIL over).
+    operations are long enough to cover handing the GIL over). ``kind``: the
+    kernel (:data:`KERNELS`); the ceiling that speed-ups are reported against
+    is ``exp``'s, the other tells how the machine shares moving memory.
 
     Each ceiling is the median of ``pairs`` measurements (one alone, then ``n``
     at once, in kept, warm workers of the same kind), each worker timing its own
@@ -157,17 +175,19 @@ def parallel_ceiling(n: int, repeats: int = 200, elements: int = 2**19, pairs: i
     calls of each way, interleaved, gave a median of 1.70 (1.12-2.00) that way
     and 1.81 (1.66-1.96) this way (docs/benchmarks.md).
     """
+    if kind not in KERNELS:
+        raise ValueError(f"kind must be one of {KERNELS}, got {kind!r}")
     if n <= 1:
-        alone = _timed_kernel(time.perf_counter(), repeats, elements)
+        alone = _timed_kernel(time.perf_counter(), repeats, elements, kind)
         op_us = (alone[1] - alone[0]) / (2 * repeats) * 1e6
         return {"n": 1, "processes": 1.0, "threads": 1.0, "op_us": op_us}
     out: dict = {"n": n}
     ones = []
-    for kind in ("processes", "threads"):
-        pool = _pool(kind, n)
-        measured = [_ratio(pool, n, repeats, elements) for _ in range(max(1, pairs))]
-        out[kind] = statistics.median(r for r, _ in measured)
-        out[f"{kind}_pairs"] = [r for r, _ in measured]
+    for workers in ("processes", "threads"):
+        pool = _pool(workers, n)
+        measured = [_ratio(pool, n, repeats, elements, kind) for _ in range(max(1, pairs))]
+        out[workers] = statistics.median(r for r, _ in measured)
+        out[f"{workers}_pairs"] = [r for r, _ in measured]
         ones += [one for _, one in measured]
     out["op_us"] = statistics.median(ones) / (2 * repeats) * 1e6
     return out

@@ -141,9 +141,13 @@ def test_bench_threads(tmp_path, capsys):
     assert granularity["elements"] == 10_000 and granularity["op_us"] > 0
     assert granularity["threads"] > 0 and granularity["processes"] > 0
     assert data["hand_off_us"] > 0
+    kinds = data["kinds"]  # the ceiling's kernel beside streaming ones
+    assert [k["kind"] for k in kinds] == ["exp", "stream", "stream"]
+    assert all(k["processes"] == statistics.median(k["runs"]) > 0 for k in kinds)
     printed = capsys.readouterr().out
     assert "speed-up:" in printed and "granularity: ops of  10,000 elements" in printed
     assert "hand-off: one thread wakes another" in printed
+    assert "kinds: multiply and add, 512 KiB" in printed
     assert _load("bench_threads").main(["--net", "no such net", "--out", str(out)]) == 2
 
 
@@ -257,6 +261,10 @@ def test_parallel_ceiling():
             # throughputs, not bounded above: a hiccup of the lone run inflates one
             assert len(pairs) == 3 and all(0 < r < float("inf") for r in pairs)
             assert two[kind] == statistics.median(pairs)
+    streaming = harness.parallel_ceiling(2, repeats=3, elements=10_000, pairs=3, kind="stream")
+    assert streaming["processes"] > 0 and streaming["op_us"] > 0
+    with pytest.raises(ValueError, match="kind must be one of"):
+        harness.parallel_ceiling(2, kind="copy")
 
 
 def test_share_of_ceiling_is_the_median_round_and_none_beyond_the_ceilings_spread():
