@@ -196,11 +196,17 @@ def _kinds(n, dry_run):
             runs[label].append(ceiling["processes"])
     rows = []
     for label, kind, elements, _ in KINDS:
+        median = statistics.median(runs[label])
         rows.append(
-            {"kernel": label, "kind": kind, "bytes": 8 * elements, "runs": runs[label]}
-            | {"processes": statistics.median(runs[label])}
+            {
+                "kernel": label,
+                "kind": kind,
+                "bytes": 8 * elements,
+                "runs": runs[label],
+                "processes": median,
+            }
         )
-        print(f"kinds: {label:40s} {n} processes {rows[-1]['processes']:.2f}x one")
+        print(f"kinds: {label:40s} {n} processes {median:.2f}x one")
     return rows
 
 
