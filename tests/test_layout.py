@@ -11,11 +11,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "xpnet"
 
 TIERS = {
     1: ["dtypes", "io", "idx", "functions", "series", "pairs", "plan", "budget", "book"],
-    2: ["backend", "checks", "device", "shm", "procs", "timing", "datasets", "rundir", "plots",
-        "progress"],
+    2: ["backend", "checks", "device", "shm", "team", "procs", "timing", "datasets", "rundir",
+        "plots", "progress"],
     3: ["heads", "model", "optimizers", "metrics", "netfile", "checkpoint", "history"],
-    4: ["gradient", "work", "hidden", "structured", "numerical", "cluster", "distributed",
-        "gradcheck"],
+    4: ["gradient", "work", "hidden", "block", "shared_block", "structured", "numerical",
+        "cluster", "distributed", "gradcheck"],
     5: ["network", "two_layer"],
     6: ["config", "train", "sweep", "bench"],
     7: ["cli", "commands", "__init__"],

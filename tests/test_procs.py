@@ -31,10 +31,12 @@ def pool(monkeypatch):
 @pytest.fixture
 def planned_blocks(monkeypatch):
     """The sample blocks of every structured gradient from here on (the list
-    grows per gradient), planned even for a tiny net."""
+    grows per gradient), planned even for a tiny net; its one block shared by
+    two processes (xpnet.shared_block, tests/test_shared_block.py) turned off."""
     import xpnet.structured as structured
 
     monkeypatch.setattr(structured, "_THREAD_SHARE_BYTES", 0)
+    monkeypatch.setattr(structured.shared_block, "suits", lambda *a: False)
     blocks, real_blocks = [], structured.budget.gradient_blocks
     monkeypatch.setattr(
         structured.budget,

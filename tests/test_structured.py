@@ -30,7 +30,7 @@ from conftest import (
 import xpnet
 import xpnet.hidden
 import xpnet.work
-from xpnet import model
+from xpnet import block, model
 from xpnet.backend import to_numpy
 from xpnet.structured import structured_gradient
 
@@ -389,7 +389,7 @@ def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
 
     monkeypatch.setenv(xpnet.procs.PARALLEL_VARIABLE, "threads")
     started, blocks = [], []
-    real_pool, real_block = xpnet.work.ThreadPoolExecutor, structured._block
+    real_pool, real_block = xpnet.work.ThreadPoolExecutor, block.block_rows
 
     class Counting(real_pool):
         def __init__(self, *args, **kwargs):
@@ -402,7 +402,7 @@ def test_n_threads_really_runs_blocks_on_a_pool(monkeypatch):
 
     monkeypatch.setattr(xpnet.work, "ThreadPoolExecutor", Counting)
     monkeypatch.setattr(xpnet.work, "_POOL", xpnet.work._Pool())  # none kept from before
-    monkeypatch.setattr(structured, "_block", counted_block)
+    monkeypatch.setattr(structured, "block_rows", counted_block)
     net = xpnet.TwoLayerNet(30, 7, 4, 0.5, seed=0)
     x, t = make_batch(9, 30, 4, seed=5)
     single = net.numerical_gradient(x, t, n_threads=1)
@@ -446,17 +446,16 @@ def test_series_and_direct_paths_agree(backend, monkeypatch, mode, activation):
     left-out remainder is provably below rounding, and evaluated directly
     otherwise: forcing every unit onto the direct path (terms None) gives the
     same gradient to rounding, and the default really uses the series."""
-    import xpnet.structured as structured
 
     net = make_multi(backend, (8, 6, 5, 4, 3), activation=activation, decay=0.01)
     x, _ = make_batch(5, 8, 3, seed=8)
     t = make_targets("softmax", 5, 3, seed=8)
     used = []
-    real = structured._terms
-    monkeypatch.setattr(structured, "_terms", lambda *a: used.append(real(*a)) or used[-1])
+    real = block.series_terms
+    monkeypatch.setattr(block, "series_terms", lambda *a: used.append(real(*a)) or used[-1])
     by_series = net.numerical_gradient(x, t, method=mode)
     assert any(k is not None for k, _ in used), "the series was not used"
-    monkeypatch.setattr(structured, "_terms", lambda *a: (None, None))
+    monkeypatch.setattr(block, "series_terms", lambda *a: (None, None))
     by_direct = net.numerical_gradient(x, t, method=mode)
     bound = 1e-9 if mode == "structured" else 1e-13  # central: eps * L / h; complex: eps
     for name in by_direct:
@@ -469,13 +468,12 @@ def test_tiny_inputs_take_the_sigmoid_series_without_faults(backend, monkeypatch
     host: inputs so small that ``1 / q`` overflows the dtype (the move below the
     smallest normal number) give the gradient of the direct path, with no
     warning (they are errors here)."""
-    import xpnet.structured as structured
 
     net = make_net(backend, (6, 5, 3), dtype=dtype)
     x, t = make_batch(4, 6, 3, seed=3)
     x[:, :2] = tiny * np.array([1.0, -3.0])
     by_series = net.numerical_gradient(x.astype(dtype), t)
-    monkeypatch.setattr(structured, "_terms", lambda *a: (None, None))
+    monkeypatch.setattr(block, "series_terms", lambda *a: (None, None))
     by_direct = net.numerical_gradient(x.astype(dtype), t)
     # float64: central differences agree to ~eps L / h; float32 to its own rounding
     bound = 1e-9 if dtype == "float64" else 1e-3
@@ -493,14 +491,13 @@ def test_a_layer_with_series_and_direct_units_equals_the_loop(backend, monkeypat
     slots, direct slots and the 0 of its still units are put in place per unit,
     the smaller inputs of a unit that larger ones move to a kink take their
     series results, and the gradient is the loop's at the same step."""
-    import xpnet.structured as structured
 
     net = make_multi(backend, sizes, activation="relu", seed=seed)
     x, t = make_batch(12, 8, 3, seed=3, sparsity=0.3)
     plans = []
-    real = structured.hidden_rows
+    real = block.hidden_rows
     monkeypatch.setattr(
-        structured, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
+        block, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
     )
     fast = net.numerical_gradient(x, t, h=h)
     assert any(p.series_width and p.direct_width for p in plans)  # both paths in one layer
@@ -519,7 +516,6 @@ def test_relu_units_whose_own_kink_a_step_reaches_equal_the_loop(backend, monkey
     take the series in the step itself (0 where the unit is off); elsewhere
     (a device's launches) every item's move is taken as it is, and no item is
     direct. Either way the gradient is the loop's at the same step."""
-    import xpnet.structured as structured
 
     net = make_multi(backend, (8, 12, 3), activation="relu", output=output, std=0.3)
     x, t = make_batch(10, 8, 3, seed=4, sparsity=0.3)
@@ -527,9 +523,9 @@ def test_relu_units_whose_own_kink_a_step_reaches_equal_the_loop(backend, monkey
         t = np.eye(3)[t]
     h = 0.02  # the softmax's series still exact (8 terms)
     plans = []
-    real = structured.hidden_rows
+    real = block.hidden_rows
     monkeypatch.setattr(
-        structured, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
+        block, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
     )
     fast = net.numerical_gradient(x, t, h=h)
     (plan,) = plans
@@ -560,14 +556,13 @@ def test_the_log_ratio_takes_its_series_on_the_host_where_the_move_is_linear(
     scores move linearly) bound the losses' log ratio: the plan gives the terms
     of its series (``2 atanh``); a sigmoid layer between, or a device's
     backend, keeps the log. Either way the gradient is the loop's."""
-    import xpnet.structured as structured
 
     net = make_multi(backend, (8, *hidden, 3), activation=activation, seed=1)
     x, t = make_batch(6, 8, 3, seed=2)
     plans = []
-    real = structured.hidden_rows
+    real = block.hidden_rows
     monkeypatch.setattr(
-        structured, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
+        block, "hidden_rows", lambda ctx, plan, *a: plans.append(plan) or real(ctx, plan, *a)
     )
     fast = net.numerical_gradient(x, t)
     linear = [p.layer == len(hidden) - 1 or activation == "relu" for p in plans]
@@ -582,13 +577,12 @@ def test_the_series_is_not_used_where_moves_may_be_large(backend, monkeypatch):
     """A step and weights so large that no series of at most MAX_TERMS terms is
     provably exact: every unit is evaluated directly, and the gradient is the
     loop's."""
-    import xpnet.structured as structured
 
     net = make_multi(backend, (6, 5, 4, 3), activation="sigmoid", std=6.0)
     x, t = make_batch(4, 6, 3, seed=9)
     used = []
-    real = structured._terms
-    monkeypatch.setattr(structured, "_terms", lambda *a: used.append(real(*a)) or used[-1])
+    real = block.series_terms
+    monkeypatch.setattr(block, "series_terms", lambda *a: used.append(real(*a)) or used[-1])
     loop = net.numerical_gradient(x, t, method="loop", h=1e-1)
     fast = net.numerical_gradient(x, t, h=1e-1)
     assert (None, None) in used

@@ -35,9 +35,10 @@ from array_api_compat import device as device_of
 from . import model, series
 from . import plan as planner
 from .functions import ACTIVATIONS
+from .team import TeamBroken
 from .work import central_steps
 
-__all__ = ["hidden_rows", "moves", "COEFFICIENT_CHUNKS"]
+__all__ = ["hidden_rows", "moves", "series_coefficients", "COEFFICIENT_CHUNKS"]
 
 #: a chunk of series coefficients may take this many chunk budgets: matrix
 #: products and series arithmetic run as fast in larger pieces than the
@@ -45,10 +46,12 @@ __all__ = ["hidden_rows", "moves", "COEFFICIENT_CHUNKS"]
 COEFFICIENT_CHUNKS = 4
 
 
-def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
+def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache, coefficients=None):
     """Rows ``span`` of ``[dW_l; db_l]`` of a layer below the last: every distinct
     (sample, value) pair moves the units of its sample's series slots, the
-    direct items one unit each; each input sums the results of its pair."""
+    direct items one unit each; each input sums the results of its pair.
+    ``coefficients``: a sigmoid layer's :func:`series_coefficients`, where they
+    were computed before the plan came (else computed here)."""
     xp, spec = ctx.xp, ctx.spec
     layer = plan.layer
     dev = device_of(a[layer])
@@ -78,7 +81,8 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
             steps = ctx.steps[0, ...] if ctx.central else ctx.steps  # else (S, U, 1)
             rows, pair_move = None, steps * pair_value
         else:
-            coefficients = _coefficients(ctx, fact, plan.terms, layers, z, cache, slope)
+            if coefficients is None:
+                coefficients = _coefficients(ctx, fact, plan.terms, layers, z, cache, slope)
             rows = xp.stack([a[layer], z[layer + 1]]) if relu else z[layer + 1][None, ...]
             pair_move = pair_value
             if inverse:  # the pairs' 1 / q, (S, U, 1), from the host
@@ -97,7 +101,18 @@ def hidden_rows(ctx, plan, fact, layers, work_layers, a, z, cache):
     # the pieces are let go before the sums, whose chunks then reuse their memory
     # (the Keras net: 2.3 ms less per gradient, faster in 20 of 30 paired calls)
     del results
-    return _input_sums(ctx, plan.sums, values, plan.n_units)
+    sums = plan.sums if plan.sums is not None else _later_sums(ctx, plan)
+    return _input_sums(ctx, sums, values, plan.n_units)
+
+
+def _later_sums(ctx, plan):
+    """The sums of a plan made without them: a team's caller gets them from its
+    helper, which plans them while the loops before them run (:mod:`xpnet.team`);
+    planned here if the team broke."""
+    try:
+        return ctx.team.receive()
+    except (AttributeError, TeamBroken):  # no team, or a broken one
+        return planner.layer_sums(plan.pairs, plan.n_units, ctx.itemsize, ctx.chunk_bytes)
 
 
 def _in_place(ctx, plan, results, pair_sample, dev):
@@ -308,6 +323,15 @@ def _direct(ctx, plan, unit, work_layers, a, cache, pair_value):
         return ctx.loss(spec.head.losses(moved, xp.take(cache.target, n, axis=0)))
 
     return ctx.chunked(plan.direct_count, plan.direct_chunk, compute)
+
+
+def series_coefficients(ctx, fact, terms, layers, z, cache):
+    """A sigmoid layer's series coefficients (those :func:`hidden_rows` takes),
+    from its facts and the plan's ``terms`` (None: no series, None)."""
+    if terms is None:
+        return None
+    s = z[fact.layer + 1]
+    return _coefficients(ctx, fact, terms, layers, z, cache, s * (1.0 - s))
 
 
 def _coefficients(ctx, fact, terms, layers, z, cache, slope=None):

@@ -45,6 +45,7 @@ __all__ = [
     "input_sums",
     "series_slots",
     "layer_plan",
+    "layer_sums",
     "output_plan",
     "chunks",
     "input_columns",
@@ -165,8 +166,9 @@ class LayerPlan:
         Series terms (:mod:`xpnet.series`); None: no series path.
     series_chunk, direct_chunk : int
         Pairs per chunk of the series path, items per chunk of the direct path.
-    sums : InputSums
-        How each input adds its pair's row of results.
+    sums : InputSums or None
+        How each input adds its pair's row of results (None: planned apart,
+        :func:`layer_sums`; a team's caller gets them from its helper).
     log_terms : int or None
         Terms of the series that takes the place of the log of the losses'
         ratio (:meth:`xpnet.work.Context.negative_log`); None: the log.
@@ -185,7 +187,7 @@ class LayerPlan:
     terms: int | None
     series_chunk: int
     direct_chunk: int
-    sums: InputSums
+    sums: InputSums | None
     log_terms: int | None = None
 
     @property
@@ -236,6 +238,7 @@ def layer_plan(
     chunk_bytes: int,
     result_itemsize: int = 8,
     log_terms: int | None = None,
+    sums: bool = True,
 ) -> LayerPlan:  # host
     """The plan of one layer below the last for one sample block.
 
@@ -246,7 +249,7 @@ def layer_plan(
     the others take the series. ``terms`` None: every moving unit is evaluated
     directly. ``*_item_bytes``: what one (pair, unit) item of a chunk holds on
     each path; ``result_itemsize``: the bytes of one result; ``log_terms``: as
-    :class:`LayerPlan`'s.
+    :class:`LayerPlan`'s. ``sums`` False: none (planned apart, :func:`layer_sums`).
     """
     pairs = distinct_pairs(z)
     moving = np.ones((z.shape[0], n_units), dtype=bool) if still is None else ~still  # host
@@ -278,9 +281,14 @@ def layer_plan(
         terms,
         max(1, chunk_bytes // series_pair),
         max(1, chunk_bytes // max(1, direct_item_bytes)),
-        input_sums(pairs, n_units * result_itemsize, chunk_bytes // _SUMS_SHARE),
+        layer_sums(pairs, n_units, result_itemsize, chunk_bytes) if sums else None,
         log_terms,
     )
+
+
+def layer_sums(pairs: Pairs, n_units: int, result_itemsize: int, chunk_bytes: int) -> InputSums:
+    """A layer plan's :class:`InputSums` (:func:`layer_plan`'s arguments)."""
+    return input_sums(pairs, n_units * result_itemsize, chunk_bytes // _SUMS_SHARE)
 
 
 def _paths(z: np.ndarray, moving: np.ndarray, kink: np.ndarray | None, terms):  # host

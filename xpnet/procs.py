@@ -44,8 +44,10 @@ import sys
 import threading
 
 from .shm import FIRST_BYTES, Memory, copied, read_message, write_message
+from .team import Link
+from .team import serve as serve_team
 
-__all__ = ["PARALLEL_VARIABLE", "helpers", "run", "stop"]
+__all__ = ["PARALLEL_VARIABLE", "helpers", "run", "stop", "team"]
 
 #: Environment variable: ``threads`` keeps host work on threads (no helper processes).
 PARALLEL_VARIABLE = "XPNET_PARALLEL"
@@ -56,7 +58,7 @@ _MAX_FAILURES = 3
 class _Helper:
     """One helper process, its pipes and its shared memory."""
 
-    def __init__(self, shared: Memory):
+    def __init__(self, shared: Memory, loops: Memory):
         self.memory = Memory.create("xpnet-helper")
         to_read, self.to_write = os.pipe()
         self.from_read, from_write = os.pipe()
@@ -70,7 +72,7 @@ class _Helper:
                 PARALLEL_VARIABLE: "threads",
             }
         )
-        fds = (to_read, from_write, shared.fd, self.memory.fd)
+        fds = (to_read, from_write, shared.fd, self.memory.fd, loops.fd)
         # sys.path[0] is the working directory under -c: the caller's xpnet instead
         code = (
             "import sys; sys.path[0] = sys.argv[1]; "
@@ -134,6 +136,7 @@ class _Pool:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.shared: Memory | None = None
+        self.loops: Memory | None = None  # a team's shared loops' (xpnet.team)
         self.helpers: list[_Helper] = []
         self.failures = 0  # helpers that ended before they were ready
 
@@ -147,8 +150,10 @@ class _Pool:
         try:
             if self.shared is None:
                 self.shared = Memory.create("xpnet-shared")
+            if self.loops is None:
+                self.loops = Memory.create("xpnet-team")
             while len(self.helpers) < count:
-                self.helpers.append(_Helper(self.shared))
+                self.helpers.append(_Helper(self.shared, self.loops))
         except (OSError, ValueError, subprocess.SubprocessError):
             self.failures = _MAX_FAILURES
 
@@ -170,9 +175,10 @@ class _Pool:
     def forked(self):
         for helper in self.helpers:
             helper.forget()
-        if self.shared is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.shared.fd)
+        for memory in (self.shared, self.loops):
+            if memory is not None:
+                with contextlib.suppress(OSError):
+                    os.close(memory.fd)
         self.__init__()
 
 
@@ -236,6 +242,35 @@ def stop() -> None:
     for helpers starts them again. Waits for a caller using them to finish."""
     with _POOL.lock:
         _POOL.stop()
+
+
+@contextlib.contextmanager
+def team():
+    """The caller's :class:`xpnet.team.Link` to one ready helper process, or None
+    (none ready, another caller using them, helpers not used here). A helper
+    whose team broke or did not finish (the caller raised) is dropped.
+
+    Yields
+    ------
+    Link or None
+    """
+    link = helper = None
+    locked = enabled() and _POOL.lock.acquire(blocking=False)
+    try:
+        ready = _POOL.ready(1) if locked else []
+        if ready and _POOL.shared is not None and _POOL.loops is not None:
+            helper = ready[0]
+            link = Link(
+                True, helper.reader, helper.writer, _POOL.shared, helper.memory, _POOL.loops
+            )
+        try:
+            yield link
+        finally:
+            if helper is not None and link is not None and (link.broken or not link.finished):
+                helper.stop(kill=True)
+    finally:
+        if locked:
+            _POOL.lock.release()
 
 
 def run(function, common, parts, count, *, views=False):
@@ -340,7 +375,7 @@ def _receive(helper, views=False):
     return result if views else copied(result)
 
 
-def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragma: no cover
+def _serve(to_read: int, from_write: int, *memory_fds: int):  # pragma: no cover
     """A helper's loop (in the helper process): run what the caller sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # unbuffered: no unsent reply left to print a broken pipe when the helper exits
@@ -349,11 +384,16 @@ def _serve(to_read: int, from_write: int, shared_fd: int, own_fd: int):  # pragm
     from xpnet.device import tune_host_allocator
 
     tune_host_allocator()  # as in the caller: freed blocks kept for reuse
-    shared, own = Memory(shared_fd, FIRST_BYTES), Memory(own_fd, FIRST_BYTES)
+    # the memory shared by all helpers, this helper's own, a team's loops'
+    shared, own, loops = (Memory(fd, FIRST_BYTES) for fd in memory_fds)
     try:
         writer.write(b"R")
         while True:
-            _serve_one(read_message(reader), shared, own, writer)
+            message = read_message(reader)
+            if message[0] == "team":
+                serve_team(message, reader, writer, shared, own, loops)
+            else:
+                _serve_one(message, shared, own, writer)
     except (BrokenPipeError, EOFError):  # the caller closed the pipe or is gone
         return
 

@@ -65,6 +65,8 @@ class Context:
     # terms of the series that takes the place of the log in negative_log (None:
     # the log), where the plan bounds the log's argument (see negative_log)
     log_terms: int | None = None
+    # a team's Link (xpnet.team): in_pieces shares its pieces with the other side
+    team: object = None
 
     @property
     def n_steps(self) -> int:
@@ -143,7 +145,7 @@ class Context:
         gradient handed to helpers."""
         spec, info = self.spec, dtype_info(self.xp, self.real)
         plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("xp", "spec", "steps", "real", "work", "oom"):
+        for name in ("xp", "spec", "steps", "real", "work", "oom", "team"):
             del plain[name]
         spec_fields = tuple(getattr(spec, f.name) for f in dataclasses.fields(spec))
         return (_unpickled, (spec_fields, self.steps.tolist(), info.name, info.complex_name, plain))
@@ -187,7 +189,12 @@ class Context:
         return self.in_pieces(planner.chunks(count, size), compute)
 
     def in_pieces(self, bounds, compute):
-        """``compute(lo, hi)`` for each ``(lo, hi)`` of ``bounds``, concatenated."""
+        """``compute(lo, hi)`` for each ``(lo, hi)`` of ``bounds``, concatenated
+        (with a :attr:`team`, shared with its other side where it can be)."""
+        if self.team is not None:
+            shared = self.team.pieces(bounds, lambda lo, hi: self.split_on_oom(compute, lo, hi))
+            if shared is not None:
+                return shared
         tasks = [(lambda lo=lo, hi=hi: self.split_on_oom(compute, lo, hi)) for lo, hi in bounds]
         parts = self.run(tasks)
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
