@@ -3,7 +3,10 @@ threads' speed-up goes.
 
 Per round, interleaved: xpnet on one thread (the whole batch); xpnet on N
 threads; xpnet on N cores with its helper processes (the default,
-:mod:`xpnet.procs`: the blocks' arrays through shared memory); N processes each computing the gradient of its 1/N of the batch at
+:mod:`xpnet.procs`: the blocks' arrays through shared memory; on two cores a
+net with one sigmoid hidden layer is one block shared by both,
+:mod:`xpnet.shared_block`); the same split in sample blocks, one run per core
+(that path turned off in this process for the call); N processes each computing the gradient of its 1/N of the batch at
 once; and the same N shares one after another (what the processes are compared
 with). The processes do the threads' work without sharing an interpreter (no
 GIL between them, no shared address space). Also reported, per gradient on N
@@ -40,6 +43,7 @@ from harness import machine_info, on_threads, parallel_ceiling  # scripts/harnes
 from tqdm.auto import tqdm
 
 import xpnet
+import xpnet.shared_block
 from xpnet.device import host_threads, tune_host_allocator
 from xpnet.io import save_json
 
@@ -100,6 +104,21 @@ def _serve(net, x, t, commands, done):
         done.put(True)
 
 
+def _in_blocks(call):
+    """``call`` with the shared block off (:func:`xpnet.shared_block.suits`):
+    the gradient split in sample blocks, one run per core, as before it."""
+
+    def split():
+        suits = xpnet.shared_block.suits
+        xpnet.shared_block.suits = lambda *args: False
+        try:
+            return call()
+        finally:
+            xpnet.shared_block.suits = suits
+
+    return split
+
+
 def _usage():
     """(voluntary context switches, CPU seconds) of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -148,7 +167,8 @@ def _print(rows, speedups, n):
         )
     print(
         f"speed-up: {n} threads {speedups['threads']:.2f}x one thread; xpnet's helper "
-        f"processes {speedups['helper_processes']:.2f}x; {n} processes "
+        f"processes {speedups['helper_processes']:.2f}x (in sample blocks "
+        f"{speedups['sample_blocks']:.2f}x); {n} processes "
         f"{speedups['processes']:.2f}x the same shares one after another"
     )
 
@@ -253,20 +273,24 @@ def main(argv=None) -> int:
         "xpnet, 1 thread": lambda: net.numerical_gradient(x, t, n_threads=1),
         f"xpnet, {n} threads": on_threads(lambda: net.numerical_gradient(x, t, n_threads=n)),
         f"xpnet, {n} cores (helper processes)": lambda: net.numerical_gradient(x, t, n_threads=n),
+        f"xpnet, {n} cores, sample blocks": _in_blocks(
+            lambda: net.numerical_gradient(x, t, n_threads=n)
+        ),
         f"{n} processes at once": shares.together,
         f"{n} processes one after another": shares.one_after_another,
     }
     rounds = 1 if args.dry_run else args.rounds
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        times, usage = _time(cases, rounds, list(cases)[:3], progress)
+        times, usage = _time(cases, rounds, list(cases)[:4], progress)
     finally:
         shares.close()
     rows = _rows(times, usage)
-    one, threads, helpers, together, apart = (r["median_s"] for r in rows)
+    one, threads, helpers, blocks, together, apart = (r["median_s"] for r in rows)
     speedups = {
         "threads": one / threads,
         "helper_processes": one / helpers,
+        "sample_blocks": one / blocks,
         "processes": apart / together,
     }
     print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")

@@ -130,12 +130,13 @@ def test_bench_threads(tmp_path, capsys):
         "xpnet, 1 thread",
         "xpnet, 2 threads",
         "xpnet, 2 cores (helper processes)",
+        "xpnet, 2 cores, sample blocks",
         "2 processes at once",
         "2 processes one after another",
     ]
     assert all(r["median_s"] > 0 for r in data["rows"])
-    assert {"switches", "cpu_s"} <= set(data["rows"][1]) & set(data["rows"][2])
-    assert set(data["speedups"]) == {"threads", "helper_processes", "processes"}
+    assert {"switches", "cpu_s"} <= set(data["rows"][1]) & set(data["rows"][3])
+    assert set(data["speedups"]) == {"threads", "helper_processes", "sample_blocks", "processes"}
     assert all(v > 0 for v in data["speedups"].values())
     (granularity,) = data["granularity"]  # one operation size in a dry run
     assert granularity["elements"] == 10_000 and granularity["op_us"] > 0
@@ -145,7 +146,8 @@ def test_bench_threads(tmp_path, capsys):
     assert [k["kind"] for k in kinds] == ["exp", "stream", "stream"]
     assert all(k["processes"] == statistics.median(k["runs"]) > 0 for k in kinds)
     printed = capsys.readouterr().out
-    assert "speed-up:" in printed and "granularity: ops of  10,000 elements" in printed
+    assert "speed-up:" in printed and "(in sample blocks" in printed
+    assert "granularity: ops of  10,000 elements" in printed
     assert "hand-off: one thread wakes another" in printed
     assert "kinds: multiply and add, 512 KiB" in printed
     assert _load("bench_threads").main(["--net", "no such net", "--out", str(out)]) == 2

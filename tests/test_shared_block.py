@@ -75,6 +75,20 @@ def test_float32_is_shared_too(pool, taken):
         np.testing.assert_array_equal(two[name], one[name], err_msg=name)
 
 
+def test_each_gradient_shares_its_own_values(pool, taken):
+    """The helper keeps what it unpickled while the same shapes come: its
+    arrays hold each gradient's new inputs and weights."""
+    net, x, t = _net()
+    for k in range(3):
+        net.params["W1"] = net.params["W1"] * 1.1
+        xk = np.roll(x, k, axis=0)
+        two = net.numerical_gradient(xk, t, n_threads=2)
+        one = net.numerical_gradient(xk, t, n_threads=1)
+        for name in one:
+            np.testing.assert_array_equal(two[name], one[name], err_msg=f"{name}, gradient {k}")
+    assert taken == [1, 1, 1]
+
+
 def test_a_helper_killed_as_the_team_starts_leaves_the_caller_alone(pool, taken, monkeypatch):
     """The caller plans and computes alone (the same bits), the helper is dropped,
     and the next gradient shares its block with a new one."""

@@ -229,7 +229,9 @@ def serve(message, reader, writer, received, own, loops):  # pragma: no cover
         module, _, qualname = name.partition(":")
         function = getattr(importlib.import_module(module), qualname)
         received.remap(size)
-        function(link, *received.get(data, places))
+        # kept while the same pickle comes (the same shapes): its arrays hold what
+        # the caller put this time, and unpickling took 0.16 ms of the helper's start
+        function(link, *received.get_kept(data, places))
         reply: tuple = ("end",)
     except TeamBroken:
         return  # the caller is gone or has gone on alone
