@@ -119,6 +119,15 @@ def _in_blocks(call):
     return split
 
 
+def _paired(default, blocks) -> dict:
+    """Per round, the default's time over the sample blocks' (taken one right
+    after the other): its median and quartiles, and the rounds it was faster."""
+    ratios = [a / b for a, b in zip(default, blocks, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    faster = sum(r < 1 for r in ratios)
+    return {"median": statistics.median(ratios), "q1": q1, "q3": q3, "faster": faster}
+
+
 def _usage():
     """(voluntary context switches, CPU seconds) of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -126,14 +135,16 @@ def _usage():
 
 
 def _time(cases, rounds, counted, progress):
-    """Per case, the seconds of each round; for the ``counted`` cases also the
-    (switches, CPU seconds) each call took."""
+    """Per case, the seconds of each round (the cases in order, then in reverse,
+    round by round); for the ``counted`` cases also the (switches, CPU seconds)
+    each call took."""
     for call in cases.values():  # warm-up
         call()
     times = {label: [] for label in cases}
     usage = {label: [] for label in counted}
-    for _ in tqdm(range(rounds), desc="rounds", disable=not progress):
-        for label, call in cases.items():
+    for k in tqdm(range(rounds), desc="rounds", disable=not progress):
+        # every other round in reverse: no case always follows the same one
+        for label, call in list(cases.items())[:: -1 if k % 2 else 1]:
             before = _usage()
             start = time.perf_counter()
             call()
@@ -293,8 +304,16 @@ def main(argv=None) -> int:
         "sample_blocks": one / blocks,
         "processes": apart / together,
     }
+    paired = _paired(
+        times[f"xpnet, {n} cores (helper processes)"], times[f"xpnet, {n} cores, sample blocks"]
+    )
     print(f"{args.net}, N={batch}, {data_name}, {rounds} rounds")
     _print(rows, speedups, n)
+    print(
+        f"paired by round: the default {paired['median']:.3f}x the sample blocks' time "
+        f"(quartiles {paired['q1']:.3f}-{paired['q3']:.3f}), faster in "
+        f"{paired['faster']} of {rounds} rounds"
+    )
     granularity = _granularity(n, args.dry_run)
     kinds = _kinds(n, args.dry_run)
     hand_off = statistics.median(_hand_off(200 if args.dry_run else 5_000) for _ in range(3))
@@ -310,6 +329,7 @@ def main(argv=None) -> int:
         "rounds": rounds,
         "rows": rows,
         "speedups": speedups,
+        "paired": paired,
         "granularity": granularity,
         "kinds": kinds,
         "hand_off_us": hand_off,

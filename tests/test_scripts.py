@@ -147,6 +147,8 @@ def test_bench_threads(tmp_path, capsys):
     assert all(k["processes"] == statistics.median(k["runs"]) > 0 for k in kinds)
     printed = capsys.readouterr().out
     assert "speed-up:" in printed and "(in sample blocks" in printed
+    assert "paired by round: the default" in printed and "of 1 rounds" in printed
+    assert data["paired"]["median"] > 0 and data["paired"]["faster"] in (0, 1)
     assert "granularity: ops of  10,000 elements" in printed
     assert "hand-off: one thread wakes another" in printed
     assert "kinds: multiply and add, 512 KiB" in printed
