@@ -42,7 +42,7 @@ __all__ = ["Link", "TeamBroken", "MAX_LOOPS"]
 #: Shared loops of one team (their headers sit at the start of the team memory);
 #: later loops run whole on both sides.
 MAX_LOOPS = 64
-_UNCLAIMED = np.iinfo(np.int64).max  # the helper's header before its first claim
+_UNCLAIMED = np.iinfo(np.int64).max  # host: the helper's header before its first claim
 _FIRST_OUTPUT = MAX_LOOPS * 2 * 8  # bytes of the headers
 _ALIGN = 64
 _GROWTH = 1 << 22  # the team memory grows in steps of 4 MiB (the same on both sides)
@@ -148,7 +148,7 @@ class Link:
         return TeamBroken(why)
 
     # -- shared loops -----------------------------------------------------------
-    def _headers(self) -> np.ndarray:
+    def _headers(self) -> np.ndarray:  # host
         return np.ndarray((MAX_LOOPS, 2), dtype=np.int64, buffer=self.loops.map)  # host
 
     def pieces(self, bounds, compute):
