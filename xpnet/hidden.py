@@ -109,10 +109,12 @@ def _later_sums(ctx, plan):
     """The sums of a plan made without them: a team's caller gets them from its
     helper, which plans them while the loops before them run (:mod:`xpnet.team`);
     planned here if the team broke."""
-    try:
-        return ctx.team.receive()
-    except (AttributeError, TeamBroken):  # no team, or a broken one
-        return planner.layer_sums(plan.pairs, plan.n_units, ctx.itemsize, ctx.chunk_bytes)
+    if ctx.team is not None:
+        try:
+            return ctx.team.receive()
+        except TeamBroken:
+            pass  # planned here
+    return planner.layer_sums(plan.pairs, plan.n_units, ctx.itemsize, ctx.chunk_bytes)
 
 
 def _in_place(ctx, plan, results, pair_sample, dev):

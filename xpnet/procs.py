@@ -29,6 +29,10 @@ Rules of this module:
   its task computed again in the caller, which raises the error if it is one.
 * One caller at a time: a second caller (another thread) meanwhile gets no
   helpers. A call interrupted in the caller (Ctrl-C) drops every helper in use.
+* A **team** (:func:`team`) is the caller and one helper on one piece of work,
+  messages going both ways until the helper's end (:mod:`xpnet.team`); its
+  shared loops' arrays lie in a third memory, shared by all helpers. A helper
+  whose team broke or did not end is dropped.
 """
 
 from __future__ import annotations

@@ -40,13 +40,15 @@ Rules of this module:
 * Planning is apart from computing: sample blocks are planned once
   (:mod:`xpnet.budget`), each block's layers after what the plan needs of its
   forward pass comes to the host in one transfer (:mod:`xpnet.plan`). This
-  module runs the blocks, gathers those facts and computes the last layer's
-  rows; a layer below the last is :mod:`xpnet.hidden`'s.
+  module runs the blocks; :mod:`xpnet.block` gathers those facts and computes
+  the last layer's rows; a layer below the last is :mod:`xpnet.hidden`'s.
 * Work is split into chunks whose intermediates fit ``chunk_bytes`` (cache-sized
   on the host, large on a GPU), a chunk that runs out of memory retried as two
   halves; on NumPy each of ``n_threads`` takes a run of consecutive sample
   blocks, in helper processes or on threads (:mod:`xpnet.work`, :mod:`xpnet.procs`);
-  with one helper the caller's run is the larger by its hand-off lag.
+  with one helper the caller's run is the larger by its hand-off lag. On exactly
+  two cores a net with one sigmoid hidden layer is one block that both
+  processes compute (:mod:`xpnet.shared_block`): the same bits as one thread.
 """
 
 from __future__ import annotations

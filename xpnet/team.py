@@ -221,7 +221,9 @@ class Link:
         return np.ndarray(shape, dtype=dtype, buffer=self.loops.map, offset=self.output_end)  # host
 
 
-def serve(message, reader, writer, received, own, loops):  # pragma: no cover
+def serve(  # pragma: no cover
+    message: tuple, reader, writer, received: Memory, own: Memory, loops: Memory
+) -> None:
     """Run a team's function in a helper (``message`` the caller's ``start``)."""
     _, name, size, data, places = message
     link = Link(False, reader, writer, own, received, loops)

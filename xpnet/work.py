@@ -15,7 +15,8 @@ Rules of this module:
   threads are kept between gradients, and a caller never waits for a helper
   that has not started, so that runs may nest); ranges in chunks
   within a byte budget (:meth:`Context.chunked`) or in planned pieces
-  (:meth:`Context.in_pieces`); a chunk that runs out of memory computed as its
+  (:meth:`Context.in_pieces`; with a :attr:`Context.team`, shared by two
+  processes, :mod:`xpnet.team`); a chunk that runs out of memory computed as its
   two halves instead (:meth:`Context.split_on_oom`).
 * The two perturbed losses of an item are combined here, once: their
   difference, or a ratio under one log for losses ``-log(q)``, unscaled (the
