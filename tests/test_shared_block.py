@@ -117,6 +117,27 @@ def test_a_helper_killed_as_the_team_starts_leaves_the_caller_alone(pool, taken,
         np.testing.assert_array_equal(again[name], one[name], err_msg=name)
 
 
+def test_an_error_in_the_caller_drops_the_helper_mid_team(pool, taken, monkeypatch):
+    """The caller's own error (here a Ctrl-C in its rows) propagates; the helper,
+    left mid-team, is dropped, and the next gradient has a new one."""
+    net, x, t = _net()
+    helper, real = pool.helpers[0], shared_block.hidden_rows
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shared_block, "hidden_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        net.numerical_gradient(x, t, n_threads=2)
+    assert taken == [1] and not helper.alive
+    monkeypatch.setattr(shared_block, "hidden_rows", real)
+    assert procs.helpers(1, wait=True) == 1 and helper not in pool.helpers
+    again = net.numerical_gradient(x, t, n_threads=2)
+    one = net.numerical_gradient(x, t, n_threads=1)
+    for name in one:
+        np.testing.assert_array_equal(again[name], one[name], err_msg=name)
+
+
 @pytest.mark.parametrize(
     "case",
     ["relu", "two hidden layers", "one thread", "three threads", "a shard", "a small budget"],
