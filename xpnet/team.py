@@ -65,6 +65,12 @@ def _grown(memory: Memory, end: int):
     memory.remap(max(size, end))
 
 
+def _consecutive(bounds) -> bool:
+    """Whether ``bounds`` cover ``range(0, stop)`` piece after piece."""
+    starts = [lo for lo, _ in bounds]
+    return starts[0] == 0 and starts[1:] == [hi for _, hi in bounds[:-1]]
+
+
 class Link:
     """One side's end of a team: messages to the other side, shared loops."""
 
@@ -158,10 +164,7 @@ class Link:
         :data:`MAX_LOOPS`): the caller of this method computes it whole."""
         k = self.loop
         self.loop += 1
-        consecutive = all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
-        if self.broken or len(bounds) <= 1 or k >= MAX_LOOPS or bounds[0][0] != 0:
-            return None
-        if not consecutive:
+        if self.broken or len(bounds) <= 1 or k >= MAX_LOOPS or not _consecutive(bounds):
             return None
         out, done = None, 0
         if self.caller:
