@@ -119,6 +119,8 @@ def _lip(ctx) -> float:
 
 
 def layer_facts(ctx, layers, a, z, layer, span, x_host) -> Facts:
+    """The :class:`Facts` of ``layer`` below the last, from the forward pass ``a``,
+    ``z`` (a layer 0 of sigmoids with the head right above needs neither)."""
     xp, spec = ctx.xp, ctx.spec
     relu = spec.activation == "relu"
     above = len(layers) - 2 - layer  # hidden layers above this one

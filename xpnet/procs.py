@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib
 import os
 import select
 import signal
@@ -47,7 +46,15 @@ import subprocess
 import sys
 import threading
 
-from .shm import FIRST_BYTES, Memory, copied, read_message, write_message
+from .shm import (
+    FIRST_BYTES,
+    Memory,
+    copied,
+    function_name,
+    named_function,
+    read_message,
+    write_message,
+)
 from .team import Link
 from .team import serve as serve_team
 
@@ -306,9 +313,7 @@ def run(function, common, parts, count, *, views=False):
         the round ends, no longer). Parts no helper takes (none ready, another
         caller using them, a helper that failed) are computed here.
     """
-    name = f"{function.__module__}:{function.__qualname__}"
-    if not name.startswith("xpnet.") or "." in function.__qualname__:
-        raise ValueError(f"function must be a module-level function of xpnet, got {name}")
+    name = function_name(function)
     if len(parts) > 1 and count > 0 and enabled() and _POOL.lock.acquire(blocking=False):
         try:
             yield from _remote(name, function, common, parts, min(count, len(parts) - 1), views)
@@ -409,8 +414,7 @@ def _serve_one(message, shared: Memory, own: Memory, writer):  # pragma: no cove
     result = None
     reply: tuple
     try:
-        module, _, qualname = name.partition(":")
-        function = getattr(importlib.import_module(module), qualname)
+        function = named_function(name)
         shared.remap(shared_size)
         own.remap(own_size)
         result = function(*shared.get_kept(common_data, common_places), *own.get(data, places))

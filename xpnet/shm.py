@@ -11,17 +11,27 @@ Rules of this module:
   object read back (:meth:`Memory.get`) views the memory: what must outlive
   the next write is copied out (:func:`copied`).
 * A message on a pipe is an 8-byte length and a pickle; a pipe that ends
-  early raises EOFError.
+  early raises EOFError. A function travels by name, ``"module:function"``,
+  and only a module-level function of xpnet (:func:`function_name`).
 * Linux only (``os.memfd_create``); :mod:`xpnet.procs` checks before using it.
 """
 
 from __future__ import annotations
 
+import importlib
 import mmap
 import os
 import pickle
 
-__all__ = ["FIRST_BYTES", "Memory", "copied", "read_message", "write_message"]
+__all__ = [
+    "FIRST_BYTES",
+    "Memory",
+    "copied",
+    "function_name",
+    "named_function",
+    "read_message",
+    "write_message",
+]
 
 #: Bytes of a new memory (grown on demand).
 FIRST_BYTES = 1 << 20
@@ -115,3 +125,18 @@ def read_message(stream):
     if len(data) < size:
         raise EOFError("the helper process ended")
     return pickle.loads(data)
+
+
+def function_name(function) -> str:
+    """``"module:function"`` of a module-level function of xpnet (what a helper
+    may run); ValueError for any other."""
+    name = f"{function.__module__}:{function.__qualname__}"
+    if not name.startswith("xpnet.") or "." in function.__qualname__:
+        raise ValueError(f"function must be a module-level function of xpnet, got {name}")
+    return name
+
+
+def named_function(name: str):
+    """The function of :func:`function_name`'s ``name`` (imported where needed)."""
+    module, _, qualname = name.partition(":")
+    return getattr(importlib.import_module(module), qualname)

@@ -29,13 +29,12 @@ Rules of this module:
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections import deque
 
 import numpy as np  # host: the team memory's headers and arrays are NumPy's
 
-from .shm import Memory, read_message, write_message
+from .shm import Memory, function_name, named_function, read_message, write_message
 
 __all__ = ["Link", "TeamBroken", "MAX_LOOPS"]
 
@@ -90,9 +89,7 @@ class Link:
         """(Caller) have the helper run ``function(link, *args)``: a module-level
         function of xpnet, as :func:`xpnet.procs.run` takes. The loops' headers
         are set first."""
-        name = f"{function.__module__}:{function.__qualname__}"
-        if not name.startswith("xpnet.") or "." in function.__qualname__:
-            raise ValueError(f"function must be a module-level function of xpnet, got {name}")
+        name = function_name(function)
         _grown(self.loops, _FIRST_OUTPUT)
         headers = self._headers()
         headers[:, 0] = 0
@@ -231,8 +228,7 @@ def serve(  # pragma: no cover
     _, name, size, data, places = message
     link = Link(False, reader, writer, own, received, loops)
     try:
-        module, _, qualname = name.partition(":")
-        function = getattr(importlib.import_module(module), qualname)
+        function = named_function(name)
         received.remap(size)
         # kept while the same pickle comes (the same shapes): its arrays hold what
         # the caller put this time, and unpickling took 0.16 ms of the helper's start
